@@ -1,0 +1,207 @@
+"""The HTTP API for application backends, and the operational endpoints.
+
+`Authorization: Bearer <api key>`; JSON in, JSON out; errors are `{"error": {code, reason}}`
+with the matching HTTP status (protocol §8).
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from hubbub import protocol, rules
+from hubbub.backends.base import BackendUnavailable
+from hubbub.codes import CloseCode, CommandError, ErrorCode
+from hubbub.node import Node
+from hubbub.types import JSONObject, Room
+
+MAX_BROADCAST_ROOMS = 1000
+#: A request body may carry one publication plus its envelope.
+BODY_OVERHEAD = 4096
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def json_response(body: object, status: int = 200) -> Response:
+    return Response(protocol.dumps(body), status_code=status, media_type="application/json")
+
+
+def error_response(code: int, reason: str) -> Response:
+    return json_response(protocol.error_body(code, reason), status=code)
+
+
+def _node(request: Request) -> Node:
+    node: Node = request.app.state.node
+    return node
+
+
+def api_endpoint(handler: Callable[[Request, Node], Awaitable[object]]) -> Endpoint:
+    """Wrap a handler with API-key auth and the error mapping shared by every API call."""
+
+    async def endpoint(request: Request) -> Response:
+        node = _node(request)
+        expected = node.settings.effective_api_key()
+        scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+        if (
+            expected is None
+            or scheme.lower() != "bearer"
+            or not hmac.compare_digest(presented.strip().encode(), expected.encode())
+        ):
+            return error_response(401, "missing or wrong API key")
+        try:
+            return json_response(await handler(request, node))
+        except CommandError as exc:
+            return error_response(int(exc.code), exc.reason)
+        except BackendUnavailable as exc:
+            return error_response(503, f"temporarily unavailable: {exc}")
+
+    return endpoint
+
+
+async def _body(request: Request, node: Node) -> JSONObject:
+    limit = node.settings.max_publication_bytes + BODY_OVERHEAD
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise CommandError(ErrorCode.TOO_LARGE, f"request body larger than {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise CommandError(ErrorCode.TOO_LARGE, f"request body larger than {limit} bytes")
+        chunks.append(chunk)
+    try:
+        body = protocol.loads(b"".join(chunks))
+    except ValueError:
+        raise CommandError(ErrorCode.BAD_REQUEST, "the body must be JSON") from None
+    if not isinstance(body, dict):
+        raise CommandError(ErrorCode.BAD_REQUEST, "the body must be a JSON object")
+    return body
+
+
+def _room_param(request: Request) -> Room:
+    return rules.check_room(request.path_params["room"])
+
+
+async def publish(request: Request, node: Node) -> object:
+    body = await _body(request, node)
+    room = rules.check_room(body.get("room"))
+    if "data" not in body:
+        raise CommandError(ErrorCode.BAD_REQUEST, "`data` is required")
+    options = rules.room_options(node.settings, room)
+    key = protocol.param_idempotency_key(body.get("idempotency_key"))
+    result = await node.publish(room, body["data"], key, options, info=None, source="api")
+    return {"epoch": result.epoch, "offset": result.offset}
+
+
+async def broadcast(request: Request, node: Node) -> object:
+    body = await _body(request, node)
+    rooms = body.get("rooms")
+    if not isinstance(rooms, list) or not rooms or len(rooms) > MAX_BROADCAST_ROOMS:
+        raise CommandError(ErrorCode.BAD_REQUEST, f"`rooms` must be a list of 1-{MAX_BROADCAST_ROOMS} rooms")
+    if "data" not in body:
+        raise CommandError(ErrorCode.BAD_REQUEST, "`data` is required")
+    protocol.encode_data(body["data"], node.settings.max_publication_bytes)
+    key = protocol.param_idempotency_key(body.get("idempotency_key"))
+    results: dict[str, Any] = {}
+    for name in rooms:
+        try:
+            room = rules.check_room(name)
+            options = rules.room_options(node.settings, room)
+            result = await node.publish(room, body["data"], key, options, info=None, source="api")
+            results[room] = {"epoch": result.epoch, "offset": result.offset}
+        except CommandError as exc:
+            results[str(name)] = protocol.error_body(int(exc.code), exc.reason)
+        except BackendUnavailable as exc:
+            results[str(name)] = protocol.error_body(503, f"temporarily unavailable: {exc}")
+    return {"results": results}
+
+
+async def history(request: Request, node: Node) -> object:
+    room = _room_param(request)
+    options = rules.room_options(node.settings, room)
+    query = request.query_params
+    since = None
+    if "since" in query or "epoch" in query:
+        raw_offset = query.get("since", "")
+        if not raw_offset.isdigit():
+            raise CommandError(ErrorCode.BAD_REQUEST, "`since` must be a non-negative integer")
+        since = protocol.param_since({"epoch": query.get("epoch", ""), "offset": int(raw_offset)})
+    raw_limit = query.get("limit")
+    if raw_limit is not None and not raw_limit.isdigit():
+        raise CommandError(ErrorCode.BAD_REQUEST, "`limit` must be a non-negative integer")
+    limit = protocol.param_limit(int(raw_limit) if raw_limit is not None else None)
+    return await node.history(room, since, limit, options)
+
+
+def _presence_room(request: Request, node: Node) -> Room:
+    room = _room_param(request)
+    if not rules.room_options(node.settings, room).presence:
+        raise CommandError(ErrorCode.FORBIDDEN, "presence is disabled in this namespace")
+    return room
+
+
+async def presence(request: Request, node: Node) -> object:
+    room = _presence_room(request, node)
+    return {"clients": await node.backends.presence.get(room)}
+
+
+async def presence_stats(request: Request, node: Node) -> object:
+    room = _presence_room(request, node)
+    stats = await node.backends.presence.stats(room)
+    return {"clients": stats.clients, "users": stats.users}
+
+
+async def disconnect(request: Request, node: Node) -> object:
+    body = await _body(request, node)
+    user = body.get("user")
+    if not isinstance(user, str):
+        raise CommandError(ErrorCode.BAD_REQUEST, "`user` must be a string")
+    raw_code = body.get("code", int(CloseCode.DISCONNECTED_BY_API))
+    try:
+        code = CloseCode(raw_code)
+    except ValueError:
+        raise CommandError(ErrorCode.BAD_REQUEST, "`code` must be a close code of the protocol table") from None
+    if code < 4000:
+        raise CommandError(ErrorCode.BAD_REQUEST, "`code` must be a 4xxx close code")
+    reason = body.get("reason")
+    if reason is not None and (not isinstance(reason, str) or len(reason.encode()) > 123):
+        raise CommandError(ErrorCode.BAD_REQUEST, "`reason` must be a string of at most 123 bytes")
+    return {"disconnected": node.disconnect_user(user, code, reason)}
+
+
+async def info(request: Request, node: Node) -> object:
+    return {"nodes": [node.info()]}
+
+
+async def healthz(request: Request) -> Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    ready, reason = _node(request).readiness()
+    return json_response({"status": "ready" if ready else "unready", "reason": reason}, status=200 if ready else 503)
+
+
+async def metrics(request: Request) -> Response:
+    return Response(_node(request).metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route("/api/publish", api_endpoint(publish), methods=["POST"]),
+        Route("/api/broadcast", api_endpoint(broadcast), methods=["POST"]),
+        Route("/api/history/{room:path}", api_endpoint(history), methods=["GET"]),
+        Route("/api/presence/{room:path}", api_endpoint(presence), methods=["GET"]),
+        Route("/api/presence_stats/{room:path}", api_endpoint(presence_stats), methods=["GET"]),
+        Route("/api/disconnect", api_endpoint(disconnect), methods=["POST"]),
+        Route("/api/info", api_endpoint(info), methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]

@@ -1,0 +1,71 @@
+"""Application factory: the node's lifespan, the HTTP routes and the `/ws` endpoint."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+
+from hubbub import api
+from hubbub.backends import create_backends
+from hubbub.node import Node
+from hubbub.outbox import ASGISend
+from hubbub.settings import DEV_API_KEY, DEV_JWT_SECRET, Settings
+from hubbub.transport import ASGIReceive, Scope, websocket_endpoint
+
+log = logging.getLogger("hubbub")
+
+
+def announce(settings: Settings) -> None:
+    if settings.development:
+        log.warning(
+            "DEVELOPMENT MODE: no configuration given. Every namespace has history, presence, join/leave and "
+            "client publish on. JWT secret: %s. API key: %s. Never expose this node; start with a config "
+            "file or HUBBUB_MODE=production for real use.",
+            "HUBBUB_JWT_SECRET" if settings.jwt_secret else repr(DEV_JWT_SECRET),
+            "HUBBUB_API_KEY" if settings.api_key else repr(DEV_API_KEY),
+        )
+    for problem in settings.problems():
+        log.warning("configuration: %s", problem)
+
+
+class HubbubApp:
+    """ASGI entry point: `/ws` goes straight to the WebSocket endpoint, the rest to Starlette."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.node: Node | None = None
+
+        @contextlib.asynccontextmanager
+        async def lifespan(app: Starlette) -> AsyncIterator[None]:
+            announce(settings)
+            node = Node(settings, create_backends(settings))
+            await node.start()
+            app.state.node = self.node = node
+            try:
+                yield
+            finally:
+                await node.stop()
+
+        self.http = Starlette(routes=api.routes(), lifespan=lifespan)
+
+    async def __call__(self, scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
+        if scope["type"] == "websocket":
+            if scope["path"] == "/ws" and self.node is not None:
+                await websocket_endpoint(self.node, scope, receive, send)
+            else:
+                await receive()
+                await send({"type": "websocket.close", "code": 1008})
+            return
+        await self.http(scope, receive, send)
+
+
+def create_app(settings: Settings | None = None, **overrides: Any) -> HubbubApp:
+    if settings is None:
+        from hubbub.settings import load_settings
+
+        settings = load_settings(overrides=overrides)
+    return HubbubApp(settings)

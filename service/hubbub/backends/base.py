@@ -1,0 +1,120 @@
+"""The backend contracts: Broker (publish and fan-out between nodes), History and Presence.
+
+A node talks to its backends only through these Protocols, so the embedded (memory) and
+Redis implementations are interchangeable; `tests/test_backends.py` runs one conformance suite
+against every implementation. Guarantees are stated on each method.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from hubbub.protocol import Publication
+from hubbub.types import ClientId, JSONObject, Room
+
+
+@dataclass(frozen=True, slots=True)
+class StreamOptions:
+    """Per-room storage options, resolved by the node from the room's namespace."""
+
+    history_size: int
+    history_ttl: float
+    idempotency_window: float
+    meta_ttl: float
+
+
+@dataclass(frozen=True, slots=True)
+class PublishResult:
+    epoch: str
+    offset: int
+    #: True when the idempotency key was seen before: nothing was published, the first result is returned.
+    duplicate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryResult:
+    epoch: str
+    #: The room's newest offset (0 for a room that never had a publication).
+    offset: int
+    publications: list[Publication]
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceStats:
+    clients: int
+    users: int
+
+
+class BackendUnavailable(Exception):
+    """The backend cannot serve right now (answered 503; the client may retry)."""
+
+
+class BrokerEventHandler(Protocol):
+    """What a Broker calls on the node. Implemented by `hub.Hub`. Calls never block."""
+
+    def on_publication(self, room: Room, epoch: str, pub: Publication) -> None: ...
+
+    def on_join(self, room: Room, info: JSONObject) -> None: ...
+
+    def on_leave(self, room: Room, info: JSONObject) -> None: ...
+
+
+class Broker(Protocol):
+    async def start(self, handler: BrokerEventHandler) -> None:
+        """Begin delivering events for subscribed rooms to `handler`."""
+
+    async def subscribe(self, room: Room) -> None:
+        """Deliver this room's events to this node from now on (called when a first local member joins)."""
+
+    async def unsubscribe(self, room: Room) -> None:
+        """Stop delivering this room's events (called when the last local member left)."""
+
+    async def publish(
+        self,
+        room: Room,
+        data: object,
+        *,
+        info: JSONObject | None,
+        idempotency_key: str | None,
+        options: StreamOptions,
+    ) -> PublishResult:
+        """Atomically: check the idempotency key, assign the next offset, append to history, fan out.
+
+        Offsets start at 1 and grow by 1 per publication of a room within an epoch. Every subscribed
+        node receives the publication through `on_publication`, in offset order.
+        Raises BackendUnavailable when nothing was published.
+        """
+
+    async def publish_join(self, room: Room, info: JSONObject) -> None:
+        """Fan a join event out to every subscribed node (best effort, not stored)."""
+
+    async def publish_leave(self, room: Room, info: JSONObject) -> None:
+        """Fan a leave event out to every subscribed node (best effort, not stored)."""
+
+    @property
+    def available(self) -> bool:
+        """False while the backend cannot serve (the node reports unready)."""
+
+    async def aclose(self) -> None: ...
+
+
+class History(Protocol):
+    async def read(self, room: Room, *, since: int | None, limit: int, options: StreamOptions) -> HistoryResult:
+        """Publications of `room` with offset > `since`, oldest first, at most `limit`.
+
+        Without `since`: the newest `limit` publications, oldest first. Always returns the room's current
+        epoch (creating one on first use) and newest offset. Expired publications are never returned.
+        """
+
+
+class Presence(Protocol):
+    async def add(self, room: Room, client: ClientId, entry: JSONObject) -> None:
+        """Insert or refresh `client` in `room`; `entry` is {"user": ..., "conn_info"?: ...}."""
+
+    async def remove(self, room: Room, client: ClientId) -> None: ...
+
+    async def get(self, room: Room) -> dict[ClientId, JSONObject]: ...
+
+    async def stats(self, room: Room) -> PresenceStats:
+        """Counts connections and distinct users separately."""

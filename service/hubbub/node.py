@@ -1,0 +1,275 @@
+"""The node: one process's sessions, rooms, backends, timers and lifecycle (start, drain, stop).
+
+Heartbeats and timeouts of every connection are driven by one ticker task per node (see
+`timers`), so an idle connection costs no task and no timer handle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+import weakref
+
+from hubbub import protocol
+from hubbub.backends import Backends
+from hubbub.backends.base import HistoryResult, PublishResult, StreamOptions
+from hubbub.codes import CloseCode
+from hubbub.hub import Hub
+from hubbub.jwks import Authenticator
+from hubbub.metrics import Metrics
+from hubbub.outbox import Outbox
+from hubbub.protocol import StreamPosition
+from hubbub.session import Session, State
+from hubbub.settings import NamespaceOptions, Settings
+from hubbub.timers import DeadlineHeap, FixedDelayQueue
+from hubbub.types import JSON, JSONObject, Room
+
+log = logging.getLogger("hubbub.node")
+
+
+def make_authenticator(settings: Settings) -> Authenticator:
+    return Authenticator(
+        hmac_secret=settings.effective_jwt_secret(),
+        public_key_pem=settings.public_key_pem(),
+        jwks_url=settings.jwt_jwks_url,
+        jwks_refresh_interval=settings.jwt_jwks_refresh,
+        audience=settings.jwt_audience,
+        issuer=settings.jwt_issuer,
+        leeway=settings.jwt_leeway,
+        allow_anonymous=settings.allow_anonymous,
+    )
+
+
+class Node:
+    def __init__(self, settings: Settings, backends: Backends, *, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.backends = backends
+        self.metrics = metrics or Metrics(settings.node_name)
+        self.hub = Hub(self.metrics)
+        self.auth = make_authenticator(settings)
+        self.loop = asyncio.get_event_loop()
+        self.started_at = time.time()
+        #: Every open WebSocket (connected or not yet), for capacity, draining and cleanup checks.
+        self.sessions: set[Session] = set()
+        self._by_user: dict[str, weakref.WeakSet[Session]] = {}
+        self.draining = False
+        #: Set once draining starts closing connections: new ones are closed with 1012 at once.
+        self.closing = False
+        self._connect_q: FixedDelayQueue[Session] = FixedDelayQueue(settings.connect_timeout)
+        self._ping_q: FixedDelayQueue[Session] = FixedDelayQueue(settings.ping_interval)
+        self._pong_q: FixedDelayQueue[Session] = FixedDelayQueue(settings.pong_timeout)
+        self._expiry: DeadlineHeap[Session] = DeadlineHeap()
+        self._ticker: asyncio.Task[None] | None = None
+        self._drainer: asyncio.Task[None] | None = None
+        self.drained = asyncio.Event()
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        await self.backends.broker.start(self.hub)
+        self._ticker = self.loop.create_task(self._tick_forever())
+
+    async def stop(self) -> None:
+        for task in (self._ticker, self._drainer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        await self.backends.broker.aclose()
+        await self.auth.aclose()
+        self.metrics.shutdown()
+
+    def readiness(self) -> tuple[bool, str]:
+        if self.draining:
+            return False, "draining"
+        if len(self.sessions) >= self.settings.max_connections:
+            return False, "at connection capacity"
+        if not self.backends.broker.available:
+            return False, "broker unavailable"
+        return True, "ready"
+
+    @property
+    def full(self) -> bool:
+        return len(self.sessions) >= self.settings.max_connections
+
+    # --- sessions -----------------------------------------------------------------------------
+
+    def attach(self, session: Session) -> None:
+        self.sessions.add(session)
+        self.metrics.connections.add(1)
+        session.connect_due = self._connect_q.add(session, self.loop.time())
+
+    def session_connected(self, session: Session) -> None:
+        session.connect_due = None
+        now = self.loop.time()
+        session.ping_due = self._ping_q.add(session, now)
+        self._by_user.setdefault(session.user, weakref.WeakSet()).add(session)
+        self.schedule_expiry(session)
+        self.metrics.connects.add(1)
+
+    def schedule_expiry(self, session: Session) -> None:
+        principal = session.principal
+        if principal is None or principal.expires_at is None:
+            session.expire_due = None
+            return
+        # Convert the wall-clock `exp` into the loop's monotonic clock once, when scheduling.
+        due = self.loop.time() + max(0.0, principal.expires_at - time.time())
+        session.expire_due = self._expiry.add(session, due)
+
+    async def detach(self, session: Session, code: int) -> None:
+        """The socket is gone: release everything the session held. Never raises."""
+        await session.cleanup()
+        self.sessions.discard(session)
+        users = self._by_user.get(session.user)
+        if users is not None:
+            users.discard(session)
+            if not users:
+                del self._by_user[session.user]
+        session.connect_due = session.ping_due = session.pong_due = session.expire_due = None
+        self.metrics.connections.add(-1)
+        self.metrics.disconnected(session.close_code or code)
+
+    def sessions_of(self, user: str) -> list[Session]:
+        return list(self._by_user.get(user, ()))
+
+    # --- rooms, publish, history ----------------------------------------------------------
+
+    def stream_options(self, options: NamespaceOptions) -> StreamOptions:
+        return StreamOptions(
+            history_size=options.history_size,
+            history_ttl=options.history_ttl,
+            idempotency_window=self.settings.idempotency_window,
+            meta_ttl=max(self.settings.history_meta_ttl, options.history_ttl),
+        )
+
+    async def join_room(
+        self, room: Room, outbox: Outbox, since: StreamPosition | None, options: NamespaceOptions
+    ) -> HistoryResult:
+        if self.hub.begin_join(room, outbox):
+            await self.backends.broker.subscribe(room)
+        # Recovery needs everything after `since`; without it only the position is needed.
+        limit = options.history_size if since is not None else 0
+        return await self.backends.history.read(
+            room, since=since.offset if since else None, limit=limit, options=self.stream_options(options)
+        )
+
+    async def leave_room(self, room: Room, outbox: Outbox) -> None:
+        if self.hub.remove(room, outbox):
+            await self.backends.broker.unsubscribe(room)
+
+    async def publish(
+        self,
+        room: Room,
+        data: JSON,
+        idempotency_key: str | None,
+        options: NamespaceOptions,
+        *,
+        info: JSONObject | None,
+        source: str,
+    ) -> PublishResult:
+        protocol.encode_data(data, self.settings.max_publication_bytes)
+        result = await self.backends.broker.publish(
+            room, data, info=info, idempotency_key=idempotency_key, options=self.stream_options(options)
+        )
+        if not result.duplicate:
+            self.metrics.publications.add(1, {"source": source})
+        return result
+
+    async def history(
+        self, room: Room, since: StreamPosition | None, limit: int, options: NamespaceOptions
+    ) -> JSONObject:
+        found = await self.backends.history.read(
+            room, since=since.offset if since else None, limit=limit, options=self.stream_options(options)
+        )
+        pubs = found.publications
+        if since is not None and since.epoch != found.epoch:
+            pubs = []
+        return {"epoch": found.epoch, "offset": found.offset, "publications": protocol.publications_json(pubs)}
+
+    def disconnect_user(self, user: str, code: CloseCode, reason: str | None) -> int:
+        sessions = [s for s in self.sessions_of(user) if s.close_code is None]
+        for session in sessions:
+            session.close(code, reason)
+        return len(sessions)
+
+    def info(self) -> JSONObject:
+        return {
+            "name": self.settings.node_name,
+            "connections": len(self.sessions),
+            "rooms": len(self.hub),
+            "draining": self.draining,
+            "uptime": round(time.time() - self.started_at, 1),
+        }
+
+    # --- timers -------------------------------------------------------------------------------
+
+    async def _tick_forever(self) -> None:
+        resolution = self.settings.timer_resolution
+        while True:
+            await asyncio.sleep(resolution)
+            try:
+                self.tick(self.loop.time())
+            except Exception:
+                log.exception("timer tick failed")
+
+    def tick(self, now: float) -> None:
+        for due, session in self._connect_q.pop_due(now):
+            if session.connect_due == due and session.state is State.CONNECTING:
+                session.close(CloseCode.UNAUTHORIZED, "no connect within connect_timeout")
+        for due, session in self._pong_q.pop_due(now):
+            if session.pong_due == due:
+                session.close(CloseCode.HEARTBEAT_TIMEOUT)
+        for due, session in self._expiry.pop_due(now):
+            if session.expire_due == due and session.close_code is None:
+                session.close(CloseCode.TOKEN_EXPIRED)
+        for due, session in self._ping_q.pop_due(now):
+            if session.ping_due == due and session.close_code is None:
+                session.outbox.push(protocol.PING_PUSH)
+                if session.pong_due is None:
+                    session.pong_due = self._pong_q.add(session, now)
+                session.ping_due = self._ping_q.add(session, now)
+
+    # --- draining -------------------------------------------------------------------------------
+
+    def begin_drain(self) -> None:
+        """SIGTERM: report unready at once, keep serving `drain_delay`, then close over `drain_period`."""
+        if self.draining:
+            return
+        self.draining = True
+        self.metrics.draining.add(1)
+        log.warning(
+            "draining: unready now, closing %d connections in %.1fs over %.1fs",
+            len(self.sessions),
+            self.settings.drain_delay,
+            self.settings.drain_period,
+        )
+        self._drainer = self.loop.create_task(self._drain())
+
+    async def _drain(self) -> None:
+        await asyncio.sleep(self.settings.drain_delay)
+        self.closing = True
+        period = self.settings.drain_period
+        started = self.loop.time()
+        closed = 0
+        while True:
+            open_sessions = [s for s in self.sessions if s.close_code is None]
+            if not open_sessions:
+                break
+            elapsed = self.loop.time() - started
+            # Close in proportion to elapsed time so reconnects arrive evenly over the period.
+            total = closed + len(open_sessions)
+            target = total if period <= 0 or elapsed >= period else math.ceil(total * elapsed / period)
+            for session in open_sessions[: max(0, target - closed)]:
+                session.close(CloseCode.DRAINING)
+                closed += 1
+            await asyncio.sleep(min(0.05, period / max(total, 1)) if period > 0 else 0)
+        # Give close handshakes a moment to finish before the server stops.
+        deadline = self.loop.time() + 3.0
+        while self.sessions and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        log.warning("drained: %d connections closed", closed)
+        self.drained.set()

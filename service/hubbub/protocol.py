@@ -1,0 +1,220 @@
+"""Wire format of protocol v1: decoding frames into commands, encoding replies and pushes.
+
+Pure: no I/O, no clocks. Encoding uses orjson and falls back to the standard library only
+for values orjson refuses (integers beyond 64 bits), so every JSON a client can send can be
+echoed back. Frames are newline-delimited JSON objects (one or more per frame).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+
+from hubbub.codes import CloseCode, CommandError, Disconnect, ErrorCode
+from hubbub.types import JSON, JSONObject
+
+SUBPROTOCOL: Final = "hubbub.v1.json"
+
+#: Ids above 2**53 - 1 cannot be represented by JavaScript clients; they are a protocol violation.
+MAX_COMMAND_ID: Final = 2**53 - 1
+MAX_IDEMPOTENCY_KEY: Final = 128
+MAX_HISTORY_LIMIT: Final = 1000
+
+OPS: Final = frozenset(
+    {"connect", "refresh", "join", "leave", "publish", "history", "presence", "presence_stats", "pong"}
+)
+
+PING_PUSH: Final = '{"push":"ping"}'
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    id: int  # 0 only for `pong`, which carries no id
+    op: str
+    params: JSONObject
+
+
+@dataclass(frozen=True, slots=True)
+class StreamPosition:
+    epoch: str
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class Publication:
+    offset: int
+    data: JSON
+    ts: int
+    info: JSONObject | None = None
+
+    def to_json(self) -> JSONObject:
+        out: JSONObject = {"offset": self.offset, "data": self.data, "ts": self.ts}
+        if self.info is not None:
+            out["info"] = self.info
+        return out
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def loads(text: str | bytes) -> JSON:
+    """Decode JSON strictly; raises ValueError on anything that is not RFC 8259 JSON."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        # orjson refuses integers beyond 64 bits, which are valid JSON; anything else it refuses is invalid.
+        pass
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except RecursionError as exc:
+        raise ValueError("JSON nested too deeply") from exc
+
+
+def dumps(value: JSON) -> str:
+    """Encode compactly; raises ValueError for values that are not JSON."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        pass
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise ValueError(f"value is not JSON-encodable: {exc}") from exc
+
+
+def decode_frame(text: str) -> list[Command]:
+    """Split a text frame into commands. Raises Disconnect(4004) on anything malformed.
+
+    Blank lines are ignored; a frame with no command at all is a violation. Ids must be unique
+    within a frame, since every command of a frame is in flight at once.
+    """
+    commands: list[Command] = []
+    seen: set[int] = set()
+    for line in text.split("\n"):
+        if not line.strip():
+            continue
+        try:
+            obj = loads(line)
+        except ValueError as exc:
+            raise Disconnect(CloseCode.PROTOCOL_VIOLATION, "malformed JSON") from exc
+        command = parse_command(obj)
+        if command.id:
+            if command.id in seen:
+                raise Disconnect(CloseCode.PROTOCOL_VIOLATION, f"duplicate in-flight id {command.id}")
+            seen.add(command.id)
+        commands.append(command)
+    if not commands:
+        raise Disconnect(CloseCode.PROTOCOL_VIOLATION, "empty frame")
+    return commands
+
+
+def parse_command(obj: JSON) -> Command:
+    if not isinstance(obj, dict):
+        raise Disconnect(CloseCode.PROTOCOL_VIOLATION, "a command must be a JSON object")
+    op = obj.get("op")
+    if not isinstance(op, str) or op not in OPS:
+        raise Disconnect(CloseCode.PROTOCOL_VIOLATION, "unknown op")
+    raw_id = obj.get("id")
+    if raw_id is None and op == "pong":
+        return Command(0, op, obj)
+    if type(raw_id) is not int or not 1 <= raw_id <= MAX_COMMAND_ID:
+        raise Disconnect(CloseCode.PROTOCOL_VIOLATION, "id must be an integer from 1 to 2^53-1")
+    return Command(raw_id, op, obj)
+
+
+# --- parameter accessors: a bad parameter is a 400 reply, never a close -------------------------
+
+
+def param_str(params: JSONObject, name: str, *, required: bool = True, max_len: int = 255) -> str | None:
+    value = params.get(name)
+    if value is None:
+        if required:
+            raise CommandError(ErrorCode.BAD_REQUEST, f"`{name}` is required")
+        return None
+    if not isinstance(value, str) or not value or len(value) > max_len:
+        raise CommandError(ErrorCode.BAD_REQUEST, f"`{name}` must be a non-empty string of at most {max_len} chars")
+    return value
+
+
+def param_since(value: JSON) -> StreamPosition | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise CommandError(ErrorCode.BAD_REQUEST, "`since` must be an object {epoch, offset}")
+    epoch, offset = value.get("epoch"), value.get("offset")
+    if not isinstance(epoch, str) or len(epoch) > 64:
+        raise CommandError(ErrorCode.BAD_REQUEST, "`since.epoch` must be a string")
+    if type(offset) is not int or not 0 <= offset <= MAX_COMMAND_ID:
+        raise CommandError(ErrorCode.BAD_REQUEST, "`since.offset` must be a non-negative integer")
+    return StreamPosition(epoch, offset)
+
+
+def param_limit(value: JSON, default: int = 100) -> int:
+    if value is None:
+        return default
+    if type(value) is not int or value < 0:
+        raise CommandError(ErrorCode.BAD_REQUEST, "`limit` must be a non-negative integer")
+    return min(value, MAX_HISTORY_LIMIT)
+
+
+def param_idempotency_key(value: JSON) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value) > MAX_IDEMPOTENCY_KEY:
+        raise CommandError(
+            ErrorCode.BAD_REQUEST, f"`idempotency_key` must be a non-empty string of at most {MAX_IDEMPOTENCY_KEY}"
+        )
+    return value
+
+
+def encode_data(data: JSON, limit: int) -> str:
+    """Validate publication data: encodable, finite, and at most `limit` bytes once encoded."""
+    if isinstance(data, float) and not math.isfinite(data):
+        raise CommandError(ErrorCode.BAD_REQUEST, "`data` must be JSON")
+    try:
+        text = dumps(data)
+    except ValueError as exc:
+        raise CommandError(ErrorCode.BAD_REQUEST, "`data` must be JSON") from exc
+    if len(text) > limit and len(text.encode()) > limit:
+        raise CommandError(ErrorCode.TOO_LARGE, f"publication data is larger than {limit} bytes")
+    return text
+
+
+# --- encoders ---------------------------------------------------------------------------------
+
+
+def reply_ok(command_id: int, result: JSONObject) -> str:
+    return dumps({"id": command_id, "ok": result})
+
+
+def reply_error(command_id: int, code: int, reason: str) -> str:
+    return dumps({"id": command_id, "error": {"code": code, "reason": reason}})
+
+
+def error_body(code: int, reason: str) -> JSONObject:
+    return {"error": {"code": code, "reason": reason}}
+
+
+def pub_push(room: str, pub: Publication) -> str:
+    out: JSONObject = {"push": "pub", "room": room, "offset": pub.offset, "data": pub.data, "ts": pub.ts}
+    if pub.info is not None:
+        out["info"] = pub.info
+    return dumps(out)
+
+
+def presence_push(kind: str, room: str, info: JSONObject) -> str:
+    return dumps({"push": kind, "room": room, "info": info})
+
+
+def disconnect_push(code: int, reason: str, reconnect: bool) -> str:
+    return dumps({"push": "disconnect", "code": code, "reason": reason, "reconnect": reconnect})
+
+
+def publications_json(pubs: Iterable[Publication]) -> list[JSONObject]:
+    return [p.to_json() for p in pubs]

@@ -1,0 +1,64 @@
+"""Running the app under uvicorn, with SIGTERM wired to the node's paced drain (protocol §9)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from types import FrameType
+
+import uvicorn
+
+from hubbub.app import HubbubApp
+from hubbub.node import Node
+from hubbub.settings import Settings
+
+#: Seconds uvicorn waits for tasks after the drain (the drain itself has already closed the sockets).
+SHUTDOWN_GRACE = 5
+
+
+class DrainingServer(uvicorn.Server):
+    """SIGTERM: readyz 503, serve `drain_delay`, close over `drain_period`, then exit. SIGINT: stop now."""
+
+    def __init__(self, config: uvicorn.Config, app: HubbubApp) -> None:
+        super().__init__(config)
+        self.hubbub_app = app
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        node = self.hubbub_app.node
+        if sig == signal.SIGTERM and node is not None and not self.should_exit:
+            if not node.draining:
+                node.loop.call_soon_threadsafe(self._drain, node)
+            return
+        super().handle_exit(sig, frame)
+
+    def _drain(self, node: Node) -> None:
+        node.begin_drain()
+
+        async def stop_when_drained() -> None:
+            await node.drained.wait()
+            self.should_exit = True
+
+        asyncio.get_running_loop().create_task(stop_when_drained())
+
+
+def uvicorn_config(app: HubbubApp, settings: Settings) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="warning" if settings.log_level == "info" else settings.log_level,
+        access_log=False,
+        ws="websockets-sansio",
+        ws_max_size=settings.max_frame_bytes,
+        ws_per_message_deflate=settings.permessage_deflate,
+        # The protocol's own ping/pong (§6) is the heartbeat; transport pings would double the traffic.
+        ws_ping_interval=None,
+        ws_ping_timeout=None,
+        lifespan="on",
+        timeout_graceful_shutdown=SHUTDOWN_GRACE,
+    )
+
+
+def run(settings: Settings) -> None:
+    app = HubbubApp(settings)
+    DrainingServer(uvicorn_config(app, settings), app).run()

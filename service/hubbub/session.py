@@ -1,0 +1,380 @@
+"""One client connection's protocol state machine, independent of the socket underneath.
+
+The transport feeds text frames to `Session.handle_text`; everything the session sends goes
+through its `Outbox`. Commands are handled one at a time in the order received (protocol rule 1).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Final
+
+from hubbub import protocol, rules
+from hubbub.auth import AuthError, Principal
+from hubbub.backends.base import BackendUnavailable, HistoryResult
+from hubbub.codes import CloseCode, CommandError, Disconnect, ErrorCode
+from hubbub.outbox import ASGISend, Outbox
+from hubbub.protocol import Command, Publication, StreamPosition
+from hubbub.ratelimit import TokenBucket, Verdict
+from hubbub.settings import NamespaceOptions
+from hubbub.types import ClientId, JSONObject, Room
+
+if TYPE_CHECKING:
+    from hubbub.node import Node
+
+log = logging.getLogger("hubbub.session")
+
+AfterReply = Callable[[], Awaitable[None]]
+
+
+class State(enum.Enum):
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    CLOSED = "closed"
+
+
+def recover(since: StreamPosition | None, found: HistoryResult) -> tuple[bool, list[Publication]]:
+    """All-or-nothing recovery (protocol §4, rule 4): every missed publication, or none."""
+    if since is None or since.epoch != found.epoch or since.offset > found.offset:
+        return False, []
+    missed = found.offset - since.offset
+    pubs = found.publications
+    if missed == 0:
+        return True, []
+    if len(pubs) == missed and pubs[0].offset == since.offset + 1:
+        return True, pubs
+    return False, []
+
+
+class Session:
+    __slots__ = (
+        "__weakref__",
+        "_after",
+        "_bucket",
+        "client_id",
+        "close_code",
+        "connect_due",
+        "expire_due",
+        "node",
+        "outbox",
+        "ping_due",
+        "pong_due",
+        "principal",
+        "rooms",
+        "state",
+    )
+
+    def __init__(self, node: Node, send: ASGISend, *, principal: Principal | None) -> None:
+        self.node = node
+        self.client_id = ClientId(secrets.token_urlsafe(12))
+        self.outbox = Outbox(
+            send,
+            client_id=self.client_id,
+            max_bytes=node.settings.max_queue_bytes,
+            on_overflow=self._slow_consumer,
+            loop=node.loop,
+        )
+        #: Principal from the upgrade request until `connect` replaces or confirms it.
+        self.principal = principal
+        self.state = State.CONNECTING
+        self.rooms: dict[Room, NamespaceOptions] = {}
+        self._bucket = TokenBucket(node.settings.command_rate, node.settings.command_burst, time.monotonic())
+        self._after: list[AfterReply] = []
+        self.close_code: int | None = None
+        self.connect_due: float | None = None
+        self.ping_due: float | None = None
+        self.pong_due: float | None = None
+        self.expire_due: float | None = None
+
+    @property
+    def user(self) -> str:
+        return self.principal.user if self.principal else ""
+
+    def client_info(self) -> JSONObject:
+        info: JSONObject = {"user": self.user, "client": self.client_id}
+        if self.principal is not None and self.principal.info is not None:
+            info["info"] = self.principal.info
+        return info
+
+    # --- closing ---------------------------------------------------------------------------
+
+    def close(self, code: CloseCode, reason: str | None = None, *, drop_pending: bool = False) -> None:
+        if self.close_code is not None:
+            return
+        self.close_code = int(code)
+        self.outbox.close(
+            int(code),
+            reason or code.info.reason,
+            reconnect=code.info.reconnect,
+            notify=code is not CloseCode.MESSAGE_TOO_BIG,
+            drop_pending=drop_pending,
+        )
+
+    def _slow_consumer(self) -> None:
+        self.node.metrics.slow_consumers.add(1)
+        self.close(CloseCode.SLOW_CONSUMER, drop_pending=True)
+
+    # --- inbound -----------------------------------------------------------------------------
+
+    async def handle_text(self, text: str) -> None:
+        """Handle one inbound frame. Closes the connection on protocol violations."""
+        if self.close_code is not None:
+            return
+        try:
+            try:
+                commands = protocol.decode_frame(text)
+            except Disconnect:
+                if self.state is State.CONNECTING:
+                    raise Disconnect(CloseCode.UNAUTHORIZED, "connect must be the first command") from None
+                raise
+            for command in commands:
+                if self.close_code is not None:
+                    return
+                await self._dispatch(command)
+        except Disconnect as exc:
+            self.close(exc.code, exc.reason)
+
+    def handle_binary(self) -> None:
+        if self.state is State.CONNECTING:
+            self.close(CloseCode.UNAUTHORIZED, "connect must be the first command")
+        else:
+            self.close(CloseCode.UNSUPPORTED_DATA)
+
+    async def _dispatch(self, command: Command) -> None:
+        op = command.op
+        if self.state is State.CONNECTING and op != "connect":
+            raise Disconnect(CloseCode.UNAUTHORIZED, "connect must be the first command")
+        if op == "pong":
+            self.pong_due = None
+            if command.id:
+                self.outbox.push(protocol.reply_ok(command.id, {}))
+            return
+        if op != "connect":
+            verdict = self._bucket.take(time.monotonic())
+            if verdict is Verdict.CLOSE:
+                raise Disconnect(CloseCode.RATE_LIMITED)
+            if verdict is Verdict.REJECT:
+                self._reply_error(command, ErrorCode.TOO_MANY, "rate limited: slow down")
+                return
+        handler = self._handlers[op]
+        try:
+            result = await handler(self, command.params)
+        except CommandError as exc:
+            self._after.clear()
+            self._reply_error(command, exc.code, exc.reason)
+            return
+        except BackendUnavailable as exc:
+            self._after.clear()
+            self._reply_error(command, ErrorCode.UNAVAILABLE, f"temporarily unavailable: {exc}")
+            return
+        except Disconnect:
+            self._after.clear()
+            raise
+        except Exception:
+            self._after.clear()
+            log.exception("command %s failed", op)
+            self._reply_error(command, ErrorCode.INTERNAL, "internal error")
+            return
+        if self.close_code is not None:
+            return
+        self.outbox.push(protocol.reply_ok(command.id, result))
+        self.node.metrics.command(op, "ok")
+        after, self._after = self._after, []
+        for step in after:
+            await step()
+
+    def _reply_error(self, command: Command, code: ErrorCode, reason: str) -> None:
+        self.outbox.push(protocol.reply_error(command.id, int(code), reason))
+        self.node.metrics.command(command.op, str(int(code)))
+
+    # --- commands ------------------------------------------------------------------------------
+
+    async def _connect(self, params: JSONObject) -> JSONObject:
+        if self.state is State.CONNECTED:
+            raise CommandError(ErrorCode.BAD_REQUEST, "already connected")
+        rooms = params.get("rooms")
+        if rooms is not None and not isinstance(rooms, dict):
+            raise CommandError(ErrorCode.BAD_REQUEST, "`rooms` must be an object of room → {since}")
+        token = params.get("token")
+        node = self.node
+        if token is not None:
+            if not isinstance(token, str):
+                raise Disconnect(CloseCode.UNAUTHORIZED, "token must be a string")
+            self.principal = await self._authenticate(token)
+        elif self.principal is None:
+            if not node.settings.allow_anonymous:
+                node.metrics.auth_failures.add(1, {"reason": "missing_token"})
+                raise Disconnect(CloseCode.UNAUTHORIZED, "a token is required")
+            self.principal = Principal(user="", rooms=(), publish=(), info=None, expires_at=None)
+        if self.principal.expires_at is not None and self.principal.expires_at <= time.time():
+            raise Disconnect(CloseCode.UNAUTHORIZED, "token expired")
+        self.state = State.CONNECTED
+        node.session_connected(self)
+        joined: JSONObject = {}
+        for name, spec in (rooms or {}).items():
+            try:
+                if spec is not None and not isinstance(spec, dict):
+                    raise CommandError(ErrorCode.BAD_REQUEST, "each room takes an object {since?}")
+                joined[name] = await self._join_room(name, (spec or {}).get("since"))
+            except CommandError as exc:
+                joined[name] = protocol.error_body(int(exc.code), exc.reason)
+            except BackendUnavailable as exc:
+                joined[name] = protocol.error_body(int(ErrorCode.UNAVAILABLE), f"temporarily unavailable: {exc}")
+        return {
+            "client": self.client_id,
+            "user": self.principal.user,
+            "expires_in": self._expires_in(),
+            "ping_interval": node.settings.ping_interval,
+            "rooms": joined,
+        }
+
+    async def _authenticate(self, token: str) -> Principal:
+        try:
+            return await self.node.auth.authenticate(token)
+        except AuthError as exc:
+            self.node.metrics.auth_failures.add(1, {"reason": exc.reason})
+            raise Disconnect(CloseCode.UNAUTHORIZED, exc.message) from None
+
+    def _expires_in(self) -> int | None:
+        if self.principal is None or self.principal.expires_at is None:
+            return None
+        return max(0, int(self.principal.expires_at - time.time()))
+
+    async def _refresh(self, params: JSONObject) -> JSONObject:
+        token = protocol.param_str(params, "token", max_len=16384)
+        assert token is not None
+        try:
+            principal = await self.node.auth.authenticate(token)
+        except AuthError as exc:
+            self.node.metrics.auth_failures.add(1, {"reason": exc.reason})
+            raise CommandError(ErrorCode.UNAUTHORIZED, exc.message) from None
+        if self.principal is not None and principal.user != self.principal.user:
+            raise CommandError(ErrorCode.FORBIDDEN, "the new token is for another user")
+        self.principal = principal
+        self.node.schedule_expiry(self)
+        return {"expires_in": self._expires_in()}
+
+    async def _join(self, params: JSONObject) -> JSONObject:
+        return await self._join_room(params.get("room"), params.get("since"))
+
+    async def _join_room(self, name: object, raw_since: object) -> JSONObject:
+        room = rules.check_room(name)
+        options = rules.room_options(self.node.settings, room)
+        since = protocol.param_since(raw_since)
+        if room in self.rooms:
+            raise CommandError(ErrorCode.CONFLICT, "already joined")
+        if len(self.rooms) >= self.node.settings.max_rooms_per_connection:
+            raise CommandError(ErrorCode.TOO_MANY, "too many rooms on this connection")
+        assert self.principal is not None
+        rules.check_join(self.principal.rooms, room, options)
+        node = self.node
+        self.rooms[room] = options
+        try:
+            found = await node.join_room(room, self.outbox, since, options)
+            if options.presence:
+                await node.backends.presence.add(room, self.client_id, self._presence_entry())
+        except BaseException:
+            del self.rooms[room]
+            await node.leave_room(room, self.outbox)
+            raise
+        recovered, pubs = recover(since, found)
+
+        async def finish() -> None:
+            node.hub.complete_join(room, self.outbox, found.epoch, found.offset)
+            if options.join_leave:
+                await node.backends.broker.publish_join(room, self.client_info())
+
+        self._after.append(finish)
+        return {
+            "epoch": found.epoch,
+            "offset": found.offset,
+            "recovered": recovered,
+            "publications": protocol.publications_json(pubs),
+        }
+
+    def _presence_entry(self) -> JSONObject:
+        entry: JSONObject = {"user": self.user}
+        if self.principal is not None and self.principal.info is not None:
+            entry["info"] = self.principal.info
+        return entry
+
+    async def _leave(self, params: JSONObject) -> JSONObject:
+        room = rules.check_room(params.get("room"))
+        if room not in self.rooms:
+            raise CommandError(ErrorCode.CONFLICT, "not joined")
+        await self._leave_room(room)
+        return {}
+
+    async def _leave_room(self, room: Room) -> None:
+        options = self.rooms.pop(room)
+        node = self.node
+        await node.leave_room(room, self.outbox)
+        if options.presence:
+            await node.backends.presence.remove(room, self.client_id)
+        if options.join_leave:
+            await node.backends.broker.publish_leave(room, self.client_info())
+
+    async def _publish(self, params: JSONObject) -> JSONObject:
+        room = rules.check_room(params.get("room"))
+        options = rules.room_options(self.node.settings, room)
+        assert self.principal is not None
+        rules.check_publish(self.principal.publish, room, options)
+        if "data" not in params:
+            raise CommandError(ErrorCode.BAD_REQUEST, "`data` is required")
+        key = protocol.param_idempotency_key(params.get("idempotency_key"))
+        result = await self.node.publish(room, params["data"], key, options, info=self.client_info(), source="ws")
+        return {"epoch": result.epoch, "offset": result.offset}
+
+    async def _history(self, params: JSONObject) -> JSONObject:
+        room = rules.check_room(params.get("room"))
+        options = rules.room_options(self.node.settings, room)
+        assert self.principal is not None
+        rules.check_read(self.principal.rooms, room)
+        since = protocol.param_since(params.get("since"))
+        limit = protocol.param_limit(params.get("limit"))
+        return await self.node.history(room, since, limit, options)
+
+    async def _presence(self, params: JSONObject) -> JSONObject:
+        room = self._presence_room(params)
+        clients = await self.node.backends.presence.get(room)
+        return {"clients": clients}
+
+    async def _presence_stats(self, params: JSONObject) -> JSONObject:
+        room = self._presence_room(params)
+        stats = await self.node.backends.presence.stats(room)
+        return {"clients": stats.clients, "users": stats.users}
+
+    def _presence_room(self, params: JSONObject) -> Room:
+        room = rules.check_room(params.get("room"))
+        options = rules.room_options(self.node.settings, room)
+        assert self.principal is not None
+        rules.check_read(self.principal.rooms, room)
+        if not options.presence:
+            raise CommandError(ErrorCode.FORBIDDEN, "presence is disabled in this namespace")
+        return room
+
+    _handlers: Final[dict[str, Callable[[Session, JSONObject], Awaitable[JSONObject]]]] = {
+        "connect": _connect,
+        "refresh": _refresh,
+        "join": _join,
+        "leave": _leave,
+        "publish": _publish,
+        "history": _history,
+        "presence": _presence,
+        "presence_stats": _presence_stats,
+    }
+
+    # --- teardown ---------------------------------------------------------------------------
+
+    async def cleanup(self) -> None:
+        """Leave every room after the socket is gone; never raises."""
+        self.state = State.CLOSED
+        for room in list(self.rooms):
+            try:
+                await self._leave_room(room)
+            except Exception:
+                log.exception("cleanup of room %s failed for %s", room, self.client_id)

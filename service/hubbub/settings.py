@@ -1,0 +1,240 @@
+"""The one settings model: defaults < config file < HUBBUB_* environment < CLI flags.
+
+Every field is documented here once; `docs/configuration.md` is generated from these
+descriptions (`hubbub config-doc`) and checked against them by a test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+ENV_PREFIX = "HUBBUB_"
+
+#: Publicly known development credentials. Only ever used in development mode, and announced at start-up.
+DEV_JWT_SECRET = "hubbub-development-secret-do-not-use-in-production"
+DEV_API_KEY = "hubbub-dev-api-key"
+
+
+class NamespaceOptions(BaseModel):
+    """Options of one room namespace (the part of a room name before the first `:`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    history_size: int = Field(0, ge=0, le=100_000, description="Publications kept per room for history and recovery.")
+    history_ttl: float = Field(300.0, gt=0, description="Seconds a publication stays in history.")
+    presence: bool = Field(False, description="Track who is in each room (`presence`, `presence_stats`).")
+    join_leave: bool = Field(False, description="Send `join`/`leave` pushes to the other members.")
+    client_publish: bool = Field(False, description="Allow clients (with a matching `publish` claim) to publish.")
+    public: bool = Field(False, description="Any connected client may join, without a `rooms` claim.")
+
+
+#: Development mode (protocol rule 14): every namespace behaves like this unless configured.
+DEVELOPMENT_NAMESPACE = NamespaceOptions(
+    history_size=100, history_ttl=300.0, presence=True, join_leave=True, client_publish=True
+)
+
+
+class Settings(BaseModel):
+    """Everything an operator can set. Field names map to `HUBBUB_<NAME>` environment variables."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: Literal["auto", "development", "production"] = Field(
+        "auto",
+        description=(
+            "`development` turns every namespace on and uses publicly known development credentials; "
+            "`production` requires explicit configuration. `auto` means development only when no config "
+            "file is given."
+        ),
+    )
+    host: str = Field("127.0.0.1", description="Interface to listen on (use 0.0.0.0 in a container).")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on.")
+    node_name: str = Field(default_factory=socket.gethostname, description="This node's name in `/api/info`.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+
+    jwt_secret: SecretStr | None = Field(None, description="HMAC secret for HS256/384/512 tokens.")
+    jwt_public_key: str | None = Field(None, description="PEM public key (RSA, EC P-256 or Ed25519) for tokens.")
+    jwt_public_key_file: Path | None = Field(None, description="File holding `jwt_public_key`.")
+    jwt_jwks_url: str | None = Field(None, description="JWKS URL; keys are cached and refetched on rotation.")
+    jwt_jwks_refresh: float = Field(300.0, gt=0, description="Seconds between JWKS refreshes.")
+    jwt_audience: str | None = Field(None, description="Required `aud` claim, when set.")
+    jwt_issuer: str | None = Field(None, description="Required `iss` claim, when set.")
+    jwt_leeway: float = Field(5.0, ge=0, le=300, description="Clock-skew allowance for `exp`/`nbf`, seconds.")
+    allow_anonymous: bool = Field(False, description="Accept tokens without `sub` (user id becomes empty).")
+
+    api_key: SecretStr | None = Field(None, description="Bearer key for the HTTP API; the API answers 401 without.")
+    allowed_origins: tuple[str, ...] = Field(
+        (),
+        description=(
+            "Origins (glob patterns such as `https://*.example.com`) allowed to open WebSockets. Requests "
+            "without an Origin header (non-browser clients) and same-origin requests are always allowed; "
+            "`*` allows every origin."
+        ),
+    )
+
+    connect_timeout: float = Field(10.0, gt=0, description="Seconds a new connection has to send `connect`.")
+    ping_interval: float = Field(25.0, gt=0, description="Seconds between server `ping` pushes.")
+    pong_timeout: float = Field(10.0, gt=0, description="Seconds to answer a ping before close 4010.")
+    max_frame_bytes: int = Field(65536, ge=1024, description="Largest inbound WebSocket message (close 1009).")
+    max_rooms_per_connection: int = Field(128, ge=1, description="Rooms one connection may join (reply 429).")
+    command_rate: float = Field(100.0, gt=0, description="Sustained inbound commands per second per connection.")
+    command_burst: int = Field(
+        200, ge=1, description="Commands allowed above the rate before replies 429; twice that closes 4029."
+    )
+    max_queue_bytes: int = Field(
+        1_048_576, ge=4096, description="Outbound bytes queued for one connection before close 4008."
+    )
+    max_connections: int = Field(
+        20000, ge=1, description="Connections per node; beyond it new ones close 1013 and `/readyz` is 503."
+    )
+    max_publication_bytes: int = Field(65536, ge=16, description="Largest encoded `data` of a publication (413).")
+    idempotency_window: float = Field(300.0, gt=0, description="Seconds an idempotency key is remembered.")
+    history_meta_ttl: float = Field(
+        86400.0, gt=0, description="Seconds a room's epoch and offset outlive its last publication."
+    )
+    drain_delay: float = Field(5.0, ge=0, description="Seconds to keep serving after SIGTERM before closing.")
+    drain_period: float = Field(20.0, ge=0, description="Seconds over which connections are closed with 1012.")
+    permessage_deflate: bool = Field(False, description="Offer permessage-deflate compression to clients.")
+    timer_resolution: float = Field(
+        0.25, gt=0, le=5, description="Granularity of heartbeat and timeout checks (one timer per node)."
+    )
+
+    default_namespace: NamespaceOptions | None = Field(
+        None, description="Options for rooms without a `:` (absent: unknown namespace, 404, in production)."
+    )
+    namespaces: dict[str, NamespaceOptions] = Field(default_factory=dict, description="Options by namespace name.")
+
+    # Not a setting: recorded by the loader so development mode is never entered silently with a file.
+    config_file: Path | None = Field(None, description="The config file these settings were read from.")
+
+    @model_validator(mode="after")
+    def _check_timing(self) -> Settings:
+        if self.pong_timeout >= self.ping_interval * 4:
+            raise ValueError("pong_timeout must be well below 4 × ping_interval")
+        if self.jwt_secret is not None and len(self.jwt_secret.get_secret_value().encode()) < 32:
+            # RFC 7518 §3.2: an HS256 key must be at least as long as the hash output.
+            raise ValueError("jwt_secret must be at least 32 bytes (RFC 7518 §3.2)")
+        return self
+
+    @property
+    def development(self) -> bool:
+        if self.mode == "auto":
+            return self.config_file is None
+        return self.mode == "development"
+
+    def namespace(self, name: str) -> NamespaceOptions | None:
+        """Options of namespace `name` ("" is the default namespace); None when unknown."""
+        options = self.namespaces.get(name) if name else self.default_namespace
+        if options is None and self.development:
+            return DEVELOPMENT_NAMESPACE
+        return options
+
+    def effective_jwt_secret(self) -> str | None:
+        if self.jwt_secret is not None:
+            return self.jwt_secret.get_secret_value()
+        if self.development and not (self.jwt_public_key or self.jwt_public_key_file or self.jwt_jwks_url):
+            return DEV_JWT_SECRET
+        return None
+
+    def effective_api_key(self) -> str | None:
+        if self.api_key is not None:
+            return self.api_key.get_secret_value()
+        return DEV_API_KEY if self.development else None
+
+    def public_key_pem(self) -> str | None:
+        if self.jwt_public_key:
+            return self.jwt_public_key
+        if self.jwt_public_key_file is not None:
+            return self.jwt_public_key_file.read_text()
+        return None
+
+    def problems(self) -> list[str]:
+        """Configuration that starts but will not work as an operator expects (used by `check-config`)."""
+        found: list[str] = []
+        has_key = self.effective_jwt_secret() or self.jwt_public_key or self.jwt_public_key_file or self.jwt_jwks_url
+        if not has_key:
+            found.append("no JWT key configured (jwt_secret, jwt_public_key or jwt_jwks_url): every connect fails")
+        if self.effective_api_key() is None:
+            found.append("no api_key: the HTTP API answers 401 to everything")
+        if self.jwt_public_key_file is not None and not self.jwt_public_key_file.is_file():
+            found.append(f"jwt_public_key_file {self.jwt_public_key_file} does not exist")
+        if not self.development and self.default_namespace is None and not self.namespaces:
+            found.append("no namespaces configured: every join answers 404")
+        return found
+
+
+class SettingsError(Exception):
+    """Configuration that cannot be loaded; the message is meant for a human."""
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SettingsError(f"cannot read config file {path}: {exc.strerror}") from exc
+    try:
+        if path.suffix == ".toml":
+            data: Any = tomllib.loads(text)
+        elif path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            data = yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise SettingsError(f"config file {path} is not valid {path.suffix.lstrip('.') or 'YAML'}: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SettingsError(f"config file {path} must hold a mapping of settings")
+    return data
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name, field in Settings.model_fields.items():
+        if name == "config_file":
+            continue
+        raw = env.get(ENV_PREFIX + name.upper())
+        if raw is None:
+            continue
+        annotation = str(field.annotation)
+        structured = any(t in annotation for t in ("dict", "tuple", "NamespaceOptions"))
+        if structured:
+            try:
+                values[name] = json.loads(raw)
+            except ValueError as exc:
+                raise SettingsError(f"{ENV_PREFIX}{name.upper()} must be JSON: {exc}") from exc
+        else:
+            values[name] = raw
+    return values
+
+
+def load_settings(
+    config_file: Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Merge defaults, the config file, `HUBBUB_*` variables and CLI overrides (later wins)."""
+    env = os.environ if env is None else env
+    if config_file is None and env.get(ENV_PREFIX + "CONFIG"):
+        config_file = Path(env[ENV_PREFIX + "CONFIG"])
+    merged: dict[str, Any] = {}
+    if config_file is not None:
+        merged.update(_read_file(config_file))
+    merged.update(_from_env(env))
+    merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    merged["config_file"] = config_file
+    try:
+        return Settings.model_validate(merged)
+    except ValidationError as exc:
+        lines = [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise SettingsError("invalid configuration:\n" + "\n".join(lines)) from exc

@@ -1,0 +1,135 @@
+"""Real hubbub server processes on 127.0.0.1 for the tests: start, signal, kill, restart."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+SECRET = "test-secret-0123456789abcdef0123456789abcdef"
+API_KEY = "test-api-key"
+
+#: Namespaces the shared test server knows (production mode, explicit configuration).
+TEST_NAMESPACES: dict[str, dict[str, Any]] = {
+    "chat": {"history_size": 100, "presence": True, "join_leave": True, "client_publish": True},
+    "small": {"history_size": 3, "presence": True, "client_publish": True},
+    "nohist": {"history_size": 0, "client_publish": True},
+    "quiet": {"history_size": 10, "client_publish": True},
+    "public": {"history_size": 10, "public": True, "presence": True},
+    "short": {"history_size": 100, "history_ttl": 1, "client_publish": True},
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def test_config(**overrides: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "mode": "production",
+        "jwt_secret": SECRET,
+        "api_key": API_KEY,
+        "namespaces": TEST_NAMESPACES,
+        "default_namespace": {"history_size": 10, "presence": True, "client_publish": True},
+        "timer_resolution": 0.05,
+    }
+    config.update(overrides)
+    return config
+
+
+class ServerProcess:
+    """`python -m hubbub serve` in a subprocess, with its config written to `workdir`."""
+
+    def __init__(self, workdir: Path, config: dict[str, Any] | None = None, *, port: int | None = None) -> None:
+        self.workdir = workdir
+        self.config = config if config is not None else test_config()
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = workdir / f"server-{self.port}.log"
+        self.config_path = workdir / f"config-{self.port}.json"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    def start(self, timeout: float = 20.0) -> ServerProcess:
+        self.config_path.write_text(json.dumps(self.config))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HUBBUB_")}
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "hubbub", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
+            + ["--config", str(self.config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(self.http_url + "/healthz", timeout=0.5).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"server did not become healthy in {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def signal(self, sig: signal.Signals) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        if self.running():
+            assert self.proc is not None
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        """Stop at once (SIGINT: no drain)."""
+        if self.running():
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def restart(self) -> ServerProcess:
+        self.stop()
+        return self.start()
+
+    def api(self, method: str, path: str, *, key: str | None = API_KEY, **kwargs: Any) -> httpx.Response:
+        headers = {"authorization": f"Bearer {key}"} if key is not None else {}
+        return httpx.request(method, self.http_url + path, headers=headers, timeout=10, **kwargs)
