@@ -176,7 +176,7 @@ async def disconnect(request: Request, node: Node) -> object:
 
 
 async def info(request: Request, node: Node) -> object:
-    return {"nodes": [node.info()]}
+    return {"nodes": [{**node.info(), "internals": node.internals()}]}
 
 
 async def healthz(request: Request) -> Response:

@@ -205,6 +205,17 @@ class Node:
             "uptime": round(time.time() - self.started_at, 1),
         }
 
+    def internals(self) -> JSONObject:
+        """Counts of everything a connection can leave behind, for leak checks and the status page."""
+        return {
+            "sessions": len(self.sessions),
+            "users": len(self._by_user),
+            "hub_rooms": len(self.hub),
+            "timer_entries": len(self._connect_q) + len(self._ping_q) + len(self._pong_q) + len(self._expiry),
+            "tasks": len(asyncio.all_tasks(self.loop)),
+            **self.backends.internals(),
+        }
+
     # --- timers -------------------------------------------------------------------------------
 
     async def _tick_forever(self) -> None:

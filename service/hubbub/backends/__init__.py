@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sized
 from dataclasses import dataclass
 
 from hubbub.backends.base import Broker, History, Presence
@@ -16,6 +17,14 @@ class Backends:
     broker: Broker
     history: History
     presence: Presence
+
+    def internals(self) -> dict[str, int]:
+        """Sizes of the backends' local state (zero for remote backends), for leak checks."""
+        return {
+            name: len(backend)
+            for name, backend in (("streams", self.history), ("presence_rooms", self.presence))
+            if isinstance(backend, Sized)
+        }
 
 
 def create_backends(settings: Settings) -> Backends:
