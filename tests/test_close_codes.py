@@ -136,7 +136,7 @@ async def test_frame_over_the_size_limit_closes_1009_and_just_under_is_fine(serv
         '[{"id": 2, "op": "leave"}]',
         '"just a string"',
         '{"id": 5, "op": "leave", "room": "a"}\n{"id": 5, "op": "leave", "room": "b"}',
-        "\ud800",
+        "\ufffd",
         '{"id": 2, "op": "leave", "room": NaN}',
         "[" * 5000 + "]" * 5000,
     ],
