@@ -112,6 +112,13 @@ class Outbox:
             # reader sees the disconnect and cleans up.
             self._items.clear()
             self._bytes = 0
+        except Exception:
+            # A writer must never die silently with messages queued behind it: drop the connection.
+            log.exception("writer of %s failed; aborting the connection", self.client_id)
+            self._items.clear()
+            self._bytes = 0
+            self.closed = True
+            abort_transport(self._send)
         finally:
             self._writer = None
 

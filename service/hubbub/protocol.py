@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -63,27 +64,41 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+# orjson turns integers beyond 64 bits into floats, silently losing digits; such texts are re-read exactly.
+_LONG_INTEGER = re.compile(r"\d{19,}")
+
+
 def loads(text: str | bytes) -> JSON:
-    """Decode JSON strictly; raises ValueError on anything that is not RFC 8259 JSON."""
+    """Decode JSON strictly and exactly; raises ValueError on anything that is not RFC 8259 JSON."""
     try:
-        return orjson.loads(text)
+        value = orjson.loads(text)
     except orjson.JSONDecodeError:
-        # orjson refuses integers beyond 64 bits, which are valid JSON; anything else it refuses is invalid.
+        # orjson also refuses lone surrogate escapes, which are valid JSON: let the standard library judge.
         pass
+    else:
+        probe = text if isinstance(text, str) else text.decode("utf-8", "replace")
+        if _LONG_INTEGER.search(probe) is None:
+            return value
     try:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
         return json.loads(text, parse_constant=_reject_constant)
     except RecursionError as exc:
         raise ValueError("JSON nested too deeply") from exc
 
 
 def dumps(value: JSON) -> str:
-    """Encode compactly; raises ValueError for values that are not JSON."""
+    """Encode compactly; raises ValueError for values that are not JSON.
+
+    The fallback escapes non-ASCII so that strings holding lone surrogates (legal as JSON escapes)
+    still encode to valid UTF-8 on the wire.
+    """
     try:
         return orjson.dumps(value).decode()
     except TypeError:
         pass
     try:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
     except (TypeError, ValueError, RecursionError) as exc:
         raise ValueError(f"value is not JSON-encodable: {exc}") from exc
 
@@ -181,7 +196,7 @@ def encode_data(data: JSON, limit: int) -> str:
         text = dumps(data)
     except ValueError as exc:
         raise CommandError(ErrorCode.BAD_REQUEST, "`data` must be JSON") from exc
-    if len(text) > limit and len(text.encode()) > limit:
+    if len(text) > limit or (len(text) * 4 > limit and len(text.encode()) > limit):
         raise CommandError(ErrorCode.TOO_LARGE, f"publication data is larger than {limit} bytes")
     return text
 

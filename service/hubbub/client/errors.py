@@ -1,0 +1,58 @@
+"""The exceptions the client raises to applications."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hubbub.client.events import Disconnect
+
+
+class ClientError(Exception):
+    """Base class of every error raised by `hubbub.client`."""
+
+
+class CommandError(ClientError):
+    """The server answered a command with an error reply (protocol §2); the connection stays open.
+
+    `code` is the reply code: 400 bad params, 401, 403 forbidden, 404 unknown namespace, 409 conflict,
+    413 too large, 429 rate limited / too many rooms, 500, 503 temporarily unavailable.
+    """
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"{code} {reason}")
+        self.code = code
+        self.reason = reason
+
+
+class CommandTimeout(ClientError, TimeoutError):
+    """No reply within `command_timeout` (waiting for a connection included, except for queued publishes).
+
+    For a publish the outcome is unknown; retrying with the same `idempotency_key` (given here) is safe.
+    """
+
+    def __init__(self, op: str, timeout: float, *, idempotency_key: str | None = None) -> None:
+        super().__init__(f"{op}: no reply within {timeout:g} s")
+        self.op = op
+        self.timeout = timeout
+        self.idempotency_key = idempotency_key
+
+
+class QueueFull(ClientError):
+    """The offline publish queue is at its bound (`max_queue`); the publish was not queued."""
+
+
+class ClientClosed(ClientError):
+    """The client is closed: by `close()`, or for good after a terminal close code.
+
+    `disconnect` says why (None before the client ever connected).
+    """
+
+    def __init__(self, disconnect: Disconnect | None) -> None:
+        detail = f": {disconnect.code} {disconnect.reason}" if disconnect is not None else ""
+        super().__init__(f"client closed{detail}")
+        self.disconnect = disconnect
+
+
+class ConnectionLost(ClientError):
+    """The connection ended while a command was in flight (internal: commands are retried on reconnect)."""

@@ -1,0 +1,43 @@
+"""What the client does after a connection ends, by close code (protocol §7 and §10). Pure.
+
+The close-code table itself is the server's (`hubbub.codes`), defined once for both sides.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from hubbub.codes import TERMINAL_CLOSE_CODES, CloseCode
+
+_KNOWN_CODES = frozenset(int(code) for code in CloseCode)
+
+
+class Action(enum.Enum):
+    STOP = "stop"  # terminal: never reconnect
+    BACKOFF = "backoff"  # reconnect after an exponential-backoff delay with full jitter
+    AT_ONCE = "at_once"  # reconnect immediately, recovering (4011)
+    DRAIN_DELAY = "drain_delay"  # reconnect after a random delay, recovering (1012: node draining)
+    FRESH_TOKEN = "fresh_token"  # fetch a new token through the callback, then reconnect at once (4009)
+    RETRY_AUTH = "retry_auth"  # 4001: retry once, only if the callback yields a different token
+
+
+def action_for(code: int | None, *, server_reconnect: bool | None = None, has_token_callback: bool) -> Action:
+    """The reconnect decision for a connection that ended with close `code` (None: no close code).
+
+    `server_reconnect` is the `reconnect` flag of the server's `disconnect` push, if one arrived; it
+    decides only for codes outside the protocol table.
+    """
+    if code == CloseCode.UNAUTHORIZED:
+        return Action.RETRY_AUTH if has_token_callback else Action.STOP
+    if code == CloseCode.TOKEN_EXPIRED:
+        # Reconnecting with the same static token would only fail again with 4001.
+        return Action.FRESH_TOKEN if has_token_callback else Action.STOP
+    if code in TERMINAL_CLOSE_CODES:
+        return Action.STOP
+    if code == CloseCode.INSUFFICIENT_STATE:
+        return Action.AT_ONCE
+    if code == CloseCode.DRAINING:
+        return Action.DRAIN_DELAY
+    if code is not None and code not in _KNOWN_CODES and code >= 4000 and server_reconnect is False:
+        return Action.STOP
+    return Action.BACKOFF

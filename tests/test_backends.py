@@ -1,0 +1,187 @@
+"""One conformance suite for every Broker/History/Presence implementation (memory now, Redis later)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from hubbub.backends import Backends
+from hubbub.backends.base import StreamOptions
+from hubbub.backends.memory import MemoryEngine, MemoryPresence
+from hubbub.protocol import Publication
+from hubbub.types import ClientId, JSONObject, Room
+
+OPTIONS = StreamOptions(history_size=5, history_ttl=60, idempotency_window=60, meta_ttl=600)
+
+
+@dataclass
+class Recorder:
+    """A BrokerEventHandler that records what it is given."""
+
+    pubs: list[tuple[Room, str, Publication]] = field(default_factory=list)
+    joins: list[tuple[Room, JSONObject]] = field(default_factory=list)
+    leaves: list[tuple[Room, JSONObject]] = field(default_factory=list)
+
+    def on_publication(self, room: Room, epoch: str, pub: Publication) -> None:
+        self.pubs.append((room, epoch, pub))
+
+    def on_join(self, room: Room, info: JSONObject) -> None:
+        self.joins.append((room, info))
+
+    def on_leave(self, room: Room, info: JSONObject) -> None:
+        self.leaves.append((room, info))
+
+
+def memory_backends() -> Backends:
+    engine = MemoryEngine()
+    return Backends(broker=engine, history=engine, presence=MemoryPresence())
+
+
+@pytest.fixture(params=[pytest.param(memory_backends, id="memory")])
+async def backends(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Backends, Recorder]]:
+    made: Backends = request.param()
+    recorder = Recorder()
+    await made.broker.start(recorder)
+    yield made, recorder
+    await made.broker.aclose()
+
+
+async def eventually(check: object, timeout: float = 2.0) -> None:
+    assert callable(check)
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+ROOM = Room("chat:conformance")
+
+
+async def test_offsets_start_at_one_and_grow_by_one_within_an_epoch(backends: tuple[Backends, Recorder]) -> None:
+    b, _ = backends
+    results = [await b.broker.publish(ROOM, i, info=None, idempotency_key=None, options=OPTIONS) for i in range(4)]
+    assert [r.offset for r in results] == [1, 2, 3, 4]
+    assert len({r.epoch for r in results}) == 1 and results[0].epoch
+
+
+async def test_rooms_are_independent(backends: tuple[Backends, Recorder]) -> None:
+    b, _ = backends
+    await b.broker.publish(Room("a"), 1, info=None, idempotency_key=None, options=OPTIONS)
+    other = await b.broker.publish(Room("b"), 1, info=None, idempotency_key=None, options=OPTIONS)
+    assert other.offset == 1
+
+
+async def test_subscribed_rooms_receive_publications_in_order_and_unsubscribed_do_not(
+    backends: tuple[Backends, Recorder],
+) -> None:
+    b, rec = backends
+    await b.broker.subscribe(ROOM)
+    for i in range(3):
+        await b.broker.publish(ROOM, i, info={"user": "u", "client": "c"}, idempotency_key=None, options=OPTIONS)
+    await b.broker.publish(Room("elsewhere"), "x", info=None, idempotency_key=None, options=OPTIONS)
+    await eventually(lambda: len(rec.pubs) == 3)
+    assert [(r, p.offset, p.data) for r, _, p in rec.pubs] == [(ROOM, 1, 0), (ROOM, 2, 1), (ROOM, 3, 2)]
+    assert rec.pubs[0][2].info == {"user": "u", "client": "c"}
+    await b.broker.unsubscribe(ROOM)
+    await b.broker.publish(ROOM, "late", info=None, idempotency_key=None, options=OPTIONS)
+    await asyncio.sleep(0.05)
+    assert len(rec.pubs) == 3
+
+
+async def test_idempotency_key_returns_the_first_result_and_publishes_nothing(
+    backends: tuple[Backends, Recorder],
+) -> None:
+    b, rec = backends
+    await b.broker.subscribe(ROOM)
+    first = await b.broker.publish(ROOM, "x", info=None, idempotency_key="k", options=OPTIONS)
+    again = await b.broker.publish(ROOM, "x", info=None, idempotency_key="k", options=OPTIONS)
+    assert (again.epoch, again.offset, again.duplicate) == (first.epoch, first.offset, True)
+    await eventually(lambda: len(rec.pubs) == 1)
+    await asyncio.sleep(0.05)
+    assert len(rec.pubs) == 1
+    history = await b.history.read(ROOM, since=None, limit=10, options=OPTIONS)
+    assert len(history.publications) == 1
+
+
+async def test_idempotency_keys_expire_after_the_window(backends: tuple[Backends, Recorder]) -> None:
+    b, _ = backends
+    short = StreamOptions(history_size=5, history_ttl=60, idempotency_window=0.2, meta_ttl=600)
+    await b.broker.publish(ROOM, "x", info=None, idempotency_key="k", options=short)
+    await asyncio.sleep(0.3)
+    again = await b.broker.publish(ROOM, "x", info=None, idempotency_key="k", options=short)
+    assert again.offset == 2 and not again.duplicate
+
+
+async def test_history_keeps_the_newest_history_size_publications(backends: tuple[Backends, Recorder]) -> None:
+    b, _ = backends
+    for i in range(8):
+        await b.broker.publish(ROOM, i, info=None, idempotency_key=None, options=OPTIONS)
+    everything = await b.history.read(ROOM, since=0, limit=100, options=OPTIONS)
+    assert [p.offset for p in everything.publications] == [4, 5, 6, 7, 8]
+    assert everything.offset == 8
+    newest = await b.history.read(ROOM, since=None, limit=2, options=OPTIONS)
+    assert [p.offset for p in newest.publications] == [7, 8]
+    after = await b.history.read(ROOM, since=6, limit=1, options=OPTIONS)
+    assert [p.offset for p in after.publications] == [7]
+    none = await b.history.read(ROOM, since=None, limit=0, options=OPTIONS)
+    assert none.publications == [] and none.offset == 8
+
+
+async def test_history_of_an_unused_room_has_an_epoch_and_offset_zero(backends: tuple[Backends, Recorder]) -> None:
+    b, _ = backends
+    found = await b.history.read(Room("fresh"), since=None, limit=10, options=OPTIONS)
+    assert found.epoch and found.offset == 0 and found.publications == []
+    again = await b.history.read(Room("fresh"), since=None, limit=10, options=OPTIONS)
+    assert again.epoch == found.epoch
+
+
+async def test_history_drops_publications_older_than_history_ttl(backends: tuple[Backends, Recorder]) -> None:
+    b, _ = backends
+    short = StreamOptions(history_size=5, history_ttl=0.2, idempotency_window=60, meta_ttl=600)
+    await b.broker.publish(ROOM, 1, info=None, idempotency_key=None, options=short)
+    await asyncio.sleep(0.3)
+    await b.broker.publish(ROOM, 2, info=None, idempotency_key=None, options=short)
+    found = await b.history.read(ROOM, since=0, limit=10, options=short)
+    assert [p.offset for p in found.publications] == [2]
+    assert found.offset == 2
+
+
+async def test_history_size_zero_keeps_offsets_but_no_publications(backends: tuple[Backends, Recorder]) -> None:
+    b, _ = backends
+    none = StreamOptions(history_size=0, history_ttl=60, idempotency_window=60, meta_ttl=600)
+    await b.broker.publish(ROOM, 1, info=None, idempotency_key=None, options=none)
+    found = await b.history.read(ROOM, since=0, limit=10, options=none)
+    assert found.offset == 1 and found.publications == []
+
+
+async def test_join_and_leave_events_reach_subscribed_nodes(backends: tuple[Backends, Recorder]) -> None:
+    b, rec = backends
+    await b.broker.publish_join(ROOM, {"user": "u", "client": "c"})  # not subscribed: dropped
+    await b.broker.subscribe(ROOM)
+    await b.broker.publish_join(ROOM, {"user": "u", "client": "c"})
+    await b.broker.publish_leave(ROOM, {"user": "u", "client": "c"})
+    await eventually(lambda: len(rec.joins) == 1 and len(rec.leaves) == 1)
+    assert rec.joins == [(ROOM, {"user": "u", "client": "c"})]
+
+
+async def test_presence_counts_connections_and_distinct_users(backends: tuple[Backends, Recorder]) -> None:
+    b, _ = backends
+    p = b.presence
+    await p.add(ROOM, ClientId("c1"), {"user": "alice"})
+    await p.add(ROOM, ClientId("c2"), {"user": "alice", "info": {"x": 1}})
+    await p.add(ROOM, ClientId("c3"), {"user": "bob"})
+    await p.add(ROOM, ClientId("c3"), {"user": "bob"})  # refresh, not a second entry
+    stats = await p.stats(ROOM)
+    assert (stats.clients, stats.users) == (3, 2)
+    assert (await p.get(ROOM))[ClientId("c2")] == {"user": "alice", "info": {"x": 1}}
+    await p.remove(ROOM, ClientId("c1"))
+    await p.remove(ROOM, ClientId("missing"))
+    stats = await p.stats(ROOM)
+    assert (stats.clients, stats.users) == (2, 2)
+    for c in ("c2", "c3"):
+        await p.remove(ROOM, ClientId(c))
+    assert await p.get(ROOM) == {}
+    assert (await p.stats(Room("empty"))).clients == 0

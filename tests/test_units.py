@@ -1,0 +1,250 @@
+"""Pure core: codec, room rules, recovery, rate limiting, timers and outbox batching, without sockets."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from hubbub import protocol, rules
+from hubbub.backends.base import HistoryResult
+from hubbub.codes import CLOSE_TABLE, TERMINAL_CLOSE_CODES, CloseCode, CommandError, Disconnect
+from hubbub.outbox import MAX_BATCH_CHARS, Outbox, _batches
+from hubbub.protocol import Publication, StreamPosition
+from hubbub.ratelimit import TokenBucket, Verdict
+from hubbub.session import recover
+from hubbub.settings import NamespaceOptions
+from hubbub.timers import DeadlineHeap, FixedDelayQueue
+from hubbub.types import ClientId
+
+# --- protocol codec ---------------------------------------------------------------------------------
+
+
+def test_decode_frame_splits_newline_delimited_commands_and_ignores_blank_lines() -> None:
+    commands = protocol.decode_frame('{"id":1,"op":"connect"}\n\n{"op":"pong"}\n')
+    assert [(c.id, c.op) for c in commands] == [(1, "connect"), (0, "pong")]
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        "",
+        "\n\n",
+        "{",
+        "[]",
+        '{"op":"join"}',
+        '{"id":1}',
+        '{"id":1,"op":"nope"}',
+        '{"id":1,"op":"join"}\n{"id":1,"op":"x"}',
+    ],
+)
+def test_decode_frame_rejects_violations_with_4004(frame: str) -> None:
+    with pytest.raises(Disconnect) as info:
+        protocol.decode_frame(frame)
+    assert info.value.code is CloseCode.PROTOCOL_VIOLATION
+
+
+def test_loads_accepts_big_integers_and_rejects_nan() -> None:
+    assert protocol.loads('{"n": 100000000000000000000000}') == {"n": 10**23}
+    with pytest.raises(ValueError):
+        protocol.loads('{"n": NaN}')
+    with pytest.raises(ValueError):
+        protocol.loads("[" * 100_000 + "]" * 100_000)
+
+
+def test_dumps_is_compact_and_round_trips_big_integers_and_unicode() -> None:
+    assert protocol.dumps({"a": [1, 2], "b": "é"}) == '{"a":[1,2],"b":"é"}'
+    assert protocol.loads(protocol.dumps({"s": "\ud800"})) == {"s": "\ud800"}
+    assert protocol.loads(protocol.dumps({"n": 10**30})) == {"n": 10**30}
+    with pytest.raises(ValueError):
+        protocol.dumps(object())
+
+
+def test_pub_push_shape_matches_the_contract() -> None:
+    pub = Publication(58, {"t": 1}, 1000, {"user": "alice", "client": "c1"})
+    assert protocol.loads(protocol.pub_push("chat:lobby", pub)) == {
+        "push": "pub",
+        "room": "chat:lobby",
+        "offset": 58,
+        "data": {"t": 1},
+        "ts": 1000,
+        "info": {"user": "alice", "client": "c1"},
+    }
+    assert "info" not in protocol.loads(protocol.pub_push("r", Publication(1, None, 0)))
+
+
+def test_encode_data_enforces_the_byte_limit_in_utf8() -> None:
+    protocol.encode_data("é" * 10, 22)
+    with pytest.raises(CommandError) as info:
+        protocol.encode_data("é" * 11, 22)  # 22 chars + quotes, but 24 bytes
+    assert info.value.code == 413
+
+
+@pytest.mark.parametrize("since", ["x", {"epoch": 1, "offset": 1}, {"epoch": "e", "offset": -1}, {"epoch": "e"}])
+def test_param_since_rejects_malformed_positions(since: Any) -> None:
+    with pytest.raises(CommandError):
+        protocol.param_since(since)
+
+
+def test_close_table_marks_terminal_codes() -> None:
+    assert {1000, 1003, 1009, 4000, 4001, 4003, 4004} == TERMINAL_CLOSE_CODES
+    assert set(CLOSE_TABLE) == set(CloseCode)
+
+
+# --- rules ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "valid"),
+    [("chat:lobby", True), ("a", True), ("x" * 255, True), ("x" * 256, False), ("", False), ("a b", False)]
+    + [("user@host/x=y.z-_", True), ("émoji", False), ("a\nb", False)],
+)
+def test_room_names(name: str, valid: bool) -> None:
+    assert rules.is_valid_room(name) is valid
+
+
+def test_namespace_is_the_part_before_the_first_colon() -> None:
+    assert rules.namespace_of("chat:a:b") == "chat"
+    assert rules.namespace_of("lobby") == ""
+
+
+@pytest.mark.parametrize(
+    ("patterns", "room", "allowed"),
+    [
+        (("*",), "anything:at/all", True),
+        (("chat:*",), "chat:x/y:z", True),
+        (("chat:*",), "chatx", False),
+        (("chat:lobby",), "chat:lobby", True),
+        (("chat:lobby",), "chat:lobby2", False),
+        (("a.b",), "axb", False),  # dots are literal
+        (("*:admin",), "ops:admin", True),
+        ((), "chat:x", False),
+    ],
+)
+def test_claim_globs(patterns: tuple[str, ...], room: str, allowed: bool) -> None:
+    assert rules.matches_any(patterns, room) is allowed
+
+
+def test_public_namespace_allows_join_without_claim_but_not_read() -> None:
+    public = NamespaceOptions(public=True)
+    rules.check_join((), "news:x", public)
+    with pytest.raises(CommandError):
+        rules.check_read((), "news:x")
+
+
+@pytest.mark.parametrize(
+    ("origin", "host", "allowed", "ok"),
+    [
+        (None, "h:1", (), True),
+        ("http://h:1", "h:1", (), True),
+        ("https://evil", "h:1", (), False),
+        ("https://app.example.com", "h", ("https://*.example.com",), True),
+        ("https://example.com.evil", "h", ("https://*.example.com",), False),
+        ("https://any", "h", ("*",), True),
+    ],
+)
+def test_origin_check(origin: str | None, host: str, allowed: tuple[str, ...], ok: bool) -> None:
+    assert rules.origin_allowed(origin, host, allowed) is ok
+
+
+# --- recovery ----------------------------------------------------------------------------------------
+
+
+def pubs(*offsets: int) -> list[Publication]:
+    return [Publication(o, o, 0) for o in offsets]
+
+
+@pytest.mark.parametrize(
+    ("since", "found", "recovered", "count"),
+    [
+        (None, HistoryResult("e", 5, pubs(4, 5)), False, 0),
+        (StreamPosition("x", 3), HistoryResult("e", 5, pubs(4, 5)), False, 0),
+        (StreamPosition("e", 3), HistoryResult("e", 5, pubs(4, 5)), True, 2),
+        (StreamPosition("e", 5), HistoryResult("e", 5, []), True, 0),
+        (StreamPosition("e", 6), HistoryResult("e", 5, []), False, 0),
+        (StreamPosition("e", 1), HistoryResult("e", 5, pubs(4, 5)), False, 0),  # 2 and 3 fell out of history
+    ],
+)
+def test_recovery_is_all_or_nothing(
+    since: StreamPosition | None, found: HistoryResult, recovered: bool, count: int
+) -> None:
+    assert recover(since, found)[0] is recovered
+    assert len(recover(since, found)[1]) == count
+
+
+# --- rate limit, timers -------------------------------------------------------------------------------
+
+
+def test_token_bucket_rejects_past_burst_and_closes_once_debt_reaches_burst() -> None:
+    bucket = TokenBucket(rate=1, burst=3, now=0)
+    assert [bucket.take(0) for _ in range(3)] == [Verdict.ALLOW] * 3
+    assert bucket.take(0) is Verdict.REJECT
+    assert bucket.take(0) is Verdict.REJECT
+    assert bucket.take(0) is Verdict.CLOSE
+
+
+def test_token_bucket_refills_at_the_rate() -> None:
+    bucket = TokenBucket(rate=10, burst=1, now=0)
+    assert bucket.take(0) is Verdict.ALLOW
+    assert bucket.take(0.05) is Verdict.REJECT
+    assert bucket.take(0.3) is Verdict.ALLOW
+
+
+def test_fixed_delay_queue_pops_in_deadline_order() -> None:
+    queue: FixedDelayQueue[str] = FixedDelayQueue(10)
+    queue.add("a", 0)
+    queue.add("b", 1)
+    assert list(queue.pop_due(10.5)) == [(10, "a")]
+    assert list(queue.pop_due(11)) == [(11, "b")]
+    assert len(queue) == 0
+
+
+def test_deadline_heap_orders_arbitrary_deadlines() -> None:
+    heap: DeadlineHeap[str] = DeadlineHeap()
+    for due, item in ((5, "c"), (1, "a"), (3, "b")):
+        heap.add(item, due)
+    assert [item for _, item in heap.pop_due(4)] == ["a", "b"]
+    assert len(heap) == 1
+
+
+# --- outbox --------------------------------------------------------------------------------------------
+
+
+def test_batches_respect_the_frame_cap() -> None:
+    items = ["x" * 1000] * 600
+    frames = _batches(items)
+    assert len(frames) > 1
+    assert all(len(f) <= MAX_BATCH_CHARS + 1000 for f in frames)
+    assert sum(f.count("\n") + 1 for f in frames) == 600
+
+
+async def test_outbox_sends_everything_waiting_as_one_frame_in_order() -> None:
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: Any) -> None:
+        sent.append(dict(message))
+
+    overflowed: list[bool] = []
+    outbox = Outbox(
+        send,
+        client_id=ClientId("c"),
+        max_bytes=100,
+        on_overflow=lambda: overflowed.append(True),
+        loop=asyncio.get_running_loop(),
+    )
+    for i in range(3):
+        outbox.push(f'{{"n":{i}}}')
+    await outbox.wait_flushed()
+    assert sent == [{"type": "websocket.send", "text": '{"n":0}\n{"n":1}\n{"n":2}'}]
+    outbox.push("y" * 200)
+    assert overflowed == [True]
+    outbox.close(4008, "slow consumer", reconnect=True, drop_pending=True)
+    await outbox.wait_flushed()
+    assert sent[-1] == {"type": "websocket.close", "code": 4008, "reason": "slow consumer"}
+    assert protocol.loads(sent[-2]["text"]) == {
+        "push": "disconnect",
+        "code": 4008,
+        "reason": "slow consumer",
+        "reconnect": True,
+    }
