@@ -31,7 +31,7 @@ def test_every_auth_failure_reason_is_documented() -> None:
 
 
 def series(text: str, name: str) -> list[str]:
-    return [line for line in text.splitlines() if line.startswith(name + "{") or line.startswith(name + " ")]
+    return [line for line in text.splitlines() if line.startswith((name + "{", name + " "))]
 
 
 async def test_metrics_endpoint_exports_every_metric_and_counts_activity(server: ServerProcess) -> None:
