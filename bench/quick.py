@@ -76,7 +76,7 @@ async def open_client(url: str, user: str, room: str) -> ClientConnection:
     ws = await connect(url, max_size=None, open_timeout=30, ping_interval=None)
     token = mint_token(SECRET, sub=user, rooms=["bench:*"], publish=["bench:*"], ttl=None)
     await ws.send(json.dumps({"id": 1, "op": "connect", "token": token, "rooms": {room: {}}}))
-    reply = json.loads((await ws.recv()).split("\n")[0])
+    reply = json.loads(str(await ws.recv()).split("\n")[0])
     assert "ok" in reply, reply
     return ws
 
