@@ -36,6 +36,7 @@ def make_authenticator(settings: Settings) -> Authenticator:
         public_key_pem=settings.public_key_pem(),
         jwks_url=settings.jwt_jwks_url,
         jwks_refresh_interval=settings.jwt_jwks_refresh,
+        jwks_min_refetch_interval=settings.jwt_jwks_min_refetch,
         audience=settings.jwt_audience,
         issuer=settings.jwt_issuer,
         leeway=settings.jwt_leeway,

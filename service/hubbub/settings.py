@@ -66,6 +66,9 @@ class Settings(BaseModel):
     jwt_public_key_file: Path | None = Field(None, description="File holding `jwt_public_key`.")
     jwt_jwks_url: str | None = Field(None, description="JWKS URL; keys are cached and refetched on rotation.")
     jwt_jwks_refresh: float = Field(300.0, gt=0, description="Seconds between JWKS refreshes.")
+    jwt_jwks_min_refetch: float = Field(
+        30.0, ge=0, description="Least seconds between JWKS refetches caused by unknown key ids (spares the IdP)."
+    )
     jwt_audience: str | None = Field(None, description="Required `aud` claim, when set.")
     jwt_issuer: str | None = Field(None, description="Required `iss` claim, when set.")
     jwt_leeway: float = Field(5.0, ge=0, le=300, description="Clock-skew allowance for `exp`/`nbf`, seconds.")
