@@ -40,8 +40,10 @@ class RawClient:
         return cls(await connect(url, **kwargs))
 
     @classmethod
-    async def connected(cls, url: str, user: str = "alice", **connect_params: Any) -> RawClient:
-        client = await cls.open(url)
+    async def connected(
+        cls, url: str, user: str = "alice", *, open_kwargs: dict[str, Any] | None = None, **connect_params: Any
+    ) -> RawClient:
+        client = await cls.open(url, **(open_kwargs or {}))
         connect_params.setdefault("token", token(user))
         reply = await client.call("connect", **connect_params)
         assert "ok" in reply, reply
