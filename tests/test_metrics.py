@@ -47,7 +47,7 @@ async def test_metrics_endpoint_exports_every_metric_and_counts_activity(server:
         name = spec.name + ("_bucket" if spec.kind == "histogram" else "")
         assert series(text, name), f"{name} not exported"
     connections = series(text, "hubbub_connections")
-    assert len(connections) == 1, "hubbub_connections must be a single unlabelled-by-id series"
+    assert len(connections) == 1 and connections[0].startswith("hubbub_connections "), "no labels (rule 13)"
     assert float(connections[0].rsplit(" ", 1)[1]) >= 1
     assert any('op="publish"' in s and 'result="ok"' in s for s in series(text, "hubbub_commands_total"))
     assert any('op="join"' in s and 'result="404"' in s for s in series(text, "hubbub_commands_total"))

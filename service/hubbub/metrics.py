@@ -69,7 +69,8 @@ class Metrics:
 
     def __init__(self, node_name: str) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        reader = PrometheusMetricReader(disable_target_info=True, registry=self.registry)
+        # Scope labels would add three constant labels to every series; `hubbub_connections` must carry none.
+        reader = PrometheusMetricReader(disable_target_info=True, scope_info_enabled=False, registry=self.registry)
         self._provider = MeterProvider(
             metric_readers=[reader], resource=Resource.create({"service.name": "hubbub", "hubbub.node": node_name})
         )
