@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.metrics import Counter, UpDownCounter
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.resources import Resource
 from prometheus_client import CollectorRegistry, generate_latest
@@ -77,10 +78,10 @@ class Metrics:
         meter = self._provider.get_meter("hubbub")
         spec = {s.name: s for s in METRICS}
 
-        def counter(name: str):  # type: ignore[no-untyped-def]
+        def counter(name: str) -> Counter:
             return meter.create_counter(_otel_name(spec[name]), description=spec[name].help)
 
-        def gauge(name: str):  # type: ignore[no-untyped-def]
+        def gauge(name: str) -> UpDownCounter:
             return meter.create_up_down_counter(_otel_name(spec[name]), description=spec[name].help)
 
         self.connections = gauge("hubbub_connections")
