@@ -393,7 +393,7 @@ def test_auth_error_carries_a_bounded_reason() -> None:
     assert (error.reason, error.message) == ("expired", "token has expired")
     with pytest.raises(ValueError):
         AuthError("made_up", "nope")
-    assert len(set(AUTH_FAILURE_REASONS)) == 10
+    assert len(set(AUTH_FAILURE_REASONS)) == len(AUTH_FAILURE_REASONS) == 11
 
 
 # --- parse_jwks ---------------------------------------------------------------------------------------------

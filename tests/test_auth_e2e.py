@@ -24,7 +24,7 @@ PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519Pri
 
 def sign(key: PrivateKey | str, alg: str, *, sub: str = "alice", kid: str | None = None, **claims: object) -> str:
     payload = {"sub": sub, "rooms": ["chat:*"], "exp": int(time.time()) + 300, **claims}
-    return jwt.encode(payload, key, algorithm=alg, headers={"kid": kid} if kid else None)  # type: ignore[arg-type]
+    return jwt.encode(payload, key, algorithm=alg, headers={"kid": kid} if kid else None)
 
 
 def pem(key: PrivateKey) -> str:

@@ -83,3 +83,15 @@ async def test_idle_node_exits_promptly_on_sigterm(server_factory: ServerFactory
     srv.signal(signal.SIGTERM)
     assert await asyncio.to_thread(srv.wait, 10) == 0
     assert time.monotonic() - started < 0.5 + 4.0  # no connections: no need to wait the whole period
+
+
+async def test_sigint_stops_at_once_but_still_sends_the_disconnect_push(server_factory: ServerFactory) -> None:
+    srv = server_factory(drain_delay=5.0, drain_period=20.0)
+    client = await RawClient.connected(srv.ws_url)
+    started = time.monotonic()
+    srv.signal(signal.SIGINT)
+    closed = await client.closed(timeout=5)
+    assert closed.code == 1012
+    assert closed.disconnect is not None and closed.disconnect["code"] == 1012
+    await asyncio.to_thread(srv.wait, 10)
+    assert time.monotonic() - started < 5.0

@@ -12,6 +12,7 @@ import logging
 import math
 import time
 import weakref
+from collections.abc import Iterator
 
 from hubbub import protocol
 from hubbub.backends import Backends
@@ -44,6 +45,24 @@ def make_authenticator(settings: Settings) -> Authenticator:
     )
 
 
+#: Timer entries hold weak references: an entry is cancelled lazily, and a strong one would keep a gone
+#: connection's session, outbox and socket (the server's protocol object and its buffers) alive until the
+#: entry fell due, up to `ping_interval` later, so memory would track the disconnect rate of that window.
+SessionRef = weakref.ref[Session]
+
+
+def _live(entries: Iterator[tuple[float, SessionRef]]) -> Iterator[tuple[float, Session]]:
+    for due, ref in entries:
+        session = ref()
+        if session is not None:
+            yield due, session
+
+
+def _expiry_stands(due: float, ref: SessionRef) -> bool:
+    session = ref()
+    return session is not None and session.expire_due == due
+
+
 class Node:
     def __init__(self, settings: Settings, backends: Backends, *, metrics: Metrics | None = None) -> None:
         self.settings = settings
@@ -59,10 +78,10 @@ class Node:
         self.draining = False
         #: Set once draining starts closing connections: new ones are closed with 1012 at once.
         self.closing = False
-        self._connect_q: FixedDelayQueue[Session] = FixedDelayQueue(settings.connect_timeout)
-        self._ping_q: FixedDelayQueue[Session] = FixedDelayQueue(settings.ping_interval)
-        self._pong_q: FixedDelayQueue[Session] = FixedDelayQueue(settings.pong_timeout)
-        self._expiry: DeadlineHeap[Session] = DeadlineHeap()
+        self._connect_q: FixedDelayQueue[SessionRef] = FixedDelayQueue(settings.connect_timeout)
+        self._ping_q: FixedDelayQueue[SessionRef] = FixedDelayQueue(settings.ping_interval)
+        self._pong_q: FixedDelayQueue[SessionRef] = FixedDelayQueue(settings.pong_timeout)
+        self._expiry: DeadlineHeap[SessionRef] = DeadlineHeap()
         self._ticker: asyncio.Task[None] | None = None
         self._drainer: asyncio.Task[None] | None = None
         self.drained = asyncio.Event()
@@ -102,24 +121,27 @@ class Node:
     def attach(self, session: Session) -> None:
         self.sessions.add(session)
         self.metrics.connections.add(1)
-        session.connect_due = self._connect_q.add(session, self.loop.time())
+        session.connect_due = self._connect_q.add(weakref.ref(session), self.loop.time())
 
     def session_connected(self, session: Session) -> None:
         session.connect_due = None
         now = self.loop.time()
-        session.ping_due = self._ping_q.add(session, now)
+        session.ping_due = self._ping_q.add(weakref.ref(session), now)
         self._by_user.setdefault(session.user, weakref.WeakSet()).add(session)
         self.schedule_expiry(session)
         self.metrics.connects.add(1)
 
     def schedule_expiry(self, session: Session) -> None:
         principal = session.principal
+        replaced = session.expire_due is not None
         if principal is None or principal.expires_at is None:
             session.expire_due = None
-            return
-        # Convert the wall-clock `exp` into the loop's monotonic clock once, when scheduling.
-        due = self.loop.time() + max(0.0, principal.expires_at - time.time())
-        session.expire_due = self._expiry.add(session, due)
+        else:
+            # Convert the wall-clock `exp` into the loop's monotonic clock once, when scheduling.
+            due = self.loop.time() + max(0.0, principal.expires_at - time.time())
+            session.expire_due = self._expiry.add(weakref.ref(session), due)
+        if replaced:
+            self._expiry.cancel(_expiry_stands)  # a refresh replaced the previous deadline
 
     async def detach(self, session: Session, code: int) -> None:
         """The socket is gone: release everything the session held. Never raises."""
@@ -130,7 +152,11 @@ class Node:
             users.discard(session)
             if not users:
                 del self._by_user[session.user]
+        had_expiry = session.expire_due is not None
         session.connect_due = session.ping_due = session.pong_due = session.expire_due = None
+        if had_expiry:
+            # The other timer entries fall due within seconds; a token deadline may be an hour away.
+            self._expiry.cancel(_expiry_stands)
         self.metrics.connections.add(-1)
         self.metrics.disconnected(session.close_code or code)
 
@@ -229,23 +255,31 @@ class Node:
                 log.exception("timer tick failed")
 
     def tick(self, now: float) -> None:
-        for due, session in self._connect_q.pop_due(now):
+        for due, session in _live(self._connect_q.pop_due(now)):
             if session.connect_due == due and session.state is State.CONNECTING:
                 session.close(CloseCode.UNAUTHORIZED, "no connect within connect_timeout")
-        for due, session in self._pong_q.pop_due(now):
+        for due, session in _live(self._pong_q.pop_due(now)):
             if session.pong_due == due:
                 session.close(CloseCode.HEARTBEAT_TIMEOUT)
-        for due, session in self._expiry.pop_due(now):
+        for due, session in _live(self._expiry.pop_due(now)):
             if session.expire_due == due and session.close_code is None:
                 session.close(CloseCode.TOKEN_EXPIRED)
-        for due, session in self._ping_q.pop_due(now):
+        for due, session in _live(self._ping_q.pop_due(now)):
             if session.ping_due == due and session.close_code is None:
                 session.outbox.push(protocol.PING_PUSH)
                 if session.pong_due is None:
-                    session.pong_due = self._pong_q.add(session, now)
-                session.ping_due = self._ping_q.add(session, now)
+                    session.pong_due = self._pong_q.add(weakref.ref(session), now)
+                session.ping_due = self._ping_q.add(weakref.ref(session), now)
 
     # --- draining -------------------------------------------------------------------------------
+
+    async def close_all(self, code: CloseCode, *, grace: float) -> None:
+        """Close every connection at once and wait up to `grace` seconds for the closes to go out."""
+        for session in list(self.sessions):
+            session.close(code)
+        deadline = self.loop.time() + grace
+        while self.sessions and self.loop.time() < deadline:
+            await asyncio.sleep(0.02)
 
     def begin_drain(self) -> None:
         """SIGTERM: report unready at once, keep serving `drain_delay`, then close over `drain_period`."""

@@ -25,6 +25,13 @@ SUBPROTOCOL: Final = "hubbub.v1.json"
 MAX_COMMAND_ID: Final = 2**53 - 1
 MAX_IDEMPOTENCY_KEY: Final = 128
 MAX_HISTORY_LIMIT: Final = 1000
+#: Deepest nesting of publication `data` (400 beyond): orjson's own encoding limit, so data is held to the
+#: same bound whichever encoder takes it. Stored data is re-encoded later inside envelopes (pub push,
+#: join/history replies: up to 4 more levels), by the standard library encoder once past orjson's limit,
+#: which recurses on the interpreter's stack (limit 1000, shared with the call stack). Without a bound, data
+#: a few levels short of that encoded once but not in its push (a gap for every member) nor in a history or
+#: recovering join reply (close 1011 for anyone reading the room).
+MAX_DATA_DEPTH: Final = 254
 
 OPS: Final = frozenset(
     {"connect", "refresh", "join", "leave", "publish", "history", "presence", "presence_stats", "pong"}
@@ -193,12 +200,36 @@ def encode_data(data: JSON, limit: int) -> str:
     if isinstance(data, float) and not math.isfinite(data):
         raise CommandError(ErrorCode.BAD_REQUEST, "`data` must be JSON")
     try:
-        text = dumps(data)
-    except ValueError as exc:
-        raise CommandError(ErrorCode.BAD_REQUEST, "`data` must be JSON") from exc
+        text = orjson.dumps(data).decode()  # refuses nesting beyond MAX_DATA_DEPTH itself
+    except TypeError:
+        # Integers beyond 64 bits, lone surrogates, or too deep: bound the depth before the recursive fallback.
+        if _depth(data) > MAX_DATA_DEPTH:
+            raise CommandError(ErrorCode.BAD_REQUEST, f"`data` is nested deeper than {MAX_DATA_DEPTH} levels") from None
+        try:
+            text = dumps(data)
+        except ValueError as exc:
+            raise CommandError(ErrorCode.BAD_REQUEST, "`data` must be JSON") from exc
     if len(text) > limit or (len(text) * 4 > limit and len(text.encode()) > limit):
         raise CommandError(ErrorCode.TOO_LARGE, f"publication data is larger than {limit} bytes")
     return text
+
+
+def _depth(value: JSON) -> int:
+    """Nesting depth of arrays and objects (0 for a scalar), without recursion."""
+    deepest = 0
+    stack: list[tuple[JSON, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Iterable[JSON] = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        depth += 1
+        deepest = max(deepest, depth)
+        stack.extend((child, depth) for child in children if isinstance(child, dict | list))
+    return deepest
 
 
 # --- encoders ---------------------------------------------------------------------------------

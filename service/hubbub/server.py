@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 from types import FrameType
 
 import uvicorn
 
 from hubbub.app import HubbubApp
+from hubbub.codes import CloseCode
 from hubbub.node import Node
 from hubbub.settings import Settings
 
@@ -30,6 +32,16 @@ class DrainingServer(uvicorn.Server):
                 node.loop.call_soon_threadsafe(self._drain, node)
             return
         super().handle_exit(sig, frame)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # uvicorn closes what is still open with a bare 1012; say goodbye first (rule 9: the `disconnect`
+        # push precedes every close), as on a SIGINT that skips the paced drain.
+        node = self.hubbub_app.node
+        if node is not None:
+            for listener in self.servers:
+                listener.close()  # no reconnect may land here while we say goodbye
+            await node.close_all(CloseCode.DRAINING, grace=1.0)
+        await super().shutdown(sockets)
 
     def _drain(self, node: Node) -> None:
         node.begin_drain()

@@ -210,8 +210,6 @@ class Session:
                 node.metrics.auth_failures.add(1, {"reason": "missing_token"})
                 raise Disconnect(CloseCode.UNAUTHORIZED, "a token is required")
             self.principal = Principal(user="", rooms=(), publish=(), info=None, expires_at=None)
-        if self.principal.expires_at is not None and self.principal.expires_at <= time.time():
-            raise Disconnect(CloseCode.UNAUTHORIZED, "token expired")
         self.state = State.CONNECTED
         node.session_connected(self)
         joined: JSONObject = {}

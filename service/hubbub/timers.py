@@ -11,7 +11,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -39,11 +39,21 @@ class FixedDelayQueue(Generic[T]):
 
 
 class DeadlineHeap(Generic[T]):
-    __slots__ = ("_counter", "_heap")
+    """Variable deadlines, cancelled lazily too, but purged once cancelled entries are the majority.
+
+    A deadline here can be hours away (a token's `exp`): left to come due, the entry of a closed
+    connection would keep its session, outbox and socket buffers alive until then, so memory would
+    grow with the connection churn of the last token lifetime. `cancel` counts cancellations and
+    rebuilds the heap without stale entries when they could be half of it: amortised O(1) per
+    cancellation, and a heap that is empty once every connection is gone.
+    """
+
+    __slots__ = ("_cancelled", "_counter", "_heap")
 
     def __init__(self) -> None:
         self._heap: list[tuple[float, int, T]] = []
         self._counter = itertools.count()
+        self._cancelled = 0
 
     def add(self, item: T, due: float) -> float:
         heapq.heappush(self._heap, (due, next(self._counter), item))
@@ -54,6 +64,14 @@ class DeadlineHeap(Generic[T]):
         while heap and heap[0][0] <= now:
             due, _, item = heapq.heappop(heap)
             yield due, item
+
+    def cancel(self, stands: Callable[[float, T], bool]) -> None:
+        """Note that one entry no longer stands; purge every entry `stands` rejects once they may be half the heap."""
+        self._cancelled += 1
+        if self._cancelled * 2 >= len(self._heap):
+            self._heap = [entry for entry in self._heap if stands(entry[0], entry[2])]
+            heapq.heapify(self._heap)
+            self._cancelled = 0
 
     def __len__(self) -> int:
         return len(self._heap)

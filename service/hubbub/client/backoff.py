@@ -40,7 +40,7 @@ class Backoff:
 
     def ceiling(self, attempt: int) -> float:
         """The upper bound of the delay for the `attempt`-th retry (0-based)."""
-        return min(self.cap, self.base * 2 ** min(attempt, _MAX_EXPONENT))
+        return min(self.cap, self.base * (1 << min(max(attempt, 0), _MAX_EXPONENT)))
 
     def next_delay(self) -> float:
         """The delay before the next attempt, drawn uniformly from [0, ceiling]; advances the schedule."""

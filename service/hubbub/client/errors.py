@@ -24,6 +24,13 @@ class CommandError(ClientError):
         self.code = code
         self.reason = reason
 
+    @classmethod
+    def from_json(cls, value: object) -> CommandError:
+        """From an error body `{"code": ..., "reason": ...}` (a malformed one reads as 500)."""
+        obj = value if isinstance(value, dict) else {}
+        code, reason = obj.get("code"), obj.get("reason")
+        return cls(code if type(code) is int else 500, reason if isinstance(reason, str) else "")
+
 
 class CommandTimeout(ClientError, TimeoutError):
     """No reply within `command_timeout` (waiting for a connection included, except for queued publishes).

@@ -1,9 +1,14 @@
-"""Where tokens come from (a fixed string or an application callback) and when to refresh them."""
+"""Where tokens come from (a fixed string or an application callback), and refreshing them before expiry."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TypeAlias
+
+from hubbub.client.errors import ConnectionLost
+from hubbub.client.events import TokenRefresh
+from hubbub.client.models import JSONObject
 
 #: An application callback returning a fresh JWT; called for every (re)connect and every refresh.
 TokenCallback: TypeAlias = Callable[[], Awaitable[str]]
@@ -47,3 +52,40 @@ class TokenSource:
         if not isinstance(token, str) or not token:
             raise TypeError(f"the token callback must return a non-empty string, got {type(token).__name__}")
         return token
+
+
+async def keep_fresh(
+    tokens: TokenSource,
+    refresh: Callable[[str], Awaitable[JSONObject]],
+    expires_in: float,
+    report: Callable[[TokenRefresh], None],
+) -> None:
+    """Send `refresh` with a new token from `tokens` some margin before each expiry, until cancelled (the
+    connection ended) or the server reports no expiry. A failed refresh is reported and retried while
+    there is time; otherwise the server closes 4009 and the reconnect asks the callback again."""
+    loop = asyncio.get_running_loop()
+    expiry = loop.time() + expires_in
+    delay = refresh_delay(expires_in)
+    while True:
+        await asyncio.sleep(delay)
+        try:
+            token = await tokens.get()
+            if token is None:
+                return
+            ok = await refresh(token)
+        except ConnectionLost:
+            return
+        except Exception as exc:
+            report(TokenRefresh(None, exc))
+            remaining = expiry - loop.time()
+            if remaining <= 2 * REFRESH_MIN_MARGIN:
+                return
+            delay = min(5.0, remaining / 2)
+            continue
+        new = ok.get("expires_in")
+        if not isinstance(new, int | float):
+            report(TokenRefresh(None))
+            return
+        report(TokenRefresh(int(new)))
+        expiry = loop.time() + new
+        delay = refresh_delay(new)

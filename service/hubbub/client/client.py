@@ -1,0 +1,491 @@
+"""`Client`: the application's handle on hubbub: commands, rooms, and the connection lifecycle.
+
+One background task (the runner) opens connections, sends `connect` (re-joining every room with its
+last position), serves the connection until it ends, and decides by close code whether and when to
+reconnect (`policy`). Everything fed by the server is applied synchronously in the connection's reader,
+so room buffers and publish acknowledgements follow wire order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Coroutine, Mapping
+from types import TracebackType
+from typing import Any
+
+from websockets.exceptions import InvalidURI
+
+from hubbub.client.backoff import Backoff, Uniform
+from hubbub.client.connection import Closure, Connection
+from hubbub.client.emitter import Emitter
+from hubbub.client.errors import ClientClosed, CommandError, CommandTimeout, ConnectionLost
+from hubbub.client.events import ConnectError, ConnectionState, Disconnect, Rejoin, TokenRefresh
+from hubbub.client.membership import Membership, ignore_reply
+from hubbub.client.models import (
+    JSON,
+    ConnectResult,
+    HistoryResult,
+    JoinResult,
+    JSONObject,
+    Presence,
+    PresenceEvent,
+    PresenceStats,
+    PublishResult,
+    StreamPosition,
+)
+from hubbub.client.policy import Action, action_for
+from hubbub.client.publisher import Publisher
+from hubbub.client.room import Room
+from hubbub.client.token import TokenCallback, TokenSource, keep_fresh
+
+log = logging.getLogger("hubbub.client")
+
+#: Connections shorter than this that end with 4011/4009 twice in a row get a backoff delay, not zero.
+MIN_STABLE_CONNECTION = 1.0
+
+
+class Client:
+    """An asyncio hubbub client (protocol v1). See docs/client.md.
+
+    `token` is a JWT, an async callback returning one (called for every connect and refresh), or None
+    for servers that allow anonymous access. Timing parameters are in seconds.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | TokenCallback | None,
+        command_timeout: float = 5.0,
+        backoff_base: float = 0.5,
+        backoff_cap: float = 20.0,
+        drain_jitter: float = 5.0,
+        max_queue: int = 1000,
+        publish_rate: float = 50.0,
+        publish_burst: int = 100,
+        heartbeat_grace: float = 10.0,
+        open_timeout: float = 10.0,
+        max_frame_bytes: int = 65536,
+        rng: Uniform | None = None,
+        connect_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.url = url
+        self.command_timeout = command_timeout
+        self.drain_jitter = drain_jitter
+        self.heartbeat_grace = heartbeat_grace
+        self.open_timeout = open_timeout
+        self.max_frame_bytes = max_frame_bytes
+        self.connect_options: Mapping[str, Any] = dict(connect_options or {})
+        self.backoff = Backoff(backoff_base, backoff_cap, rng=rng)
+        #: The client id and user of the current (or last) connection.
+        self.client_id: str | None = None
+        self.user: str | None = None
+        #: How the client ended, once `CLOSED`.
+        self.final: Disconnect | None = None
+        #: Counters since creation: connection attempts, `connect` replies received, server pings answered.
+        self.attempts = 0
+        self.connects = 0
+        self.pings = 0
+
+        self.on_state: Emitter[ConnectionState] = Emitter("state")
+        self.on_disconnect: Emitter[Disconnect] = Emitter("disconnect")
+        self.on_connect_error: Emitter[ConnectError] = Emitter("connect_error")
+        self.on_rejoin: Emitter[Rejoin] = Emitter("rejoin")
+        self.on_presence: Emitter[PresenceEvent] = Emitter("presence")
+        self.on_refresh: Emitter[TokenRefresh] = Emitter("refresh")
+
+        self._tokens = TokenSource(token)
+        self._state = ConnectionState.IDLE
+        self._membership = Membership(
+            on_rejoin=self.on_rejoin,
+            on_presence=self.on_presence,
+            command_timeout=command_timeout,
+            retry=Backoff(backoff_base, backoff_cap, rng=self.backoff.rng),
+        )
+        self._publisher = Publisher(
+            max_queue=max_queue, rate=publish_rate, burst=publish_burst, command_timeout=command_timeout
+        )
+        self._conn: Connection | None = None  # set while CONNECTED
+        self._current: Connection | None = None  # the connection being served, connected or not
+        self._runner: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()  # the token refresh of `_conn`
+        self._closing = False
+        self._connected_at = 0.0  # loop time of the last `connect` reply
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> ConnectionState:
+        return self._state
+
+    @property
+    def rooms(self) -> dict[str, Room]:
+        """The rooms joined (and re-joined on every reconnect), by name. A copy."""
+        return {room.name: room for room in self._membership}
+
+    @property
+    def queued(self) -> int:
+        """Publishes waiting for a connection."""
+        return self._publisher.queued
+
+    async def connect(self) -> None:
+        """Start the client and wait for the first successful `connect` (retrying with backoff meanwhile).
+
+        Raises `ClientClosed` if the client stops for good first (e.g. 4001 invalid token).
+        """
+        if self._state is ConnectionState.CLOSED:
+            raise ClientClosed(self.final)
+        if self._runner is None:
+            self._runner = asyncio.get_running_loop().create_task(self._run(), name="hubbub-client")
+        await self.wait_connected()
+
+    async def wait_connected(self, timeout: float | None = None) -> None:
+        """Return once `CONNECTED` (at once if already); raises `ClientClosed` or `TimeoutError`."""
+        if self._state is not ConnectionState.CONNECTED:
+            wanted = (ConnectionState.CONNECTED, ConnectionState.CLOSED)
+            if self._state is not ConnectionState.CLOSED:
+                await self.on_state.wait(lambda state: state in wanted, timeout=timeout)
+            if self._state is ConnectionState.CLOSED:
+                raise ClientClosed(self.final)
+
+    async def wait_closed(self) -> Disconnect:
+        """Wait until the client is `CLOSED`; returns why."""
+        if self._state is not ConnectionState.CLOSED:
+            await self.on_state.wait(lambda state: state is ConnectionState.CLOSED)
+        assert self.final is not None
+        return self.final
+
+    async def close(self) -> None:
+        """Close normally (1000) and stop reconnecting. Pending commands and queued publishes fail with
+        `ClientClosed`; room iterators end after what they have buffered. Idempotent."""
+        if self._state is ConnectionState.CLOSED:
+            return
+        self._closing = True
+        current = self._current
+        if current is not None:
+            await current.close(1000, "client closed")
+        runner = self._runner
+        if runner is not None and not runner.done():
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
+        self._finish(Disconnect(1000, "closed by the client", reconnect=False))
+
+    async def __aenter__(self) -> Client:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    # --- commands --------------------------------------------------------------------------------
+
+    async def join(self, room: str, *, since: StreamPosition | None = None) -> Room:
+        """Join `room` and return it (iterate it for publications). With `since`, resume from a position
+        the application kept: missed publications are delivered first and `room.recovered` tells whether
+        all of them were. Re-joined automatically after every reconnect until `leave()`."""
+        if room in self._membership:
+            raise CommandError(409, "already joined")
+        handle = Room(self, room)
+        params: JSONObject = {"room": room}
+        if since is not None:
+            params["since"] = since.to_json()
+        abandoned = False
+        sent_on: list[Connection] = []
+
+        def on_ok(ok: JSONObject) -> None:
+            if room in self._membership:  # a concurrent join won (not expected: the server answers it 409)
+                return
+            if abandoned or self._state is ConnectionState.CLOSED:
+                if sent_on and not sent_on[-1].closed:  # joined after all: do not stay joined on the server
+                    sent_on[-1].submit("leave", {"room": room}, ignore_reply)
+                return
+            self._membership.add(handle, JoinResult.from_json(room, ok), since)
+
+        try:
+            await self._command("join", params, on_ok=on_ok, sent_on=sent_on)
+        except BaseException:
+            abandoned = True
+            raise
+        return handle
+
+    async def leave(self, room: str) -> None:
+        """Leave `room`: its iterators end and it is no longer re-joined. While disconnected this is local."""
+        handle = self._membership.remove(room)
+        if handle is not None:
+            handle.close()
+        conn = self._conn
+        if conn is None:
+            if handle is None:
+                raise CommandError(409, "not joined")
+            return
+        try:
+            await self._request(conn, "leave", {"room": room})
+        except ConnectionLost:
+            pass  # the next connection does not hold the room
+
+    async def publish(self, room: str, data: JSON, *, idempotency_key: str | None = None) -> PublishResult:
+        """Publish `data` to `room` and return where it landed.
+
+        While disconnected the publish is queued and sent after reconnecting, in order; publishes are also
+        paced (`publish_rate`, `publish_burst`) so that a backlog never trips the server's rate limit, and
+        wait in the same queue for their turn. The queue is bounded: beyond `max_queue` waiting publishes,
+        `QueueFull` is raised at once. A publish whose reply was lost to a disconnect is sent again with
+        the same idempotency key, so it is never duplicated. Raises `CommandTimeout` when a sent publish
+        gets no reply within `command_timeout`, `CommandError` for an error reply."""
+        if self._state is ConnectionState.CLOSED:
+            raise ClientClosed(self.final)
+        return await self._publisher.publish(room, data, idempotency_key)
+
+    async def history(
+        self, room: str, *, since: StreamPosition | None = None, limit: int | None = None
+    ) -> HistoryResult:
+        """Publications of `room` after `since` (or the newest ones), oldest first, at most `limit`."""
+        params: JSONObject = {"room": room}
+        if since is not None:
+            params["since"] = since.to_json()
+        if limit is not None:
+            params["limit"] = limit
+        return HistoryResult.from_json(room, await self._command("history", params))
+
+    async def presence(self, room: str) -> Presence:
+        return Presence.from_json(await self._command("presence", {"room": room}))
+
+    async def presence_stats(self, room: str) -> PresenceStats:
+        return PresenceStats.from_json(await self._command("presence_stats", {"room": room}))
+
+    async def _command(
+        self,
+        op: str,
+        params: JSONObject,
+        *,
+        on_ok: Callable[[JSONObject], None] | None = None,
+        sent_on: list[Connection] | None = None,
+    ) -> JSONObject:
+        """Send a command once connected and return its ok payload. Waiting for a connection counts
+        against `command_timeout`; a command whose connection was lost is sent again on the next one."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.command_timeout
+        while True:
+            conn = await self._connection(op, deadline)
+            if sent_on is not None:
+                sent_on.append(conn)
+            try:
+                return await self._request(conn, op, params, on_ok=on_ok, timeout=deadline - loop.time())
+            except ConnectionLost:
+                continue
+
+    async def _request(
+        self,
+        conn: Connection,
+        op: str,
+        params: JSONObject,
+        *,
+        on_ok: Callable[[JSONObject], None] | None = None,
+        timeout: float | None = None,
+    ) -> JSONObject:
+        future = conn.request(op, params, on_ok)
+        try:
+            return await asyncio.wait_for(future, self.command_timeout if timeout is None else max(0.0, timeout))
+        except TimeoutError:
+            raise CommandTimeout(op, self.command_timeout) from None
+
+    async def _connection(self, op: str, deadline: float) -> Connection:
+        loop = asyncio.get_running_loop()
+        while True:
+            if self._state is ConnectionState.CLOSED:
+                raise ClientClosed(self.final)
+            if self._conn is not None:
+                return self._conn
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise CommandTimeout(op, self.command_timeout)
+            with contextlib.suppress(TimeoutError):
+                await self.on_state.wait(
+                    lambda s: s in (ConnectionState.CONNECTED, ConnectionState.CLOSED), timeout=remaining
+                )
+
+    # --- the runner ------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            final = await self._reconnect_loop()
+        except Exception as exc:  # a bug: never leave the application waiting on a dead runner
+            log.exception("the client runner failed")
+            final = Disconnect(None, f"client error: {exc!r}", reconnect=False)
+        finally:
+            if self._current is not None:
+                self._current.abort("client closed")
+        if final is not None:
+            self._finish(final)
+
+    async def _reconnect_loop(self) -> Disconnect | None:
+        """Connect, serve, and reconnect until a terminal close (returned) or `close()` (None)."""
+        token_override: str | None = None
+        auth_retried = False
+        quick = 0  # immediate reconnects in a row after connections shorter than MIN_STABLE_CONNECTION
+        failures = 0
+        while not self._closing:
+            self._set_state(ConnectionState.CONNECTING)
+            token: str | None = None
+            try:
+                token = token_override if token_override is not None else await self._tokens.get()
+                token_override = None
+                conn = await self._open()
+            except InvalidURI as exc:
+                return Disconnect(None, f"invalid URL: {exc}", reconnect=False)
+            except Exception as exc:  # refused, timed out, bad handshake, or the token callback failed
+                failures += 1
+                wait = self.backoff.next_delay()
+                self._set_state(ConnectionState.RECONNECTING)
+                self.on_connect_error.emit(ConnectError(failures, exc, wait))
+                await asyncio.sleep(wait)
+                continue
+            closure, connected = await self._serve(conn, token)
+            if self._closing:
+                break
+            if connected:
+                failures = 0
+                auth_retried = False
+            action = self._action(closure)
+            delay: float | None = None
+            if action is Action.RETRY_AUTH:
+                fresh = None if auth_retried else await self._fresh_token()
+                if fresh is None or fresh == token:
+                    action = Action.STOP
+                else:
+                    auth_retried, token_override, delay = True, fresh, 0.0
+            elif action in (Action.AT_ONCE, Action.FRESH_TOKEN):
+                # At once; but when short-lived connections keep ending this way, back off (growing
+                # with each one in a row) so that a server repeating the close cannot cause a tight loop.
+                lived = asyncio.get_running_loop().time() - self._connected_at
+                quick = quick + 1 if lived < MIN_STABLE_CONNECTION else 0
+                delay = 0.0 if quick <= 1 else self.backoff.jitter(self.backoff.ceiling(quick - 2))
+            elif action is Action.DRAIN_DELAY:
+                delay = self.backoff.jitter(self.drain_jitter)
+            elif action is Action.BACKOFF:
+                delay = self.backoff.next_delay()
+            disconnect = Disconnect(closure.code, closure.reason, reconnect=action is not Action.STOP, delay=delay)
+            if action is Action.STOP:
+                return disconnect
+            self._set_state(ConnectionState.RECONNECTING)
+            self.on_disconnect.emit(disconnect)
+            if delay:
+                await asyncio.sleep(delay)
+        return None
+
+    def _action(self, closure: Closure) -> Action:
+        if closure.terminal:
+            return Action.STOP
+        return action_for(
+            closure.code, server_reconnect=closure.server_reconnect, has_token_callback=self._tokens.refreshable
+        )
+
+    async def _fresh_token(self) -> str | None:
+        try:
+            return await self._tokens.get()
+        except Exception:
+            log.exception("the token callback failed")
+            return None
+
+    async def _open(self) -> Connection:
+        conn = Connection(
+            on_push=self._membership.push,
+            on_close=self._on_close,
+            on_ping=self._on_ping,
+            max_frame_bytes=self.max_frame_bytes,
+        )
+        self.attempts += 1
+        await conn.open(self.url, open_timeout=self.open_timeout, options=self.connect_options)
+        self._current = conn
+        return conn
+
+    async def _serve(self, conn: Connection, token: str | None) -> tuple[Closure, bool]:
+        """Send `connect` (re-joining every room), then wait for the connection to end."""
+        sent_rooms = self._membership.positions()
+        params: JSONObject = {}
+        if token is not None:
+            params["token"] = token
+        if sent_rooms:
+            params["rooms"] = self._membership.connect_rooms(sent_rooms)
+        connected = False
+
+        def on_ok(ok: JSONObject) -> None:
+            nonlocal connected
+            self._connected(conn, ConnectResult.from_json(ok), ok.get("rooms"), sent_rooms)
+            connected = True
+
+        try:
+            await self._request(conn, "connect", params, on_ok=on_ok)
+        except ConnectionLost:
+            pass
+        except CommandError as exc:  # never expected: the client sends well-formed connects
+            await conn.close(1000, "connect refused")
+            self._current = None
+            return Closure(None, f"connect refused: {exc}", terminal=True), False
+        except (CommandTimeout, ValueError) as exc:
+            conn.abort(f"connect failed: {exc}")
+        closure = await conn.wait_closed()
+        self._current = None
+        return closure, connected
+
+    def _connected(
+        self, conn: Connection, result: ConnectResult, rooms: object, sent: dict[str, StreamPosition | None]
+    ) -> None:
+        """The `connect` reply arrived (runs in the reader, before any later message)."""
+        self.client_id, self.user = result.client, result.user
+        self.connects += 1
+        self._connected_at = asyncio.get_running_loop().time()
+        conn.set_idle_timeout(result.ping_interval + self.heartbeat_grace)
+        self.backoff.reset()
+        self._conn = conn
+        self._membership.rejoined(conn, rooms, sent)
+        self._publisher.attach(conn)
+        if result.expires_in is not None and self._tokens.refreshable:
+
+            async def refresh(token: str) -> JSONObject:
+                return await self._request(conn, "refresh", {"token": token})
+
+            self._spawn(keep_fresh(self._tokens, refresh, result.expires_in, self.on_refresh.emit))
+        self._set_state(ConnectionState.CONNECTED)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- fed by the connection -------------------------------------------------------------------
+
+    def _on_ping(self) -> None:
+        self.pings += 1
+
+    def _on_close(self, closure: Closure) -> None:
+        """A connection ended (runs in its reader): requeue unanswered publishes, stop its tasks."""
+        self._conn = None
+        for task in list(self._tasks):
+            task.cancel()
+        self._membership.disconnected()
+        self._publisher.detach()
+
+    def _set_state(self, state: ConnectionState) -> None:
+        if state is self._state or self._state is ConnectionState.CLOSED:
+            return
+        self._state = state
+        self.on_state.emit(state)
+
+    def _finish(self, final: Disconnect) -> None:
+        if self._state is ConnectionState.CLOSED:
+            return
+        self.final = final
+        self._conn = None
+        for task in list(self._tasks):
+            task.cancel()
+        error = ClientClosed(final)
+        self._publisher.fail_all(error)
+        self._membership.close_all(None if self._closing else error)
+        self._set_state(ConnectionState.CLOSED)
+        self.on_disconnect.emit(final)
