@@ -71,6 +71,14 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    # `1e400` is valid JSON syntax but no double: refusing it beats silently publishing `null`.
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:20]} is out of range")
+    return value
+
+
 # orjson turns integers beyond 64 bits into floats, silently losing digits; such texts are re-read exactly.
 _LONG_INTEGER = re.compile(r"\d{19,}")
 
@@ -89,7 +97,7 @@ def loads(text: str | bytes) -> JSON:
     try:
         if isinstance(text, bytes):
             text = text.decode("utf-8")
-        return json.loads(text, parse_constant=_reject_constant)
+        return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except RecursionError as exc:
         raise ValueError("JSON nested too deeply") from exc
 

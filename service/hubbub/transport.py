@@ -100,5 +100,7 @@ async def websocket_endpoint(node: Node, scope: Scope, receive: ASGIReceive, sen
         log.exception("connection %s failed", session.client_id)
         session.close(CloseCode.INTERNAL_ERROR)
         code = int(CloseCode.INTERNAL_ERROR)
+        # The push and close frame go out before the ASGI app returns and the server drops the socket.
+        await session.outbox.wait_flushed()
     finally:
         await node.detach(session, code)

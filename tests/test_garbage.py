@@ -1,0 +1,948 @@
+"""Garbage in: malformed, random and hostile input never crashes the server nor disturbs anyone else.
+
+Every case must end in one of two ways, within a few seconds:
+- error replies (never a 500), and the connection stays usable: a probe command sent after the
+  case is answered;
+- a close with a code from the protocol table for what was sent: 4001 before `connect`, 4004 for
+  a protocol violation, 1003 for a binary frame, and the WebSocket layer's own 1009 (too large),
+  1007 (invalid UTF-8) and 1002 (framing violation). Never 1011, never silence.
+
+The seeded fuzz run keeps bystander clients in a room fed by a steady publication stream and checks
+that they received every publication, in order, without a gap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import random
+import re
+import struct
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+from websockets.exceptions import ConnectionClosed
+
+from tests.conftest import ServerFactory
+from tests.support.server import API_KEY, ServerProcess
+from tests.support.wsclient import Closed, RawClient, token
+
+SEED = 20261125
+MAX_CASES = 1000
+#: Seconds of fuzzing at most, so the test stays well under a minute on a slow machine.
+TIME_BUDGET = 25.0
+#: The probe's id: the largest valid one, never used by a generated case.
+PROBE_ID = 2**53 - 1
+FRAME_LIMIT = 65536
+#: Reply error codes a garbage command may earn (500 would be a server bug).
+REPLY_CODES = frozenset({400, 401, 403, 404, 409, 413, 429})
+#: Closes the WebSocket layer enforces before the application sees the frame (no disconnect push).
+TRANSPORT_CLOSES = frozenset({1002, 1007, 1009})
+BYSTAND_ROOM = "chat:bystand"
+USER = "fuzz"
+#: Server log lines that mean a bug: an unhandled exception anywhere, or a hubbub error.
+BUG_IN_LOG = re.compile(r"ERROR hubbub\.|Exception in ASGI application|Task exception was never retrieved|Traceback")
+#: uvicorn logs invalid UTF-8 from a client with a traceback; that one is the client's fault, not a bug.
+EXPECTED_LOG = re.compile(r"Invalid UTF-8 sequence received from client\.")
+#: The first line of a log record (hubbub's format or uvicorn's), as opposed to a traceback line.
+LOG_RECORD = re.compile(r"\d{4}-\d\d-\d\d \d\d:|(INFO|WARNING|ERROR|DEBUG|CRITICAL):")
+
+
+def server_with_room_for_garbage(server_factory: ServerFactory, **overrides: Any) -> ServerProcess:
+    # No rate limit in the way: hundreds of commands on one connection are the point here.
+    config: dict[str, Any] = {"command_rate": 100000, "command_burst": 100000, "ping_interval": 2, "pong_timeout": 5}
+    return server_factory(**(config | overrides))
+
+
+def bugs_in_log(srv: ServerProcess) -> list[str]:
+    """Lines of the server log that report a bug, leaving out the expected invalid-UTF-8 report and its traceback."""
+    found: list[str] = []
+    in_expected_traceback = False
+    for line in srv.log().splitlines():
+        if EXPECTED_LOG.search(line):
+            in_expected_traceback = True
+            continue
+        if in_expected_traceback and not LOG_RECORD.match(line):
+            continue  # the traceback lines of the expected report
+        in_expected_traceback = False
+        if BUG_IN_LOG.search(line):
+            found.append(line)
+    return found
+
+
+# --- outcomes -------------------------------------------------------------------------------------------
+
+
+#: Outcome code of a connection still usable after the case (not a close code).
+USABLE = 0
+#: RFC 6455 codes for a close frame without a status, and for a TCP close without any close frame.
+NO_STATUS, ABNORMAL = 1005, 1006
+
+
+@dataclass
+class Outcome:
+    """How the server answered one case: replies to its commands, then either usable or closed."""
+
+    replies: list[dict[str, Any]] = field(default_factory=list)
+    usable: bool = False
+    close_code: int = ABNORMAL
+    disconnect: dict[str, Any] | None = None
+
+    @property
+    def code(self) -> int:
+        """USABLE, or how the connection closed."""
+        return USABLE if self.usable else self.close_code
+
+
+def probe_command(*, connected: bool) -> dict[str, Any]:
+    """A command that gets a reply on a usable connection: `connect` before connecting, else a cheap query."""
+    if connected:
+        return {"id": PROBE_ID, "op": "presence_stats", "room": "chat:probe"}
+    return {"id": PROBE_ID, "op": "connect", "token": token(USER)}
+
+
+# --- a raw WebSocket client: frames exactly as given, valid or not ---------------------------------------
+
+
+MASK_KEY = b"\x37\xfa\x21\x3d"
+
+
+def ws_frame(
+    opcode: int, payload: bytes, *, fin: bool = True, masked: bool = True, rsv: int = 0, length: int | None = None
+) -> bytes:
+    """One client frame; `length` overrides the announced payload length (the payload sent stays as given)."""
+    size = len(payload) if length is None else length
+    first = (0x80 if fin else 0) | rsv << 4 | opcode
+    mask_bit = 0x80 if masked else 0
+    if size < 126:
+        header = struct.pack("!BB", first, mask_bit | size)
+    elif size < 65536:
+        header = struct.pack("!BBH", first, mask_bit | 126, size)
+    else:
+        header = struct.pack("!BBQ", first, mask_bit | 127, size)
+    if not masked:
+        return header + payload
+    key = (MASK_KEY * (len(payload) // 4 + 1))[: len(payload)]
+    body = (int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")).to_bytes(len(payload), "big")
+    return header + MASK_KEY + body
+
+
+def text_frame(text: str) -> bytes:
+    return ws_frame(0x1, text.encode())
+
+
+class RawSocket:
+    """A TCP connection speaking WebSocket by hand, so it can send what real clients refuse to."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, port: int) -> RawSocket:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
+        key = base64.b64encode(b"hubbub-garbage!!").decode()
+        writer.write(
+            (
+                "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 101 "), head
+        return cls(reader, writer)
+
+    async def send(self, *frames: bytes) -> None:
+        for data in frames:
+            self.writer.write(data)
+        with contextlib.suppress(ConnectionError):
+            await self.writer.drain()
+
+    async def answer(self, outcome: Outcome, timeout: float = 5.0) -> Outcome:
+        """Read into `outcome` until the server's close frame or TCP close, or the probe's reply (usable)."""
+        async with asyncio.timeout(timeout):
+            while True:
+                try:
+                    head = await self.reader.readexactly(2)
+                    size = head[1] & 0x7F
+                    if size == 126:
+                        (size,) = struct.unpack("!H", await self.reader.readexactly(2))
+                    elif size == 127:
+                        (size,) = struct.unpack("!Q", await self.reader.readexactly(8))
+                    payload = await self.reader.readexactly(size)
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    outcome.close_code = ABNORMAL
+                    return outcome
+                opcode = head[0] & 0x0F
+                if opcode == 0x8:
+                    outcome.close_code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else NO_STATUS
+                    return outcome
+                if opcode != 0x1:
+                    continue  # a pong to a ping the case sent
+                for line in payload.decode().split("\n"):
+                    obj = json.loads(line)
+                    if obj.get("push") == "disconnect":
+                        outcome.disconnect = obj
+                    elif obj.get("id") == PROBE_ID:
+                        outcome.usable = True
+                        return outcome
+                    elif "id" in obj:
+                        outcome.replies.append(obj)
+
+    def abort(self) -> None:
+        self.writer.transport.abort()
+
+
+async def raw_exchange(port: int, *frames: bytes, connect: bool = True) -> Outcome:
+    """Open a raw connection, optionally `connect` properly, send `frames`; how the server answered.
+
+    The probe follows only when no close came within a moment: written behind frames the server
+    rejects at the WebSocket layer, it would sit unread in a socket the server closes, and the
+    resulting TCP reset could reach the client before the close frame.
+    """
+    sock = await RawSocket.open(port)
+    try:
+        if connect:
+            await sock.send(text_frame(json.dumps({"id": 1, "op": "connect", "token": token(USER)})))
+        await sock.send(*frames)
+        outcome = Outcome()
+        with contextlib.suppress(TimeoutError):
+            return await sock.answer(outcome, timeout=0.5)
+        await sock.send(text_frame(json.dumps(probe_command(connected=connect))))
+        return await sock.answer(outcome)
+    finally:
+        sock.abort()
+
+
+async def tcp_exchange(port: int, data: bytes, *, timeout: float = 5.0) -> bytes:
+    """Send `data` and EOF on a plain TCP connection; everything the server answers until it closes."""
+    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
+    try:
+        writer.write(data)
+        writer.write_eof()
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        return await asyncio.wait_for(reader.read(), timeout)
+    finally:
+        writer.transport.abort()
+
+
+async def probe(client: RawClient, *, connected: bool, timeout: float = 5.0) -> Outcome:
+    """After a case: send a probe command, then read until its reply (still usable) or the close."""
+    outcome = Outcome()
+    with contextlib.suppress(ConnectionClosed):
+        await client.send(probe_command(connected=connected))
+    try:
+        while True:
+            obj = await client.recv(timeout)
+            if obj.get("push") == "ping":
+                with contextlib.suppress(ConnectionClosed):
+                    await client.send({"op": "pong"})
+            elif obj.get("id") == PROBE_ID:
+                outcome.usable = True
+                return outcome
+            elif "id" in obj:
+                outcome.replies.append(obj)
+    except Closed as exc:
+        outcome.close_code = ABNORMAL if exc.code is None else exc.code
+        outcome.disconnect = exc.disconnect
+        return outcome
+
+
+def check_outcome(what: str, outcome: Outcome, allowed: frozenset[int]) -> None:
+    """Error replies (never a 500) and the connection usable, or a close with a code in `allowed`."""
+    for reply in outcome.replies:
+        assert set(reply) in ({"id", "ok"}, {"id", "error"}), f"{what}: malformed reply {reply}"
+        if "error" in reply:
+            assert reply["error"]["code"] in REPLY_CODES, f"{what}: reply {reply}"
+            assert isinstance(reply["error"]["reason"], str) and reply["error"]["reason"], f"{what}: {reply}"
+    answer = "stayed usable" if outcome.usable else f"closed {outcome.close_code}"
+    assert outcome.code in allowed, f"{what}: {answer}, expected one of {sorted(allowed)} (0: usable)"
+    if outcome.code in (4001, 4004, 1003):  # closes of the application: announced by a disconnect push (rule 9)
+        assert outcome.disconnect is not None and outcome.disconnect["code"] == outcome.code, (
+            f"{what}: closed {outcome.code} without a disconnect push"
+        )
+
+
+def usable_or(*codes: int) -> frozenset[int]:
+    return frozenset({USABLE, *codes})
+
+
+# --- garbage values ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Raw:
+    """JSON text inserted verbatim, for tokens `json.dumps` cannot produce (1e400, NaN, leading zeros...)."""
+
+    text: str
+
+
+def render(obj: object) -> str:
+    raws: list[str] = []
+
+    def default(value: object) -> object:
+        if isinstance(value, Raw):
+            raws.append(value.text)
+            return f"\x00raw{len(raws) - 1}\x00"
+        raise TypeError(f"cannot encode {value!r}")
+
+    text = json.dumps(obj, default=default)
+    for i, raw in enumerate(raws):
+        text = text.replace(json.dumps(f"\x00raw{i}\x00"), raw)
+    return text
+
+
+def nested(depth: int, leaf: object = 0) -> Raw:
+    return Raw("[" * depth + render(leaf) + "]" * depth)
+
+
+#: Wrong types and hostile values, tried in every field of every op.
+GARBAGE: tuple[object, ...] = (
+    None,
+    True,
+    False,
+    0,
+    -1,
+    1.5,
+    -0.0,
+    2**53,
+    2**64 + 1,
+    10**400,
+    -(10**400),
+    Raw("1e400"),
+    Raw("-1e400"),
+    Raw("1e-400"),
+    Raw("NaN"),
+    Raw("Infinity"),
+    Raw("01"),
+    Raw("1" * 5000),  # more digits than Python converts by default
+    "",
+    "x" * 300,
+    "\x00",
+    "\ud800",  # a lone surrogate, legal as a JSON escape only
+    "\U0001f600",
+    "chat:../../etc",
+    "chat:" + "a" * 300,
+    BYSTAND_ROOM,
+    [],
+    {},
+    [1, [2, [3]]],
+    {"epoch": 5, "offset": "x"},
+    {"epoch": "e", "offset": -1},
+    {"epoch": "e" * 100, "offset": 2**60},
+    nested(254),
+    nested(255),
+    nested(1000),
+    nested(1000, 10**30),
+)
+
+#: A well-formed command of each op; the fuzz breaks one field at a time.
+TEMPLATES: dict[str, dict[str, Any]] = {
+    "connect": {"token": "", "rooms": {"chat:fuzz": {"since": {"epoch": "e", "offset": 0}}}},
+    "refresh": {"token": ""},
+    "join": {"room": "chat:fuzz", "since": {"epoch": "e", "offset": 1}},
+    "leave": {"room": "chat:fuzz"},
+    "publish": {"room": BYSTAND_ROOM, "data": {"fuzz": True}, "idempotency_key": "k"},
+    "history": {"room": "chat:fuzz", "since": {"epoch": "e", "offset": 0}, "limit": 10},
+    "presence": {"room": "chat:fuzz"},
+    "presence_stats": {"room": "chat:fuzz"},
+    "pong": {},
+}
+
+
+def template(op: str, command_id: int) -> dict[str, Any]:
+    command: dict[str, Any] = {"id": command_id, "op": op, **json.loads(json.dumps(TEMPLATES[op]))}
+    if "token" in command:
+        command["token"] = token(USER)
+    if op == "pong":
+        del command["id"]
+    return command
+
+
+def field_paths(obj: dict[str, Any], prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    for key, value in obj.items():
+        yield (*prefix, key)
+        if isinstance(value, dict):
+            yield from field_paths(value, (*prefix, key))
+
+
+def every_field(op: str) -> list[tuple[str, ...]]:
+    return [("id",), ("op",), *field_paths(TEMPLATES[op])]
+
+
+MISSING = object()
+
+
+def mutated(op: str, command_id: int, path: tuple[str, ...], value: object) -> dict[str, Any]:
+    """The template of `op` with the field at `path` set to `value` (or removed, for MISSING)."""
+    command = template(op, command_id)
+    target = command
+    for key in path[:-1]:
+        target = target[key]
+    if value is MISSING:
+        target.pop(path[-1], None)
+    else:
+        target[path[-1]] = value
+    return command
+
+
+# --- deterministic garbage: each class has an exact answer --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "frames"),
+    [
+        ("invalid byte", [ws_frame(0x1, b'{"id":2,"op":"join","room":"\xff"}')]),
+        ("overlong encoding", [ws_frame(0x1, b'{"id":2,"op":"join","room":"\xc0\xaf"}')]),
+        ("encoded surrogate", [ws_frame(0x1, b'{"id":2,"op":"join","room":"\xed\xa0\x80"}')]),
+        ("truncated sequence", [ws_frame(0x1, b'{"id":2,"op":"join"}\xe2\x82')]),
+        (
+            "split across fragments",
+            [ws_frame(0x1, b'{"id":2,"op":"join","room":"\xe2', fin=False), ws_frame(0x0, b'\xff"}')],
+        ),
+    ],
+)
+@pytest.mark.parametrize("connect", [True, False], ids=["after-connect", "before-connect"])
+async def test_invalid_utf8_in_a_text_frame_closes_1007(
+    server: ServerProcess, name: str, frames: list[bytes], connect: bool
+) -> None:
+    outcome = await raw_exchange(server.port, *frames, connect=connect)
+    assert outcome.code == 1007, name
+
+
+@pytest.mark.parametrize(
+    ("name", "frame"),
+    [
+        ("unmasked client frame", ws_frame(0x1, b"{}", masked=False)),
+        ("reserved opcode", ws_frame(0x3, b"x")),
+        ("reserved bits", ws_frame(0x1, b"{}", rsv=0b100)),
+        ("control frame over 125 bytes", ws_frame(0x9, b"x" * 200)),
+        ("fragmented control frame", ws_frame(0x9, b"x", fin=False)),
+        ("continuation without a start", ws_frame(0x0, b"x")),
+        ("new message inside a fragmented one", ws_frame(0x1, b"{", fin=False) + ws_frame(0x1, b"}")),
+        ("close code out of range", ws_frame(0x8, struct.pack("!H", 999))),
+        ("close frame of one byte", ws_frame(0x8, b"\x03")),
+    ],
+)
+async def test_websocket_framing_violations_close_1002(server: ServerProcess, name: str, frame: bytes) -> None:
+    outcome = await raw_exchange(server.port, frame)
+    assert outcome.code == 1002, name
+
+
+async def test_close_reason_with_invalid_utf8_closes_1007(server: ServerProcess) -> None:
+    outcome = await raw_exchange(server.port, ws_frame(0x8, struct.pack("!H", 1000) + b"\xff"))
+    assert outcome.code == 1007
+
+
+@pytest.mark.parametrize(
+    ("name", "frame"),
+    [
+        ("one byte over the limit", text_frame(" " * (FRAME_LIMIT + 1))),
+        ("multi-byte characters over the limit in bytes", text_frame("é" * (FRAME_LIMIT // 2 + 1))),
+        ("a header announcing 2^63-1 bytes", ws_frame(0x1, b"", length=2**63 - 1)),
+        ("binary over the limit", ws_frame(0x2, bytes(FRAME_LIMIT + 1))),
+        ("fragments adding up over the limit", ws_frame(0x1, b" " * 40000, fin=False) + ws_frame(0x0, b" " * 40000)),
+    ],
+)
+async def test_oversized_frames_close_1009(server: ServerProcess, name: str, frame: bytes) -> None:
+    outcome = await raw_exchange(server.port, frame)
+    assert outcome.code == 1009, name
+    assert outcome.disconnect is None  # enforced below the application (rule 9)
+
+
+async def test_a_frame_of_exactly_the_limit_is_accepted(server: ServerProcess) -> None:
+    client = await RawClient.connected(server.ws_url, USER)
+    command = json.dumps({"id": 7, "op": "presence_stats", "room": "chat:limit"})
+    await client.send_raw(command + " " * (FRAME_LIMIT - len(command)))
+    assert "ok" in await client.reply(7)
+    await client.close()
+
+
+@pytest.mark.parametrize("frame", ["", "\n", "\n\n\n\n", " ", "\t \r\n", "\r\n" * 100])
+@pytest.mark.parametrize("connect", [True, False], ids=["after-connect", "before-connect"])
+async def test_empty_and_blank_frames_are_a_protocol_violation(
+    server: ServerProcess, frame: str, connect: bool
+) -> None:
+    client = await (RawClient.connected(server.ws_url, USER) if connect else RawClient.open(server.ws_url))
+    await client.send_raw(frame)
+    outcome = await probe(client, connected=connect)
+    check_outcome(repr(frame), outcome, frozenset({4004 if connect else 4001}))
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        "{",
+        '{"id":1,"op":"join"',
+        "not json",
+        "nul",
+        "[1,2",
+        '{"id":1,"op":"join","room":"chat:x"}}',
+        '{"id":1,"op":"join","room":"chat:x",}',
+        "{'id':1,'op':'join'}",
+        '{"id":01,"op":"pong"}',
+        '{"id":1,"op":"join","room":"chat:x"} trailing',
+        "NaN",
+        '{"id":NaN,"op":"join"}',
+        '{"id":1,"op":"publish","room":"chat:x","data":Infinity}',
+        "\x00",
+        "\ufeff{}",
+        "1",
+        "[]",
+        '"join"',
+        "null",
+        '{"id":1}',
+        '{"op":"join"}',
+        '{"id":1,"op":"nope"}',
+        '{"id":1,"op":"JOIN"}',
+        '{"id":1,"op":["join"]}',
+    ],
+)
+async def test_malformed_json_and_non_commands_close_4004(server: ServerProcess, frame: str) -> None:
+    client = await RawClient.connected(server.ws_url, USER)
+    await client.send_raw(frame)
+    check_outcome(repr(frame), await probe(client, connected=True), frozenset({4004}))
+
+
+@pytest.mark.parametrize(
+    "raw_id",
+    [
+        "0",
+        "-1",
+        "9007199254740992",
+        "18446744073709551617",
+        "1" + "0" * 400,
+        "1.0",
+        "1e3",
+        "1e400",
+        '"1"',
+        "true",
+        "[1]",
+    ],
+)
+async def test_ids_out_of_range_or_not_integers_close_4004(server: ServerProcess, raw_id: str) -> None:
+    client = await RawClient.connected(server.ws_url, USER)
+    await client.send_raw(f'{{"id":{raw_id},"op":"presence_stats","room":"chat:ids"}}')
+    check_outcome(raw_id, await probe(client, connected=True), frozenset({4004}))
+
+
+async def test_the_largest_id_and_huge_numbers_in_data_round_trip_exactly(server: ServerProcess) -> None:
+    client = await RawClient.connected(server.ws_url, USER)
+    assert "ok" in await client.call("join", room="chat:numbers")
+    values = [10**400, -(10**400), 2**64 + 1, 2**53 + 1, -(2**63) - 1, 1e308, 5e-324, -0.0]
+    await client.send_raw(render({"id": 2**53 - 2, "op": "publish", "room": "chat:numbers", "data": values}))
+    assert "ok" in await client.reply(2**53 - 2)
+    push = await client.push("pub")
+    assert push["data"] == values
+    await client.close()
+
+
+async def test_duplicate_ids_in_one_frame_close_4004(server: ServerProcess) -> None:
+    client = await RawClient.connected(server.ws_url, USER)
+    await client.send(
+        {"id": 5, "op": "presence_stats", "room": "chat:dup"}, {"id": 5, "op": "presence", "room": "chat:dup"}
+    )
+    check_outcome("duplicate", await probe(client, connected=True), frozenset({4004}))
+
+
+@pytest.mark.parametrize("size", [0, 1, 100, 5000])
+async def test_random_binary_frames_close_1003_after_connect(server: ServerProcess, size: int) -> None:
+    client = await RawClient.connected(server.ws_url, USER)
+    await client.send_raw(random.Random(size).randbytes(size))
+    check_outcome("binary", await probe(client, connected=True), frozenset({1003}))
+
+
+async def test_wrong_types_in_every_field_of_every_op_get_error_replies_never_500(
+    server_factory: ServerFactory,
+) -> None:
+    """Each op, each field (and its absence), each garbage value; one connection for as long as it lasts."""
+    srv = server_with_room_for_garbage(server_factory)
+    client: RawClient | None = None
+    command_id = 0
+    cases = 0
+    closes: dict[int | None, int] = {}
+    try:
+        for op in TEMPLATES:
+            for path in every_field(op):
+                for value in (MISSING, *GARBAGE):
+                    if client is None:
+                        client = await RawClient.connected(srv.ws_url, USER)
+                    command_id += 1
+                    frame = render(mutated(op, command_id, path, value))
+                    if len(frame.encode()) > FRAME_LIMIT:
+                        continue
+                    await client.send_raw(frame)
+                    outcome = await probe(client, connected=True)
+                    check_outcome(f"{op}.{'.'.join(path)}={value!r:.60}", outcome, usable_or(4004))
+                    cases += 1
+                    if not outcome.usable:
+                        closes[outcome.close_code] = closes.get(outcome.close_code, 0) + 1
+                        client = None
+        for path in every_field("connect"):
+            for value in (MISSING, *GARBAGE):
+                fresh = await RawClient.open(srv.ws_url)
+                frame = render(mutated("connect", 1, path, value))
+                if len(frame.encode()) <= FRAME_LIMIT:
+                    await fresh.send_raw(frame)
+                    outcome = await probe(fresh, connected=False)
+                    check_outcome(f"connect.{'.'.join(path)}={value!r:.60}", outcome, usable_or(4001))
+                    cases += 1
+                await fresh.ws.close()
+    finally:
+        if client is not None:
+            await client.close()
+    assert cases > 900
+    # Only a broken id or op is a protocol violation (4004); every bad parameter is a reply.
+    assert set(closes) <= {4004}, closes
+    assert srv.running() and httpx.get(srv.http_url + "/healthz").status_code == 200
+    assert bugs_in_log(srv) == []
+
+
+async def test_deeply_nested_data_is_refused_alike_on_every_path_and_never_poisons_a_room(
+    server_factory: ServerFactory,
+) -> None:
+    """Data nested deeper than the encoders manage is a 400, with or without integers beyond 64 bits.
+
+    Before the depth bound, data a few levels short of the interpreter's recursion limit was stored but
+    failed to encode in its pub push (500 to the publisher, a gap for members) and in every later
+    history or recovering join reply (close 1011 for anyone reading the room).
+    """
+    srv = server_with_room_for_garbage(server_factory, max_frame_bytes=1 << 20)
+    member = await RawClient.connected(srv.ws_url, "member")
+    joined = await member.call("join", room="chat:deep")
+    epoch = joined["ok"]["epoch"]
+    publisher = await RawClient.connected(srv.ws_url, USER)
+    offset = 0
+    # Every depth up to past the parsers' limits, since where encoding used to fail depended on the call stack.
+    # Past orjson's parser (1024 levels), or with a value only the standard library parses (a long integer, a
+    # lone surrogate) past the interpreter's recursion limit, the command cannot be parsed at all: 4004.
+    attempts: list[tuple[int, object]] = [(depth, 0) for depth in (1, 100, 254, *range(255, 1031))]
+    attempts += [(depth, leaf) for depth in (1, 254, 255, 300, 600, 900, 950, 990, 1000) for leaf in (10**30, "\ud800")]
+    for depth, leaf in attempts:
+        command = {"id": 1, "op": "publish", "room": "chat:deep", "data": nested(depth, leaf)}
+        await publisher.send_raw(render(command))
+        outcome = await probe(publisher, connected=True)
+        if depth <= 254:
+            assert outcome.usable and "ok" in outcome.replies[0], (depth, leaf, outcome)
+            offset += 1
+            push = await member.push("pub")
+            assert push["offset"] == offset and push["data"] == json.loads(nested(depth, leaf).text)
+        else:
+            check_outcome(f"depth {depth}", outcome, usable_or(4004))
+            assert outcome.code == 4004 or outcome.replies[0]["error"]["code"] == 400, (depth, leaf, outcome)
+            if outcome.code == 4004:
+                publisher = await RawClient.connected(srv.ws_url, USER)
+    # The room stays readable: history and a recovering join carry every stored publication.
+    history = await publisher.call("history", room="chat:deep", since={"epoch": epoch, "offset": 0})
+    assert [p["offset"] for p in history["ok"]["publications"]] == list(range(1, offset + 1))
+    late = await RawClient.connected(srv.ws_url, "late")
+    rejoined = await late.call("join", room="chat:deep", since={"epoch": epoch, "offset": 0})
+    assert rejoined["ok"]["recovered"] is True and len(rejoined["ok"]["publications"]) == offset
+    # 100,000 levels cannot even be parsed: a protocol violation, not a crash.
+    await publisher.send_raw('{"id":1,"op":"publish","room":"chat:deep","data":' + "[" * 100000 + "]" * 100000 + "}")
+    check_outcome("100000 levels", await probe(publisher, connected=True), frozenset({4004}))
+    assert "ok" in await member.call("presence_stats", room="chat:deep")
+    for client in (member, late):
+        await client.close()
+    assert bugs_in_log(srv) == []
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",  # a TLS ClientHello on the plain port
+        b"GET / HTTP/9.9\r\n\r\n",
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: abc\r\n"
+        b"Sec-WebSocket-Version: 13\r\n\r\n",
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: "
+        b"aHViYnViLWdhcmJhZ2UhIQ==\r\nSec-WebSocket-Version: 99\r\n\r\n",
+        b"POST /api/publish HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\nzz\r\n",
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n",  # a truncated handshake
+        b"\r\n\r\n\r\n",
+        b"",
+    ],
+)
+async def test_http_garbage_gets_an_http_error_or_a_close(server: ServerProcess, data: bytes) -> None:
+    response = await tcp_exchange(server.port, data)
+    assert response == b"" or re.match(rb"HTTP/1\.1 4\d\d ", response), response[:200]
+    assert httpx.get(server.http_url + "/healthz").status_code == 200
+
+
+async def test_connections_dropped_mid_frame_or_mid_handshake_leave_nothing_behind(
+    server_factory: ServerFactory,
+) -> None:
+    srv = server_with_room_for_garbage(server_factory)
+    connect = text_frame(json.dumps({"id": 1, "op": "connect", "token": token(USER)}))
+    join = text_frame(json.dumps({"id": 2, "op": "join", "room": "chat:mid"}))
+    for cut in (1, 2, 6, 20, 500):
+        sock = await RawSocket.open(srv.port)
+        await sock.send(connect, join, text_frame(json.dumps({"id": 3, "data": "x" * 1000}))[:cut])
+        await asyncio.sleep(0.05)
+        sock.abort()
+    for cut in (5, 40, 100):
+        reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+        writer.write(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"[:cut])
+        await writer.drain()
+        writer.transport.abort()
+    await wait_for_internals(srv, sessions=0, hub_rooms=0, presence_rooms=0)
+    assert httpx.get(srv.http_url + "/healthz").status_code == 200
+
+
+async def wait_for_internals(srv: ServerProcess, timeout: float = 10.0, **expected: int) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        internals = srv.api("GET", "/api/info").json()["nodes"][0]["internals"]
+        actual = {key: internals[key] for key in expected}
+        if actual == expected:
+            return
+        assert time.monotonic() < deadline, f"internals {actual}, expected {expected}"
+        await asyncio.sleep(0.1)
+
+
+# --- the seeded fuzz run, with bystanders ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    """One piece of garbage and the answers it may get."""
+
+    kind: str  # "ws": a message through a real client; "frames": raw frames; "tcp": raw bytes; "drop"
+    name: str
+    allowed: frozenset[int]
+    text: str | None = None
+    data: bytes = b""
+    connected: bool = True
+
+
+def random_text(rng: random.Random) -> str:
+    alphabet = rng.choice(
+        (
+            '{}[]":,0123456789.eE+-truefalsn \n\t\\',
+            "".join(chr(c) for c in range(32, 127)),
+            "\x00\x01\x1f\x7f\u2028\u2029\ufeff\ufffe\U0001f600é中\n",
+        )
+    )
+    return "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 300)))
+
+
+def fuzz_command(rng: random.Random, command_id: int) -> dict[str, Any]:
+    op = rng.choice(list(TEMPLATES))
+    return mutated(op, command_id, rng.choice(every_field(op)), rng.choice((MISSING, *GARBAGE)))
+
+
+def random_frame(rng: random.Random) -> tuple[bytes, frozenset[int]]:
+    """A frame of a random control or reserved opcode, possibly fragmented or with reserved bits set."""
+    opcode = rng.choice([0x0, 0x3, 0x7, 0xB, 0xF, 0x9, 0x8])
+    payload = rng.randbytes(rng.choice([0, 1, 2, 10, 125, 126, 300]))
+    allowed = {USABLE, NO_STATUS, *TRANSPORT_CLOSES}
+    if opcode == 0x8 and len(payload) >= 2:
+        if rng.random() < 0.5:
+            payload = struct.pack("!H", rng.choice([1000, 1001, 3000, 4999])) + b"bye"
+        allowed.add(struct.unpack("!H", payload[:2])[0])  # a close the server may echo
+    frame = ws_frame(opcode, payload, fin=rng.random() < 0.6, rsv=rng.choice([0, 0, 0, 1, 4]))
+    return frame, frozenset(allowed)
+
+
+def fuzz_case(rng: random.Random, n: int) -> Case:
+    """Case `n` of the seeded run: most go through a connected client, some before `connect`."""
+    roll = rng.random()
+    connected = rng.random() < 0.85
+    violation = 4004 if connected else 4001
+    if roll < 0.30:
+        text = render(fuzz_command(rng, rng.randint(1, 2**53 - 2)))
+        return Case("ws", f"wrong field #{n}", usable_or(violation), text=text, connected=connected)
+    if roll < 0.38:
+        return Case("ws", f"random text #{n}", usable_or(violation), text=random_text(rng), connected=connected)
+    if roll < 0.45:
+        valid = render(fuzz_command(rng, rng.randint(1, 1000)))
+        text = valid[: rng.randint(0, len(valid))]
+        return Case("ws", f"truncated #{n}", usable_or(violation), text=text, connected=connected)
+    if roll < 0.53:
+        lines = [render(fuzz_command(rng, rng.randint(1, 5))) for _ in range(rng.randint(2, 6))]
+        text = rng.choice(["\n", "\r\n", "\n\n"]).join(lines)
+        return Case("ws", f"batch #{n}", usable_or(violation), text=text, connected=connected)
+    if roll < 0.57:
+        text = rng.choice(["", "\n", "\n" * rng.randint(2, 5000), " " * rng.randint(1, 100), "\r\n"])
+        return Case("ws", f"blank #{n}", frozenset({violation}), text=text, connected=connected)
+    if roll < 0.62:
+        command = fuzz_command(rng, 1)
+        command["id"] = rng.choice([0, -1, 2**53, 10**400, 1.5, "7", None, True, [1]])
+        if command["id"] is None and command["op"] == "pong":
+            command["op"] = "join"
+        return Case("ws", f"bad id #{n}", frozenset({violation}), text=render(command), connected=connected)
+    if roll < 0.67:
+        data = rng.randbytes(rng.randint(0, 2000))
+        return Case("ws", f"binary #{n}", frozenset({1003 if connected else 4001}), data=data, connected=connected)
+    if roll < 0.71:
+        size = rng.choice([FRAME_LIMIT + 1, FRAME_LIMIT + rng.randint(2, 5000), 3 * FRAME_LIMIT])
+        frame = text_frame(render(fuzz_command(rng, 1)) + " " * size)
+        return Case("frames", f"oversized #{n}", frozenset({1009}), data=frame, connected=connected)
+    if roll < 0.78:
+        prefix = render(fuzz_command(rng, 9)).encode()[: rng.randint(0, 40)]
+        bad = rng.choice([b"\xff", b"\xfe\xff", b"\xc0\xaf", b"\xed\xa0\x80", b"\xe2\x82", b"\xf8\x88\x80\x80\x80"])
+        frame = ws_frame(0x1, prefix + bad + b'"}')
+        return Case("frames", f"invalid utf-8 #{n}", frozenset({1007}), data=frame, connected=connected)
+    if roll < 0.84:
+        frame, allowed = random_frame(rng)
+        return Case("frames", f"raw frame #{n}", allowed | {violation}, data=frame, connected=connected)
+    if roll < 0.92:
+        data = rng.choice(
+            [
+                rng.randbytes(rng.randint(1, 500)),
+                b"GET /ws HTTP/1.1\r\n" + rng.randbytes(rng.randint(1, 200)),
+                b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"[: rng.randint(1, 70)],
+            ]
+        )
+        return Case("tcp", f"tcp garbage #{n}", frozenset(), data=data)
+    frame = text_frame(render(fuzz_command(rng, 3)) + " " * rng.randint(0, 3000))
+    return Case("drop", f"dropped mid-frame #{n}", frozenset(), data=frame[: rng.randint(1, max(1, len(frame) - 1))])
+
+
+async def run_case(srv: ServerProcess, case: Case, current: RawClient | None) -> tuple[str, RawClient | None]:
+    """Run one case and check its answer; returns a summary and the connected client to reuse (None once closed)."""
+    if case.kind == "tcp":
+        response = await tcp_exchange(srv.port, case.data)
+        assert response == b"" or re.match(rb"HTTP/1\.1 4\d\d ", response), (case.name, response[:200])
+        return f"http {response[9:12].decode() if response else 'close'}", current
+    if case.kind == "drop":
+        sock = await RawSocket.open(srv.port)
+        await sock.send(text_frame(json.dumps(probe_command(connected=False))), case.data)
+        sock.abort()
+        return "dropped", current
+    if case.kind == "frames":
+        outcome = await raw_exchange(srv.port, case.data, connect=case.connected)
+        check_outcome(case.name, outcome, case.allowed)
+        return f"{'usable' if outcome.usable else f'close {outcome.code}'}", current
+    if not case.connected:
+        client = await RawClient.open(srv.ws_url)
+    else:
+        client = current if current is not None else await RawClient.connected(srv.ws_url, USER)
+    try:
+        with contextlib.suppress(ConnectionClosed):
+            await client.send_raw(case.data if case.text is None else case.text)
+        outcome = await probe(client, connected=case.connected)
+        check_outcome(case.name, outcome, case.allowed)
+    except BaseException:
+        await client.close()
+        raise
+    summary = "usable" if outcome.usable else f"close {outcome.code}"
+    if case.connected and outcome.usable:
+        return summary, client
+    await client.close()
+    return summary, (current if not case.connected else None)
+
+
+class Bystander:
+    """A client in the bystander room that reads everything, answers pings and records publications."""
+
+    def __init__(self, client: RawClient) -> None:
+        self.client = client
+        self.offsets: list[int] = []
+        self.seqs: list[int] = []
+        self.task = asyncio.create_task(self.read())
+
+    async def read(self) -> None:
+        with contextlib.suppress(Closed):  # the end: the test closed this client
+            while True:
+                obj = await self.client.recv(timeout=60)
+                if obj.get("push") == "ping":
+                    await self.client.send({"op": "pong"})
+                elif obj.get("push") == "pub" and obj["room"] == BYSTAND_ROOM:
+                    self.offsets.append(obj["offset"])
+                    data = obj["data"]
+                    if isinstance(data, dict) and set(data) == {"seq"}:
+                        self.seqs.append(data["seq"])
+
+    async def close(self) -> None:
+        # Closing ends the reader; cancelling it instead can hang in 3.11's wait_for around websockets' recv.
+        await self.client.close()
+        await asyncio.wait_for(self.task, 10)
+
+
+async def publish_steadily(srv: ServerProcess, stop: asyncio.Event, offsets: list[int]) -> None:
+    """The bystanders' room gets a publication every 10 ms through the HTTP API until `stop`."""
+    async with httpx.AsyncClient(base_url=srv.http_url, headers={"authorization": f"Bearer {API_KEY}"}) as http:
+        seq = 0
+        while not stop.is_set():
+            response = await http.post("/api/publish", json={"room": BYSTAND_ROOM, "data": {"seq": seq}})
+            assert response.status_code == 200, response.text
+            offsets.append(response.json()["offset"])
+            seq += 1
+            await asyncio.sleep(0.01)
+
+
+@pytest.mark.slow
+async def test_seeded_garbage_never_crashes_the_server_nor_disturbs_bystanders(
+    server_factory: ServerFactory,
+) -> None:
+    srv = server_with_room_for_garbage(server_factory)
+    rng = random.Random(SEED)
+    bystanders: list[Bystander] = []
+    stop = asyncio.Event()
+    published: list[int] = []
+    publisher: asyncio.Task[None] | None = None
+    answers: dict[str, int] = {}
+    current: RawClient | None = None
+    started = time.monotonic()
+    ran = 0
+    try:
+        for i in range(3):
+            client = await RawClient.connected(srv.ws_url, f"bystander{i}")
+            assert "ok" in await client.call("join", room=BYSTAND_ROOM)
+            bystanders.append(Bystander(client))
+        publisher = asyncio.create_task(publish_steadily(srv, stop, published))
+        for n in range(MAX_CASES):
+            if time.monotonic() - started > TIME_BUDGET:
+                break
+            case = fuzz_case(rng, n)
+            try:
+                async with asyncio.timeout(10):
+                    summary, current = await run_case(srv, case, current)
+            except TimeoutError:
+                raise AssertionError(f"{case.name}: no answer in 10 s (seed {SEED}): {case}") from None
+            key = f"{case.name.split(' #')[0]}: {summary}"
+            answers[key] = answers.get(key, 0) + 1
+            ran += 1
+            assert srv.running(), f"server died after {case.name} (seed {SEED}):\n{srv.log()[-3000:]}"
+            assert not publisher.done(), f"the steady publisher failed after {case.name}"
+        fuzzed = time.monotonic() - started
+        stop.set()
+        await publisher
+        assert ran >= 300, f"only {ran} cases in the time budget: {answers}"
+
+        # Every bystander got every publication of the room (the steady stream and whatever the fuzz
+        # published), in order, without a gap, and the steady stream's own sequence complete.
+        final = srv.api("GET", f"/api/history/{BYSTAND_ROOM}?limit=0").json()["offset"]
+        assert published and final >= published[-1]
+        deadline = time.monotonic() + 10
+        while any(len(b.offsets) < final for b in bystanders) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for i, bystander in enumerate(bystanders):
+            assert not bystander.task.done(), f"bystander {i} stopped: {bystander.task}"
+            assert bystander.offsets == list(range(1, final + 1)), f"bystander {i}: gap, duplicate or disorder"
+            assert bystander.seqs == list(range(len(published))), f"bystander {i}: steady stream incomplete"
+    finally:
+        stop.set()
+        if current is not None:
+            await current.close()
+        for bystander in bystanders:
+            await bystander.close()
+        if publisher is not None and not publisher.done():
+            publisher.cancel()
+            with contextlib.suppress(BaseException):
+                await publisher
+
+    assert srv.running() and httpx.get(srv.http_url + "/healthz").status_code == 200
+    await wait_for_internals(srv, sessions=0, hub_rooms=0, presence_rooms=0)
+    bugs = bugs_in_log(srv)
+    assert not bugs, "\n".join(bugs)
+    print(f"{ran} cases in {fuzzed:.1f}s (seed {SEED}), {final} publications: {dict(sorted(answers.items()))}")
