@@ -73,4 +73,8 @@ def uvicorn_config(app: HubbubApp, settings: Settings) -> uvicorn.Config:
 
 def run(settings: Settings) -> None:
     app = HubbubApp(settings)
-    DrainingServer(uvicorn_config(app, settings), app).run()
+    try:
+        DrainingServer(uvicorn_config(app, settings), app).run()
+    except KeyboardInterrupt:
+        # uvicorn re-raises the SIGINT it captured once shutdown is complete: nothing left to report.
+        pass
