@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support.cluster import Cluster
 from tests.support.server import ServerProcess, test_config
 
 ServerFactory = Callable[..., ServerProcess]
@@ -32,3 +34,12 @@ def server_factory(tmp_path: Path) -> Iterator[ServerFactory]:
     yield start
     for proc in started:
         proc.kill()
+
+
+@pytest.fixture(scope="session")
+def k8s(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A real control plane (etcd, apiserver, controller-manager, scheduler, kwok, metrics adapter)."""
+    cluster = Cluster(tmp_path_factory.mktemp("k8s")).start()
+    os.environ["KUBECONFIG"] = str(cluster.kubeconfig)
+    yield cluster
+    cluster.stop()
