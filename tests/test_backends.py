@@ -24,6 +24,7 @@ class Recorder:
     pubs: list[tuple[Room, str, Publication]] = field(default_factory=list)
     joins: list[tuple[Room, JSONObject]] = field(default_factory=list)
     leaves: list[tuple[Room, JSONObject]] = field(default_factory=list)
+    lost: list[Room] = field(default_factory=list)
 
     def on_publication(self, room: Room, epoch: str, pub: Publication) -> None:
         self.pubs.append((room, epoch, pub))
@@ -33,6 +34,9 @@ class Recorder:
 
     def on_leave(self, room: Room, info: JSONObject) -> None:
         self.leaves.append((room, info))
+
+    def on_insufficient_state(self, room: Room) -> None:
+        self.lost.append(room)
 
 
 def memory_backends() -> Backends:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from hubbub.codes import CloseCode
 from hubbub.metrics import Metrics
 from hubbub.outbox import Outbox
 from hubbub.protocol import Publication, presence_push, pub_push
@@ -88,6 +89,13 @@ class Hub:
                 outbox.push(frame)
             self._metrics.deliveries.add(len(members))
         self._metrics.fanout_latency.record(max(0.0, time.time() - pub.ts / 1000))
+
+    def on_insufficient_state(self, room: Room) -> None:
+        state = self._rooms.get(room)
+        if state is None:
+            return
+        for outbox in [*state.members, *state.joining]:
+            outbox.request_close(CloseCode.INSUFFICIENT_STATE)
 
     def on_join(self, room: Room, info: JSONObject) -> None:
         self._presence_event("join", room, info)

@@ -90,7 +90,7 @@ class Node:
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
-        await self.backends.broker.start(self.hub)
+        await self.backends.start(self.hub)
         self._ticker = self.loop.create_task(self._tick_forever())
 
     async def stop(self) -> None:
@@ -99,7 +99,7 @@ class Node:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        await self.backends.broker.aclose()
+        await self.backends.aclose()
         await self.auth.aclose()
         self.metrics.shutdown()
 

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final
 
+from hubbub.codes import CloseCode
 from hubbub.protocol import disconnect_push
 from hubbub.types import ClientId
 
@@ -39,6 +40,7 @@ class Outbox:
         "_writer",
         "client_id",
         "closed",
+        "request_close",
     )
 
     def __init__(
@@ -61,6 +63,8 @@ class Outbox:
         self._close: tuple[int, str] | None = None
         #: True once a close has been requested: nothing more is queued.
         self.closed = False
+        #: How others (the hub) ask the owning session to close; set by the session.
+        self.request_close: Callable[[CloseCode], None] = lambda code: None
 
     @property
     def pending(self) -> int:

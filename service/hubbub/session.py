@@ -78,6 +78,7 @@ class Session:
             on_overflow=self._slow_consumer,
             loop=node.loop,
         )
+        self.outbox.request_close = self.close
         #: Principal from the upgrade request until `connect` replaces or confirms it.
         self.principal = principal
         self.state = State.CONNECTING

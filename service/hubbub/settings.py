@@ -111,6 +111,26 @@ class Settings(BaseModel):
         0.25, gt=0, le=5, description="Granularity of heartbeat and timeout checks (one timer per node)."
     )
 
+    redis_url: str | None = Field(
+        None,
+        description=(
+            "Redis for scale-out (`redis://` or `rediss://`, user and password in the URL). Unset: the embedded "
+            "in-memory broker, one node only."
+        ),
+    )
+    redis_sentinels: tuple[str, ...] = Field(
+        (), description="Sentinel addresses (`host:port`); with them `redis_url` supplies only credentials and db."
+    )
+    redis_sentinel_service: str = Field("mymaster", description="The Sentinel service name of the Redis master.")
+    redis_timeout: float = Field(2.0, gt=0, description="Seconds any Redis command may take before it fails.")
+    redis_prefix: str = Field("hubbub", description="Prefix of every Redis key and channel this service uses.")
+    presence_ttl: float = Field(
+        30.0, gt=1, description="Seconds a presence entry outlives its node's last refresh (a crashed node's clients)."
+    )
+    position_check_interval: float = Field(
+        5.0, gt=0, description="Seconds between checks that every subscribed room's stream has no undelivered gap."
+    )
+
     default_namespace: NamespaceOptions | None = Field(
         None, description="Options for rooms without a `:` (absent: unknown namespace, 404, in production)."
     )

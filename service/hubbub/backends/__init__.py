@@ -2,21 +2,37 @@
 
 from __future__ import annotations
 
-from collections.abc import Sized
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sized
+from dataclasses import dataclass, field
 
-from hubbub.backends.base import Broker, History, Presence
+from hubbub.backends.base import Broker, BrokerEventHandler, History, Presence
 from hubbub.backends.memory import MemoryEngine, MemoryPresence
 from hubbub.settings import Settings
 
 __all__ = ["Backends", "create_backends"]
 
 
-@dataclass(frozen=True, slots=True)
+async def _nothing() -> None:
+    return None
+
+
+@dataclass(slots=True)
 class Backends:
     broker: Broker
     history: History
     presence: Presence
+    kind: str = "memory"
+    #: Extra start/stop steps of the implementation (background refreshers, shared clients).
+    on_start: Callable[[], None] = field(default=lambda: None)
+    on_close: Callable[[], Awaitable[None]] = field(default=_nothing)
+
+    async def start(self, handler: BrokerEventHandler) -> None:
+        await self.broker.start(handler)
+        self.on_start()
+
+    async def aclose(self) -> None:
+        await self.on_close()
+        await self.broker.aclose()
 
     def internals(self) -> dict[str, int]:
         """Sizes of the backends' local state (zero for remote backends), for leak checks."""
@@ -28,5 +44,28 @@ class Backends:
 
 
 def create_backends(settings: Settings) -> Backends:
-    engine = MemoryEngine()
-    return Backends(broker=engine, history=engine, presence=MemoryPresence())
+    if settings.redis_url or settings.redis_sentinels:
+        from hubbub.backends.redis_broker import RedisEngine
+        from hubbub.backends.redis_pool import connect
+        from hubbub.backends.redis_presence import RedisPresence
+
+        clients = connect(settings)
+        engine = RedisEngine(
+            clients,
+            prefix=settings.redis_prefix,
+            timeout=settings.redis_timeout,
+            position_check_interval=settings.position_check_interval,
+        )
+        presence = RedisPresence(
+            clients.commands, prefix=settings.redis_prefix, ttl=settings.presence_ttl, timeout=settings.redis_timeout
+        )
+        return Backends(
+            broker=engine,
+            history=engine,
+            presence=presence,
+            kind="redis",
+            on_start=presence.start,
+            on_close=presence.aclose,
+        )
+    engine_memory = MemoryEngine()
+    return Backends(broker=engine_memory, history=engine_memory, presence=MemoryPresence())

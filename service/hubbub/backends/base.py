@@ -59,6 +59,9 @@ class BrokerEventHandler(Protocol):
 
     def on_leave(self, room: Room, info: JSONObject) -> None: ...
 
+    def on_insufficient_state(self, room: Room) -> None:
+        """Publications of `room` were lost and cannot be backfilled: local members must recover (4011)."""
+
 
 class Broker(Protocol):
     async def start(self, handler: BrokerEventHandler) -> None:

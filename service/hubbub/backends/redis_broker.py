@@ -1,0 +1,496 @@
+"""Broker and History on Redis: streams for history, pub/sub for fan-out, Lua for atomicity.
+
+Keys of one room share the hash tag `{room}` so a Redis Cluster mode can later keep them in one
+slot: `<prefix>:{room}:meta` (hash: epoch, offset), `:stream` (stream; entry id = offset),
+`:idem:<key>` (idempotency results), and the channel `<prefix>:{room}:ch`.
+
+Publish is one script: check the idempotency key, take the next offset, append to the stream
+(capped at `history_size`, expiring after `history_ttl`), publish, remember the key. A room whose
+meta is gone (Redis restarted empty, or the room idled past `meta_ttl`) gets a new epoch.
+
+Pub/sub is at-most-once, so the subscriber tracks, per room, the last offset it handed to the
+node. A gap, a returned subscriber connection, or a periodic position check that finds the
+stream ahead triggers a backfill from the stream, in offset order and without duplicates; when
+the stream can no longer fill the gap (trimmed, expired, or a new epoch) the room's local
+members are closed with 4011 so they reconnect and recover (or learn they cannot).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from redis.asyncio.client import PubSub
+from redis.exceptions import RedisError
+
+from hubbub import protocol
+from hubbub.backends.base import BackendUnavailable, BrokerEventHandler, HistoryResult, PublishResult, StreamOptions
+from hubbub.backends.redis_pool import RedisClients
+from hubbub.protocol import Publication
+from hubbub.types import JSONObject, Room
+
+log = logging.getLogger("hubbub.redis")
+
+T = TypeVar("T")
+
+PUBLISH = """
+local meta, stream, idem = KEYS[1], KEYS[2], KEYS[3]
+if idem then
+  local seen = redis.call('GET', idem)
+  if seen then
+    local sep = string.find(seen, ':', 1, true)
+    return {string.sub(seen, 1, sep - 1), tonumber(string.sub(seen, sep + 1)), 1}
+  end
+end
+local epoch = redis.call('HGET', meta, 'epoch')
+if not epoch then
+  epoch = ARGV[8]
+  redis.call('DEL', stream)
+  redis.call('HSET', meta, 'epoch', epoch, 'offset', 0)
+end
+local offset = redis.call('HINCRBY', meta, 'offset', 1)
+redis.call('PEXPIRE', meta, ARGV[7])
+local size = tonumber(ARGV[4])
+if size > 0 then
+  redis.call('XADD', stream, 'MAXLEN', size, offset .. '-1', 'd', ARGV[1], 't', ARGV[3], 'i', ARGV[2])
+  redis.call('PEXPIRE', stream, ARGV[5])
+else
+  redis.call('DEL', stream)
+end
+redis.call('PUBLISH', ARGV[9],
+  '{"e":"' .. epoch .. '","o":' .. offset .. ',"t":' .. ARGV[3] .. ',"i":' .. ARGV[2] .. ',"d":' .. ARGV[1] .. '}')
+if idem then
+  redis.call('SET', idem, epoch .. ':' .. offset, 'PX', ARGV[6])
+end
+return {epoch, offset, 0}
+"""
+
+READ = """
+local meta, stream = KEYS[1], KEYS[2]
+local epoch = redis.call('HGET', meta, 'epoch')
+if not epoch then
+  epoch = ARGV[3]
+  redis.call('DEL', stream)
+  redis.call('HSET', meta, 'epoch', epoch, 'offset', 0)
+  redis.call('PEXPIRE', meta, ARGV[4])
+end
+local offset = tonumber(redis.call('HGET', meta, 'offset'))
+local limit = tonumber(ARGV[2])
+local entries = {}
+if limit > 0 then
+  if ARGV[1] == '' then
+    entries = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', limit)
+  else
+    entries = redis.call('XRANGE', stream, (tonumber(ARGV[1]) + 1) .. '-0', '+', 'COUNT', limit)
+  end
+end
+return {epoch, offset, entries}
+"""
+
+#: Position checks are read for many rooms at once, in pipelines of this size.
+POSITION_BATCH = 500
+#: Attempts to close a gap before the room's members are told to recover (4011).
+BACKFILL_ATTEMPTS = 3
+
+
+@dataclass(slots=True)
+class _Subscription:
+    """What this node has handed to its hub for one room."""
+
+    epoch: str = ""
+    offset: int = 0
+    ready: bool = False
+    backfilling: bool = False
+    pending: list[tuple[str, Publication]] = field(default_factory=list)
+    confirmed: asyncio.Future[None] | None = None
+    #: Offset seen by the previous position check while the stream was ahead (two strikes before a backfill).
+    suspect: int = -1
+
+
+def _new_epoch() -> str:
+    return secrets.token_hex(4)
+
+
+def _decode(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _pub_from_entry(entry: Any) -> Publication:
+    entry_id, fields = entry
+    values = {_decode(fields[i]): fields[i + 1] for i in range(0, len(fields), 2)}
+    offset = int(_decode(entry_id).split("-", 1)[0])
+    info = protocol.loads(values["i"])
+    return Publication(offset, protocol.loads(values["d"]), int(_decode(values["t"])), info)
+
+
+class RedisEngine:
+    """Implements Broker and History."""
+
+    def __init__(self, clients: RedisClients, *, prefix: str, timeout: float, position_check_interval: float) -> None:
+        self._clients = clients
+        self._redis = clients.commands
+        self._prefix = prefix
+        self._timeout = timeout
+        self._check_interval = position_check_interval
+        self._publish = self._redis.register_script(PUBLISH)
+        self._read = self._redis.register_script(READ)
+        self._rooms: dict[Room, _Subscription] = {}
+        self._handler: BrokerEventHandler | None = None
+        self._pubsub: PubSub | None = None
+        self._subscriber_up = False
+        self._commands_up = True
+        self._tasks: list[asyncio.Task[None]] = []
+        self._reconnected = asyncio.Event()
+
+    # --- keys -----------------------------------------------------------------------------------
+
+    def _key(self, room: Room, suffix: str) -> str:
+        return f"{self._prefix}:{{{room}}}:{suffix}"
+
+    def _channel(self, room: Room) -> str:
+        return self._key(room, "ch")
+
+    def _room_of(self, channel: str) -> Room:
+        start = channel.index("{") + 1
+        return Room(channel[start : channel.rindex("}")])
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self, handler: BrokerEventHandler) -> None:
+        self._handler = handler
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._subscriber_forever(), name="hubbub-redis-subscriber"),
+            loop.create_task(self._health_forever(), name="hubbub-redis-health"),
+            loop.create_task(self._positions_forever(), name="hubbub-redis-positions"),
+        ]
+
+    async def aclose(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
+                await task
+        if self._pubsub is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+        await self._clients.aclose()
+
+    @property
+    def available(self) -> bool:
+        return self._commands_up and self._subscriber_up
+
+    async def _call(self, make: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await asyncio.wait_for(make(), self._timeout)
+        except (TimeoutError, RedisError, OSError) as exc:
+            raise BackendUnavailable(f"redis: {type(exc).__name__}") from exc
+
+    async def _health_forever(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._redis.ping(), self._timeout)
+                if not self._commands_up:
+                    log.warning("redis reachable again")
+                self._commands_up = True
+            except (TimeoutError, RedisError, OSError) as exc:
+                if self._commands_up:
+                    log.warning("redis unreachable: %s", exc)
+                self._commands_up = False
+            await asyncio.sleep(1.0)
+
+    # --- Broker -----------------------------------------------------------------------------------
+
+    async def publish(
+        self,
+        room: Room,
+        data: object,
+        *,
+        info: JSONObject | None,
+        idempotency_key: str | None,
+        options: StreamOptions,
+    ) -> PublishResult:
+        keys = [self._key(room, "meta"), self._key(room, "stream")]
+        if idempotency_key is not None:
+            keys.append(self._key(room, f"idem:{idempotency_key}"))
+        args: list[str | int] = [
+            protocol.dumps(data),
+            protocol.dumps(info),
+            int(time.time() * 1000),
+            options.history_size,
+            max(1, int(options.history_ttl * 1000)),
+            max(1, int(options.idempotency_window * 1000)),
+            max(1, int(options.meta_ttl * 1000)),
+            _new_epoch(),
+            self._channel(room),
+        ]
+        epoch, offset, duplicate = await self._call(lambda: self._publish(keys=keys, args=args))
+        return PublishResult(_decode(epoch), int(offset), duplicate=bool(duplicate))
+
+    async def publish_join(self, room: Room, info: JSONObject) -> None:
+        await self._presence_event(room, "join", info)
+
+    async def publish_leave(self, room: Room, info: JSONObject) -> None:
+        await self._presence_event(room, "leave", info)
+
+    async def _presence_event(self, room: Room, kind: str, info: JSONObject) -> None:
+        message = protocol.dumps({"k": kind, "i": info})
+        await self._call(lambda: self._redis.publish(self._channel(room), message))
+
+    # --- History ------------------------------------------------------------------------------------
+
+    async def read(self, room: Room, *, since: int | None, limit: int, options: StreamOptions) -> HistoryResult:
+        keys = [self._key(room, "meta"), self._key(room, "stream")]
+        args = ["" if since is None else since, limit, _new_epoch(), max(1, int(options.meta_ttl * 1000))]
+        epoch, offset, entries = await self._call(lambda: self._read(keys=keys, args=args))
+        pubs = [_pub_from_entry(e) for e in entries]
+        if since is None:
+            pubs.reverse()
+        cutoff = (time.time() - options.history_ttl) * 1000
+        pubs = [p for p in pubs if p.ts >= cutoff]
+        return HistoryResult(_decode(epoch), int(offset), pubs)
+
+    async def _position(self, room: Room) -> tuple[str, int]:
+        keys = [self._key(room, "meta"), self._key(room, "stream")]
+        epoch, offset, _ = await self._call(lambda: self._read(keys=keys, args=["", 0, _new_epoch(), 86_400_000]))
+        return _decode(epoch), int(offset)
+
+    async def _backfill_read(self, room: Room, since: int) -> tuple[str, int, list[Publication]]:
+        keys = [self._key(room, "meta"), self._key(room, "stream")]
+        epoch, offset, entries = await self._call(
+            lambda: self._read(keys=keys, args=[since, 100_000, _new_epoch(), 86_400_000])
+        )
+        return _decode(epoch), int(offset), [_pub_from_entry(e) for e in entries]
+
+    # --- subscriptions ------------------------------------------------------------------------------
+
+    async def subscribe(self, room: Room) -> None:
+        if room in self._rooms:
+            return
+        state = self._rooms[room] = _Subscription()
+        try:
+            await self._subscribe_channel(room, state)
+            state.epoch, state.offset = await self._position(room)
+        except BaseException:
+            self._rooms.pop(room, None)
+            with contextlib.suppress(Exception):
+                await self._unsubscribe_channel(room)
+            raise
+        self._release(room, state)
+
+    async def unsubscribe(self, room: Room) -> None:
+        if self._rooms.pop(room, None) is not None:
+            with contextlib.suppress(BackendUnavailable):
+                await self._unsubscribe_channel(room)
+
+    async def _subscribe_channel(self, room: Room, state: _Subscription) -> None:
+        pubsub = self._pubsub
+        if pubsub is None or not self._subscriber_up:
+            raise BackendUnavailable("redis subscriber connection is down")
+        state.confirmed = asyncio.get_running_loop().create_future()
+        await self._call(lambda: pubsub.subscribe(self._channel(room)))
+        # Only after the confirmation is every later publication sure to reach us.
+        try:
+            await asyncio.wait_for(asyncio.shield(state.confirmed), self._timeout)
+        except TimeoutError as exc:
+            raise BackendUnavailable("redis did not confirm the subscription") from exc
+
+    async def _unsubscribe_channel(self, room: Room) -> None:
+        pubsub = self._pubsub
+        if pubsub is not None and self._subscriber_up:
+            await self._call(lambda: pubsub.unsubscribe(self._channel(room)))
+
+    async def _subscriber_forever(self) -> None:
+        delay = 0.1
+        while True:
+            pubsub = self._clients.subscriber.pubsub(ignore_subscribe_messages=False)
+            try:
+                await asyncio.wait_for(pubsub.ping(), self._timeout)
+                self._pubsub = pubsub
+                rooms = list(self._rooms)
+                for room in rooms:
+                    state = self._rooms.get(room)
+                    if state is not None:
+                        state.confirmed = asyncio.get_running_loop().create_future()
+                if rooms:
+                    await asyncio.wait_for(pubsub.subscribe(*(self._channel(r) for r in rooms)), self._timeout)
+                self._subscriber_up = True
+                delay = 0.1
+                if rooms:
+                    log.warning("redis subscriber reconnected: backfilling %d rooms", len(rooms))
+                    asyncio.get_running_loop().create_task(self._backfill_all(rooms))
+                await self._read_messages(pubsub)
+            except asyncio.CancelledError:
+                raise
+            except (TimeoutError, RedisError, OSError) as exc:
+                if self._subscriber_up:
+                    log.warning("redis subscriber connection lost: %s", exc)
+            finally:
+                self._subscriber_up = False
+                self._pubsub = None
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    async def _read_messages(self, pubsub: PubSub) -> None:
+        while True:
+            # The timeout only bounds one wait; silence is normal, a broken socket raises.
+            message = await pubsub.get_message(timeout=1.0)
+            if message is None:
+                continue
+            kind = message["type"]
+            channel = _decode(message["channel"])
+            if kind == "message":
+                self._on_message(self._room_of(channel), message["data"])
+            elif kind == "subscribe":
+                state = self._rooms.get(self._room_of(channel))
+                if state is not None and state.confirmed is not None and not state.confirmed.done():
+                    state.confirmed.set_result(None)
+
+    def _on_message(self, room: Room, raw: bytes) -> None:
+        state = self._rooms.get(room)
+        handler = self._handler
+        if state is None or handler is None:
+            return
+        try:
+            message = protocol.loads(raw)
+        except ValueError:
+            log.error("undecodable message on room %s dropped", room)
+            return
+        kind = message.get("k")
+        if kind == "join":
+            handler.on_join(room, message["i"])
+            return
+        if kind == "leave":
+            handler.on_leave(room, message["i"])
+            return
+        pub = Publication(int(message["o"]), message["d"], int(message["t"]), message["i"])
+        epoch = str(message["e"])
+        if not state.ready or state.backfilling:
+            state.pending.append((epoch, pub))
+            return
+        self._deliver(room, state, epoch, pub)
+
+    def _deliver(self, room: Room, state: _Subscription, epoch: str, pub: Publication) -> bool:
+        """Hand `pub` to the hub if it is the next one; False when it reveals a gap."""
+        handler = self._handler
+        assert handler is not None
+        if epoch != state.epoch:
+            # The room's history was lost (Redis restarted empty): nobody can be sure what they missed.
+            log.warning("room %s changed epoch %s -> %s: members must recover", room, state.epoch, epoch)
+            state.epoch, state.offset = epoch, pub.offset
+            handler.on_insufficient_state(room)
+            handler.on_publication(room, epoch, pub)
+            return True
+        if pub.offset <= state.offset:
+            return True  # already delivered
+        if pub.offset == state.offset + 1:
+            state.offset = pub.offset
+            handler.on_publication(room, epoch, pub)
+            return True
+        state.pending.append((epoch, pub))
+        state.backfilling = True
+        asyncio.get_running_loop().create_task(self._backfill(room, state))
+        return False
+
+    def _release(self, room: Room, state: _Subscription) -> None:
+        """Deliver what waited while the position was unknown or a backfill ran."""
+        state.ready = True
+        pending, state.pending = sorted(state.pending, key=lambda item: item[1].offset), []
+        for index, (epoch, pub) in enumerate(pending):
+            if not self._deliver(room, state, epoch, pub):
+                state.pending.extend(pending[index + 1 :])
+                return
+
+    async def _backfill_all(self, rooms: list[Room]) -> None:
+        for room in rooms:
+            state = self._rooms.get(room)
+            if state is not None and state.ready and not state.backfilling:
+                state.backfilling = True
+                await self._backfill(room, state)
+
+    async def _backfill(self, room: Room, state: _Subscription) -> None:
+        handler = self._handler
+        assert handler is not None
+        try:
+            for _attempt in range(BACKFILL_ATTEMPTS):
+                try:
+                    epoch, newest, pubs = await self._backfill_read(room, state.offset)
+                except BackendUnavailable:
+                    await asyncio.sleep(0.5)
+                    continue
+                if self._rooms.get(room) is not state:
+                    return  # unsubscribed meanwhile
+                if epoch != state.epoch:
+                    log.warning("room %s lost its history (epoch %s -> %s)", room, state.epoch, epoch)
+                    state.epoch, state.offset = epoch, newest
+                    handler.on_insufficient_state(room)
+                    state.pending = [(e, p) for e, p in state.pending if e == epoch and p.offset > newest]
+                    return
+                if newest > state.offset and (not pubs or pubs[0].offset != state.offset + 1):
+                    log.warning("room %s: offsets %d..%d are gone from history", room, state.offset + 1, newest)
+                    state.offset = newest
+                    handler.on_insufficient_state(room)
+                    state.pending = [(e, p) for e, p in state.pending if p.offset > newest]
+                    return
+                for pub in pubs:
+                    if pub.offset == state.offset + 1:
+                        state.offset = pub.offset
+                        handler.on_publication(room, epoch, pub)
+                pending, state.pending = sorted(state.pending, key=lambda item: item[1].offset), []
+                remaining = [(e, p) for e, p in pending if p.offset > state.offset]
+                for e, p in remaining:
+                    if e == state.epoch and p.offset == state.offset + 1:
+                        state.offset = p.offset
+                        handler.on_publication(room, e, p)
+                    elif p.offset > state.offset:
+                        state.pending.append((e, p))
+                if not state.pending:
+                    return
+            log.warning("room %s: gap not closed after %d backfills", room, BACKFILL_ATTEMPTS)
+            handler.on_insufficient_state(room)
+            if state.pending:
+                state.offset = max(p.offset for _, p in state.pending)
+            state.pending.clear()
+        finally:
+            state.backfilling = False
+
+    async def _positions_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._check_interval)
+            try:
+                await self._check_positions()
+            except BackendUnavailable:
+                pass
+            except Exception:
+                log.exception("position check failed")
+
+    async def _check_positions(self) -> None:
+        rooms = [r for r, s in self._rooms.items() if s.ready and not s.backfilling]
+        for start in range(0, len(rooms), POSITION_BATCH):
+            batch = rooms[start : start + POSITION_BATCH]
+            pipe = self._redis.pipeline(transaction=False)
+            for room in batch:
+                pipe.hmget(self._key(room, "meta"), "epoch", "offset")
+            results = await self._call(pipe.execute)
+            for room, (epoch, offset) in zip(batch, results, strict=True):
+                state = self._rooms.get(room)
+                if state is None or not state.ready or state.backfilling or epoch is None:
+                    continue
+                ahead = _decode(epoch) != state.epoch or int(offset) > state.offset
+                if not ahead:
+                    state.suspect = -1
+                elif state.suspect == state.offset:
+                    # Ahead twice in a row without progress: not a publication in flight, a lost one.
+                    state.suspect = -1
+                    state.backfilling = True
+                    await self._backfill(room, state)
+                else:
+                    state.suspect = state.offset

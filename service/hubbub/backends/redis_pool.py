@@ -1,0 +1,63 @@
+"""Redis clients for one node: one pooled client for commands, one dedicated client for pub/sub.
+
+Every command has a timeout (`redis_timeout`): a slow or unreachable Redis fails a call, it never
+hangs a node. Supports `redis://`, `rediss://` (TLS), credentials and ACL users in the URL, and
+Sentinel (`redis_sentinels` + `redis_sentinel_service`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from redis.asyncio.sentinel import Sentinel
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
+
+from hubbub.settings import Settings
+
+
+@dataclass
+class RedisClients:
+    commands: aioredis.Redis
+    subscriber: aioredis.Redis
+
+    async def aclose(self) -> None:
+        await self.commands.aclose()
+        await self.subscriber.aclose()
+
+
+def _options(settings: Settings, client_name: str) -> dict[str, object]:
+    return {
+        "socket_timeout": settings.redis_timeout,
+        "socket_connect_timeout": settings.redis_timeout,
+        "health_check_interval": 10,
+        "client_name": client_name,
+        # One quick retry smooths over a dropped pooled connection; anything longer is the caller's 503.
+        "retry": Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.2), 1),
+    }
+
+
+def connect(settings: Settings) -> RedisClients:
+    """Build (not connect) the node's clients; connections are made on first use."""
+    node = settings.node_name
+    if settings.redis_sentinels:
+        sentinels = []
+        for address in settings.redis_sentinels:
+            host, _, port = address.rpartition(":")
+            sentinels.append((host or "127.0.0.1", int(port)))
+        url_options = {}
+        if settings.redis_url:
+            parsed = aioredis.connection.parse_url(settings.redis_url)
+            url_options = {k: v for k, v in parsed.items() if k in ("username", "password", "db", "ssl")}
+        sentinel = Sentinel(sentinels, socket_timeout=settings.redis_timeout, **url_options)  # type: ignore[no-untyped-call]
+        service = settings.redis_sentinel_service
+        return RedisClients(
+            commands=sentinel.master_for(service, **_options(settings, f"hubbub-{node}")),  # type: ignore[arg-type]
+            subscriber=sentinel.master_for(service, **_options(settings, f"hubbub-sub-{node}")),  # type: ignore[arg-type]
+        )
+    assert settings.redis_url is not None
+    return RedisClients(
+        commands=aioredis.Redis.from_url(settings.redis_url, **_options(settings, f"hubbub-{node}")),  # type: ignore[arg-type]
+        subscriber=aioredis.Redis.from_url(settings.redis_url, **_options(settings, f"hubbub-sub-{node}")),  # type: ignore[arg-type]
+    )

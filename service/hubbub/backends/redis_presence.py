@@ -1,0 +1,123 @@
+"""Presence on Redis: per-room entries that expire unless their node keeps refreshing them.
+
+`<prefix>:{room}:presence` (hash: client → entry JSON) and `<prefix>:{room}:presence:exp`
+(sorted set: client → expiry, ms). Each node re-adds its own clients every `presence_ttl / 3`,
+so a node that crashes loses its clients from presence within `presence_ttl`, and a Redis that
+restarted empty is repopulated within a refresh. Reads drop expired entries as they go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from hubbub import protocol
+from hubbub.backends.base import BackendUnavailable, PresenceStats
+from hubbub.types import ClientId, JSONObject, Room
+
+log = logging.getLogger("hubbub.redis")
+
+T = TypeVar("T")
+
+READ = """
+local entries, expiry = KEYS[1], KEYS[2]
+local now = tonumber(ARGV[1])
+local gone = redis.call('ZRANGEBYSCORE', expiry, '-inf', now)
+if #gone > 0 then
+  redis.call('ZREMRANGEBYSCORE', expiry, '-inf', now)
+  redis.call('HDEL', entries, unpack(gone))
+end
+return redis.call('HGETALL', entries)
+"""
+
+REFRESH_CHUNK = 500
+
+
+class RedisPresence:
+    """Implements Presence."""
+
+    def __init__(self, client: aioredis.Redis, *, prefix: str, ttl: float, timeout: float) -> None:
+        self._redis = client
+        self._prefix = prefix
+        self._ttl_ms = int(ttl * 1000)
+        self._ttl = ttl
+        self._timeout = timeout
+        self._read = client.register_script(READ)
+        #: This node's own entries, re-added by the refresher.
+        self._local: dict[tuple[Room, ClientId], str] = {}
+        self._refresher: asyncio.Task[None] | None = None
+
+    def _keys(self, room: Room) -> tuple[str, str]:
+        base = f"{self._prefix}:{{{room}}}:presence"
+        return base, base + ":exp"
+
+    async def _call(self, make: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await asyncio.wait_for(make(), self._timeout)
+        except (TimeoutError, RedisError, OSError) as exc:
+            raise BackendUnavailable(f"redis: {type(exc).__name__}") from exc
+
+    def start(self) -> None:
+        self._refresher = asyncio.get_running_loop().create_task(self._refresh_forever())
+
+    async def aclose(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
+
+    async def add(self, room: Room, client: ClientId, entry: JSONObject) -> None:
+        encoded = protocol.dumps(entry)
+        self._local[(room, client)] = encoded
+        await self._write([(room, client, encoded)])
+
+    async def _write(self, items: list[tuple[Room, ClientId, str]]) -> None:
+        expires = int(time.time() * 1000) + self._ttl_ms
+        pipe = self._redis.pipeline(transaction=False)
+        for room, client, encoded in items:
+            entries, expiry = self._keys(room)
+            pipe.hset(entries, client, encoded)
+            pipe.zadd(expiry, {client: expires})
+            pipe.pexpire(entries, self._ttl_ms * 2)
+            pipe.pexpire(expiry, self._ttl_ms * 2)
+        await self._call(pipe.execute)
+
+    async def remove(self, room: Room, client: ClientId) -> None:
+        self._local.pop((room, client), None)
+        entries, expiry = self._keys(room)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hdel(entries, client)
+        pipe.zrem(expiry, client)
+        await self._call(pipe.execute)
+
+    async def get(self, room: Room) -> dict[ClientId, JSONObject]:
+        entries, expiry = self._keys(room)
+        now = int(time.time() * 1000)
+        flat = await self._call(lambda: self._read(keys=[entries, expiry], args=[now]))
+        result: dict[ClientId, JSONObject] = {}
+        for i in range(0, len(flat), 2):
+            client = flat[i].decode() if isinstance(flat[i], bytes) else str(flat[i])
+            result[ClientId(client)] = protocol.loads(flat[i + 1])
+        return result
+
+    async def stats(self, room: Room) -> PresenceStats:
+        clients = await self.get(room)
+        return PresenceStats(len(clients), len({entry.get("user") for entry in clients.values()}))
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._ttl / 3)
+            items = [(room, client, encoded) for (room, client), encoded in list(self._local.items())]
+            for start in range(0, len(items), REFRESH_CHUNK):
+                try:
+                    await self._write(items[start : start + REFRESH_CHUNK])
+                except BackendUnavailable as exc:
+                    log.warning("presence refresh failed: %s", exc)
+                    break
