@@ -172,11 +172,13 @@ async def disconnect(request: Request, node: Node) -> object:
     reason = body.get("reason")
     if reason is not None and (not isinstance(reason, str) or len(reason.encode()) > 123):
         raise CommandError(ErrorCode.BAD_REQUEST, "`reason` must be a string of at most 123 bytes")
-    return {"disconnected": node.disconnect_user(user, code, reason)}
+    return {"disconnected": await node.backends.cluster.disconnect_user(user, int(code), reason)}
 
 
 async def info(request: Request, node: Node) -> object:
-    return {"nodes": [{**node.info(), "internals": node.internals()}]}
+    nodes = await node.backends.cluster.nodes()
+    own = node.settings.node_name
+    return {"nodes": [{**n, "internals": node.internals()} if n.get("name") == own else n for n in nodes]}
 
 
 async def healthz(request: Request) -> Response:

@@ -90,7 +90,7 @@ class Node:
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
-        await self.backends.start(self.hub)
+        await self.backends.start(self.hub, self)
         self._ticker = self.loop.create_task(self._tick_forever())
 
     async def stop(self) -> None:
@@ -217,10 +217,11 @@ class Node:
             pubs = []
         return {"epoch": found.epoch, "offset": found.offset, "publications": protocol.publications_json(pubs)}
 
-    def disconnect_user(self, user: str, code: CloseCode, reason: str | None) -> int:
+    def disconnect_user(self, user: str, code: int, reason: str | None) -> int:
+        """Close this node's connections of `user` (the cluster view reaches the other nodes)."""
         sessions = [s for s in self.sessions_of(user) if s.close_code is None]
         for session in sessions:
-            session.close(code, reason)
+            session.close(CloseCode(code), reason)
         return len(sessions)
 
     def info(self) -> JSONObject:
@@ -230,6 +231,8 @@ class Node:
             "rooms": len(self.hub),
             "draining": self.draining,
             "uptime": round(time.time() - self.started_at, 1),
+            "backend": self.backends.kind,
+            "ready": self.readiness()[0],
         }
 
     def internals(self) -> JSONObject:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sized
 from dataclasses import dataclass, field
 
-from hubbub.backends.base import Broker, BrokerEventHandler, History, Presence
+from hubbub.backends.base import Broker, BrokerEventHandler, ClusterView, History, LocalNode, Presence
+from hubbub.backends.cluster_local import LocalCluster
 from hubbub.backends.memory import MemoryEngine, MemoryPresence
 from hubbub.settings import Settings
 
@@ -21,17 +22,20 @@ class Backends:
     broker: Broker
     history: History
     presence: Presence
+    cluster: ClusterView = field(default_factory=LocalCluster)
     kind: str = "memory"
     #: Extra start/stop steps of the implementation (background refreshers, shared clients).
     on_start: Callable[[], None] = field(default=lambda: None)
     on_close: Callable[[], Awaitable[None]] = field(default=_nothing)
 
-    async def start(self, handler: BrokerEventHandler) -> None:
+    async def start(self, handler: BrokerEventHandler, local: LocalNode) -> None:
         await self.broker.start(handler)
+        await self.cluster.start(local)
         self.on_start()
 
     async def aclose(self) -> None:
         await self.on_close()
+        await self.cluster.aclose()
         await self.broker.aclose()
 
     def internals(self) -> dict[str, int]:
@@ -46,6 +50,7 @@ class Backends:
 def create_backends(settings: Settings) -> Backends:
     if settings.redis_url or settings.redis_sentinels:
         from hubbub.backends.redis_broker import RedisEngine
+        from hubbub.backends.redis_cluster import RedisCluster
         from hubbub.backends.redis_pool import connect
         from hubbub.backends.redis_presence import RedisPresence
 
@@ -63,6 +68,9 @@ def create_backends(settings: Settings) -> Backends:
             broker=engine,
             history=engine,
             presence=presence,
+            cluster=RedisCluster(
+                clients.commands, clients.subscriber, prefix=settings.redis_prefix, name=settings.node_name
+            ),
             kind="redis",
             on_start=presence.start,
             on_close=presence.aclose,

@@ -121,3 +121,25 @@ class Presence(Protocol):
 
     async def stats(self, room: Room) -> PresenceStats:
         """Counts connections and distinct users separately."""
+
+
+class LocalNode(Protocol):
+    """What a ClusterView needs from this node."""
+
+    def info(self) -> JSONObject: ...
+
+    def disconnect_user(self, user: str, code: int, reason: str | None) -> int: ...
+
+
+class ClusterView(Protocol):
+    """The other nodes: who is alive, and operations that must reach every node."""
+
+    async def start(self, local: LocalNode) -> None: ...
+
+    async def nodes(self) -> list[JSONObject]:
+        """Every live node's `info()`, this one included."""
+
+    async def disconnect_user(self, user: str, code: int, reason: str | None) -> int:
+        """Close `user`'s connections on every node; the number closed."""
+
+    async def aclose(self) -> None: ...

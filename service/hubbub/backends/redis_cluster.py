@@ -1,0 +1,134 @@
+"""The ClusterView on Redis: a node registry with heartbeats and a control channel.
+
+Every node writes its `info()` to `<prefix>:nodes` and its last heartbeat to `<prefix>:nodes:seen`
+every `HEARTBEAT` seconds; a node not seen for `NODE_TTL` is not listed. Cluster-wide operations
+are broadcast on `<prefix>:control`; each node answers by adding its result to a per-request
+counter, and the caller waits (bounded) until every live node has answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from hubbub import protocol
+from hubbub.backends.base import BackendUnavailable, LocalNode
+from hubbub.types import JSONObject
+
+log = logging.getLogger("hubbub.redis")
+
+HEARTBEAT = 2.0
+NODE_TTL = 6.0
+#: How long a cluster-wide operation waits for the other nodes' answers.
+ANSWER_TIMEOUT = 2.0
+
+
+class RedisCluster:
+    def __init__(self, commands: aioredis.Redis, subscriber: aioredis.Redis, *, prefix: str, name: str) -> None:
+        self._redis = commands
+        self._subscriber = subscriber
+        self._prefix = prefix
+        self._name = name
+        self._local: LocalNode | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def _control(self) -> str:
+        return f"{self._prefix}:control"
+
+    async def start(self, local: LocalNode) -> None:
+        self._local = local
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._heartbeat_forever()), loop.create_task(self._listen_forever())]
+
+    async def aclose(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
+                await task
+        with contextlib.suppress(RedisError, OSError, asyncio.TimeoutError):
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.hdel(f"{self._prefix}:nodes", self._name)
+            pipe.zrem(f"{self._prefix}:nodes:seen", self._name)
+            await asyncio.wait_for(pipe.execute(), 1.0)
+
+    async def _heartbeat_forever(self) -> None:
+        while True:
+            if self._local is not None:
+                with contextlib.suppress(RedisError, OSError, asyncio.TimeoutError):
+                    pipe = self._redis.pipeline(transaction=False)
+                    pipe.hset(f"{self._prefix}:nodes", self._name, protocol.dumps(self._local.info()))
+                    pipe.zadd(f"{self._prefix}:nodes:seen", {self._name: time.time()})
+                    await asyncio.wait_for(pipe.execute(), HEARTBEAT)
+            await asyncio.sleep(HEARTBEAT)
+
+    async def _live(self) -> list[str]:
+        cutoff = time.time() - NODE_TTL
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zremrangebyscore(f"{self._prefix}:nodes:seen", "-inf", cutoff)
+        pipe.zrange(f"{self._prefix}:nodes:seen", 0, -1)
+        _, names = await pipe.execute()
+        return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+
+    async def nodes(self) -> list[JSONObject]:
+        try:
+            names = await asyncio.wait_for(self._live(), ANSWER_TIMEOUT)
+            raw = await asyncio.wait_for(self._redis.hmget(f"{self._prefix}:nodes", names), ANSWER_TIMEOUT)
+        except (TimeoutError, RedisError, OSError) as exc:
+            raise BackendUnavailable(f"redis: {type(exc).__name__}") from exc
+        found = {name: protocol.loads(value) for name, value in zip(names, raw, strict=True) if value}
+        if self._local is not None:
+            found[self._name] = self._local.info()  # this node's own figures are always current
+        return [found[name] for name in sorted(found)]
+
+    async def disconnect_user(self, user: str, code: int, reason: str | None) -> int:
+        request = secrets.token_hex(8)
+        key = f"{self._prefix}:req:{request}"
+        message = protocol.dumps({"op": "disconnect", "req": request, "user": user, "code": code, "reason": reason})
+        try:
+            live = set(await asyncio.wait_for(self._live(), ANSWER_TIMEOUT)) | {self._name}
+            await asyncio.wait_for(self._redis.publish(self._control, message), ANSWER_TIMEOUT)
+            deadline = time.monotonic() + ANSWER_TIMEOUT
+            while True:
+                answers = await asyncio.wait_for(self._redis.hgetall(key), ANSWER_TIMEOUT)
+                answered = {k.decode() if isinstance(k, bytes) else str(k): int(v) for k, v in answers.items()}
+                if live <= answered.keys() or time.monotonic() > deadline:
+                    return sum(answered.values())
+                await asyncio.sleep(0.02)
+        except (TimeoutError, RedisError, OSError) as exc:
+            raise BackendUnavailable(f"redis: {type(exc).__name__}") from exc
+
+    async def _listen_forever(self) -> None:
+        while True:
+            pubsub = self._subscriber.pubsub(ignore_subscribe_messages=True)
+            try:
+                await asyncio.wait_for(pubsub.subscribe(self._control), HEARTBEAT)
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is not None and message["type"] == "message":
+                        await self._handle(protocol.loads(message["data"]))
+            except asyncio.CancelledError:
+                raise
+            except (TimeoutError, RedisError, OSError, ValueError) as exc:
+                log.warning("control channel: %s", exc)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await asyncio.sleep(0.5)
+
+    async def _handle(self, message: JSONObject) -> None:
+        if message.get("op") != "disconnect" or self._local is None:
+            return
+        count = self._local.disconnect_user(str(message["user"]), int(message["code"]), message.get("reason"))
+        key = f"{self._prefix}:req:{message['req']}"
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hset(key, self._name, count)
+        pipe.expire(key, 60)
+        await pipe.execute()
