@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from tests.support.cluster import Cluster
-from tests.support.server import ServerProcess, test_config
+from tests.support.server import ServerProcess, server_config
 
 ServerFactory = Callable[..., ServerProcess]
 
@@ -27,7 +27,7 @@ def server_factory(tmp_path: Path) -> Iterator[ServerFactory]:
     started: list[ServerProcess] = []
 
     def start(**overrides: Any) -> ServerProcess:
-        proc = ServerProcess(tmp_path, test_config(**overrides)).start()
+        proc = ServerProcess(tmp_path, server_config(**overrides)).start()
         started.append(proc)
         return proc
 

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 import pytest
 
-from hubbub.backends import Backends
+from hubbub.backends import Backends, create_backends
 from hubbub.backends.base import StreamOptions
 from hubbub.backends.memory import MemoryEngine, MemoryPresence
 from hubbub.protocol import Publication
+from hubbub.settings import load_settings
 from hubbub.types import ClientId, JSONObject, Room
+from tests.support.redis_server import RedisServer
 
 OPTIONS = StreamOptions(history_size=5, history_ttl=60, idempotency_window=60, meta_ttl=600)
 
@@ -44,13 +47,27 @@ def memory_backends() -> Backends:
     return Backends(broker=engine, history=engine, presence=MemoryPresence())
 
 
-@pytest.fixture(params=[pytest.param(memory_backends, id="memory")])
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server.url
+    server.stop()
+
+
+def redis_backends(url: str) -> Backends:
+    settings = load_settings(env={}, overrides={"redis_url": url, "redis_prefix": f"t{uuid.uuid4().hex[:8]}"})
+    return create_backends(settings)
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
 async def backends(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Backends, Recorder]]:
-    made: Backends = request.param()
+    made = memory_backends() if request.param == "memory" else redis_backends(request.getfixturevalue("redis_url"))
     recorder = Recorder()
     await made.broker.start(recorder)
+    await eventually(lambda: made.broker.available, timeout=5)
     yield made, recorder
-    await made.broker.aclose()
+    await made.aclose()
 
 
 async def eventually(check: object, timeout: float = 2.0) -> None:

@@ -35,7 +35,7 @@ def free_port() -> int:
         return port
 
 
-def test_config(**overrides: Any) -> dict[str, Any]:
+def server_config(**overrides: Any) -> dict[str, Any]:
     config: dict[str, Any] = {
         "mode": "production",
         "jwt_secret": SECRET,
@@ -53,7 +53,7 @@ class ServerProcess:
 
     def __init__(self, workdir: Path, config: dict[str, Any] | None = None, *, port: int | None = None) -> None:
         self.workdir = workdir
-        self.config = config if config is not None else test_config()
+        self.config = config if config is not None else server_config()
         self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / f"server-{self.port}.log"

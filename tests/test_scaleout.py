@@ -1,0 +1,332 @@
+"""Several real nodes sharing a real Redis: cross-node delivery, presence, cluster operations, faults.
+
+Every fault test ends with the same check: each client holds every publication of its room,
+in offset order, without duplicates — or was told (4011, recovered=false) that it cannot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.redis_server import RedisServer
+from tests.support.server import API_KEY, ServerProcess, server_config
+from tests.support.wsclient import Closed, RawClient
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis", appendonly=True)
+    server.start()
+    yield server
+    server.stop()
+
+
+class Nodes:
+    def __init__(self, workdir: Path, redis_url: str, count: int, **overrides: Any) -> None:
+        self.procs = [
+            ServerProcess(
+                workdir,
+                server_config(
+                    redis_url=redis_url, node_name=f"node{i}", presence_ttl=3, position_check_interval=0.5, **overrides
+                ),
+            )
+            for i in range(count)
+        ]
+
+    def start(self) -> Nodes:
+        for proc in self.procs:
+            proc.start()
+        return self
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.kill()
+
+    def __getitem__(self, index: int) -> ServerProcess:
+        return self.procs[index]
+
+
+@pytest.fixture
+def nodes(tmp_path: Path, redis_server: RedisServer) -> Iterator[Nodes]:
+    group = Nodes(tmp_path, redis_server.url, 3).start()
+    yield group
+    group.stop()
+
+
+async def wait_ready(proc: ServerProcess, timeout: float = 10) -> None:
+    async with httpx.AsyncClient() as http:
+        for _ in range(int(timeout / 0.1)):
+            if (await http.get(proc.http_url + "/readyz")).status_code == 200:
+                return
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"{proc.http_url} not ready")
+
+
+def room() -> str:
+    return f"chat:{uuid.uuid4().hex[:10]}"
+
+
+class Receiver:
+    """A raw client that joins a room and records every pub push it gets, reconnecting on its own."""
+
+    def __init__(self, urls: list[str], name: str, user: str) -> None:
+        self.urls = urls
+        self.room = name
+        self.user = user
+        self.offsets: list[int] = []
+        self.epochs: set[str] = set()
+        self.closes: list[int | None] = []
+        self.recovered: list[bool] = []
+        self.position: dict[str, Any] | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.joined = asyncio.Event()
+
+    async def run(self) -> None:
+        attempt = 0
+        while True:
+            url = self.urls[attempt % len(self.urls)]
+            attempt += 1
+            client: RawClient | None = None
+            try:
+                client = await RawClient.open(url)
+                since = {self.room: {"since": self.position}} if self.position else {self.room: {}}
+                reply = await client.call("connect", token=_token(self.user), rooms=since)
+                result = reply["ok"]["rooms"][self.room]
+                if "error" in result:
+                    await asyncio.sleep(0.2)
+                    continue
+                if self.position is not None:
+                    self.recovered.append(result["recovered"])
+                self.epochs.add(result["epoch"])
+                for pub in result["publications"]:
+                    self._take(result["epoch"], pub["offset"])
+                if self.position is None or result["epoch"] != self.position["epoch"]:
+                    self.position = {"epoch": result["epoch"], "offset": result["offset"]}
+                self.joined.set()
+                while True:
+                    message = await client.recv(timeout=60)
+                    if message.get("push") == "pub":
+                        self._take(self.position["epoch"], message["offset"])
+                    elif message.get("push") == "ping":
+                        await client.send({"op": "pong"})
+            except Closed as closed:
+                self.closes.append(closed.code)
+            except (TimeoutError, OSError):
+                self.closes.append(None)
+            finally:
+                if client is not None:
+                    # No closing handshake: a cancelled receiver must not wait on its peer.
+                    client.ws.transport.abort()
+            await asyncio.sleep(0.05)
+
+    def _take(self, epoch: str, offset: int) -> None:
+        self.offsets.append(offset)
+        self.position = {"epoch": epoch, "offset": offset}
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self.run())
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+
+
+def _token(user: str) -> str:
+    from tests.support.wsclient import token
+
+    return token(user)
+
+
+async def publish_series(url: str, name: str, count: int, rate: float = 200.0) -> list[int]:
+    """Publish `count` messages through the HTTP API of one node; returns the acknowledged offsets."""
+    acked: list[int] = []
+    series = uuid.uuid4().hex[:8]  # retries of one message share a key; separate series never do
+    async with httpx.AsyncClient(headers={"authorization": f"Bearer {API_KEY}"}, timeout=5) as http:
+        for i in range(count):
+            for _attempt in range(50):
+                try:
+                    response = await http.post(
+                        url + "/api/publish", json={"room": name, "data": i, "idempotency_key": f"{series}-{i}"}
+                    )
+                except httpx.HTTPError:
+                    response = None
+                if response is not None and response.status_code == 200:
+                    acked.append(response.json()["offset"])
+                    break
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(1 / rate)
+    return acked
+
+
+@contextlib.asynccontextmanager
+async def receivers(urls: list[str], name: str, count: int) -> AsyncIterator[list[Receiver]]:
+    group = [Receiver([urls[i % len(urls)], *urls], name, f"user{i}") for i in range(count)]
+    for r in group:
+        r.start()
+    try:
+        await asyncio.wait_for(asyncio.gather(*(r.joined.wait() for r in group)), 15)
+        yield group
+    finally:
+        for r in group:
+            await r.stop()
+
+
+async def until(check: Any, timeout: float = 15.0) -> None:
+    for _ in range(int(timeout / 0.05)):
+        if check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not reached in time")
+
+
+# --- cross-node behaviour ---------------------------------------------------------------------------
+
+
+async def test_publications_reach_members_on_every_node_in_order(nodes: Nodes) -> None:
+    name = room()
+    urls = [p.ws_url for p in nodes.procs]
+    async with receivers(urls, name, 9) as group:
+        acked = await publish_series(nodes[0].http_url, name, 60)
+        await until(lambda: all(len(r.offsets) >= 60 for r in group))
+    assert acked == list(range(1, 61))
+    for r in group:
+        assert r.offsets == list(range(1, 61))
+
+
+async def test_presence_and_join_leave_span_nodes_and_idempotency_holds_across_nodes(nodes: Nodes) -> None:
+    name = room()
+    a = await RawClient.connected(nodes[0].ws_url, "alice")
+    b = await RawClient.connected(nodes[1].ws_url, "bob")
+    await a.call("join", room=name)
+    await b.call("join", room=name)
+    assert (await a.push("join"))["info"]["user"] == "bob"
+    assert (await b.call("presence_stats", room=name))["ok"] == {"clients": 2, "users": 2}
+    first = await a.call("publish", room=name, data="x", idempotency_key="same")
+    second = await b.call("publish", room=name, data="x", idempotency_key="same")
+    assert first["ok"] == second["ok"]
+    await b.close()
+    assert (await a.push("pub"))["offset"] == 1
+    assert (await a.push("leave"))["info"]["user"] == "bob"
+    await a.close()
+
+
+async def test_info_lists_live_nodes_and_disconnect_reaches_every_node(nodes: Nodes) -> None:
+    clients = [await RawClient.connected(p.ws_url, "target") for p in nodes.procs]
+    await asyncio.sleep(2.5)  # one heartbeat
+    info = nodes[1].api("GET", "/api/info").json()["nodes"]
+    assert sorted(n["name"] for n in info) == ["node0", "node1", "node2"]
+    assert all(n["connections"] >= 1 for n in info)
+    assert nodes[2].api("POST", "/api/disconnect", json={"user": "target"}).json() == {"disconnected": 3}
+    for client in clients:
+        assert (await client.closed()).code == 4000
+
+
+# --- faults ---------------------------------------------------------------------------------------------
+
+
+async def test_killed_subscriber_connection_is_backfilled_without_loss(nodes: Nodes, redis_server: RedisServer) -> None:
+    name = room()
+    urls = [p.ws_url for p in nodes.procs]
+    async with receivers(urls, name, 6) as group:
+        publisher = asyncio.create_task(publish_series(nodes[0].http_url, name, 150, rate=150))
+        for _ in range(3):
+            await asyncio.sleep(0.25)
+            assert redis_server.client_kill("hubbub-sub-") >= 1
+        acked = await publisher
+        await until(lambda: all(r.offsets[-1:] == [150] for r in group), timeout=20)
+    assert acked == list(range(1, 151))
+    for r in group:
+        assert r.offsets == list(range(1, 151)), r.closes
+
+
+async def test_sigkill_of_a_node_loses_nothing_and_presence_forgets_its_clients(nodes: Nodes) -> None:
+    name = room()
+    urls = [p.ws_url for p in nodes.procs]
+    async with receivers(urls, name, 9) as group:
+        await until(lambda: nodes[0].api("GET", f"/api/presence_stats/{name}").json()["clients"] == 9)
+        publisher = asyncio.create_task(publish_series(nodes[1].http_url, name, 100, rate=100))
+        await asyncio.sleep(0.3)
+        nodes[0].signal(signal.SIGKILL)
+        acked = await publisher
+        await until(lambda: all(r.offsets[-1:] == [100] for r in group), timeout=20)
+        # The dead node's 3 clients reconnected elsewhere; its stale entries expire within presence_ttl.
+        await until(lambda: nodes[1].api("GET", f"/api/presence_stats/{name}").json()["clients"] == 9, timeout=8)
+    assert acked == list(range(1, 101))
+    for r in group:
+        assert r.offsets == list(range(1, 101))
+        assert all(r.recovered), "a reconnect inside the history window must recover"
+
+
+async def test_redis_restart_with_aof_keeps_every_acknowledged_publication(
+    nodes: Nodes, redis_server: RedisServer
+) -> None:
+    name = room()
+    urls = [p.ws_url for p in nodes.procs]
+    async with receivers(urls, name, 6) as group:
+        first = await publish_series(nodes[0].http_url, name, 30)
+        redis_server.restart()
+        for proc in nodes.procs:
+            await wait_ready(proc)
+        second = await publish_series(nodes[1].http_url, name, 30)
+        await until(lambda: all(r.offsets[-1:] == [60] for r in group), timeout=20)
+    assert first + second == list(range(1, 61))
+    for r in group:
+        assert r.offsets == list(range(1, 61))
+        assert len(r.epochs) == 1
+
+
+async def test_redis_restart_without_persistence_signals_a_new_epoch_never_a_silent_gap(
+    tmp_path: Path,
+) -> None:
+    redis = RedisServer(tmp_path / "redis-volatile", appendonly=False)
+    redis.start()
+    group_nodes = Nodes(tmp_path, redis.url, 2).start()
+    try:
+        name = room()
+        urls = [p.ws_url for p in group_nodes.procs]
+        async with receivers(urls, name, 4) as group:
+            await publish_series(group_nodes[0].http_url, name, 20)
+            await until(lambda: all(len(r.offsets) >= 20 for r in group))
+            redis.restart()
+            for proc in group_nodes.procs:
+                await wait_ready(proc)
+            await publish_series(group_nodes[0].http_url, name, 5)
+            await until(lambda: all(len(r.epochs) == 2 for r in group), timeout=20)
+            for r in group:
+                assert 4011 in r.closes, r.closes
+                assert r.recovered and r.recovered[-1] is False
+    finally:
+        group_nodes.stop()
+        redis.stop()
+
+
+async def test_redis_down_makes_nodes_unready_and_publishes_fail_503_then_recover(
+    nodes: Nodes, redis_server: RedisServer
+) -> None:
+    redis_server.stop()
+    async with httpx.AsyncClient(headers={"authorization": f"Bearer {API_KEY}"}) as http:
+        for _ in range(100):
+            if (await http.get(nodes[0].http_url + "/readyz")).status_code == 503:
+                break
+            await asyncio.sleep(0.1)
+        ready = await http.get(nodes[0].http_url + "/readyz")
+        assert ready.status_code == 503 and "broker" in ready.json()["reason"]
+        failed = await http.post(nodes[0].http_url + "/api/publish", json={"room": "chat:x", "data": 1})
+        assert failed.status_code == 503
+        assert (await http.get(nodes[0].http_url + "/healthz")).status_code == 200
+    redis_server.start()
+    await wait_ready(nodes[0], timeout=15)
+    assert nodes[0].api("POST", "/api/publish", json={"room": "chat:x", "data": 1}).status_code == 200
