@@ -1,0 +1,120 @@
+"""The whole story at once: hundreds of Python clients behind nginx, three nodes on Redis, faults.
+
+A publisher posts through nginx at a steady rate while one node is SIGKILLed, the subscriber
+connections are killed inside Redis, and another node is drained with SIGTERM. In the end every
+client holds every publication of its room, in offset order, exactly once, and every re-join
+inside the history window recovered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from hubbub.client import Client, Rejoin
+from hubbub.client.models import Publication
+from tests.support.nginx import Nginx
+from tests.support.redis_server import RedisServer
+from tests.support.server import API_KEY
+from tests.support.wsclient import token
+from tests.test_scaleout import Nodes
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
+
+CLIENTS = 300
+ROOMS = 6
+FAST = {"backoff_base": 0.05, "backoff_cap": 0.5, "drain_jitter": 0.5}
+
+
+class Member:
+    def __init__(self, index: int, url: str, room: str) -> None:
+        self.room = room
+        self.offsets: list[int] = []
+        self.rejoins: list[Rejoin] = []
+        user = f"fleet-{index}"
+
+        async def fresh() -> str:
+            return token(user)
+
+        self.client = Client(f"{url}?sid={index}", token=fresh, **FAST)  # type: ignore[arg-type]
+
+    async def start(self) -> None:
+        await self.client.connect()
+        joined = await self.client.join(self.room)
+        joined.on_publication(lambda pub: self._take(pub))
+        joined.on_rejoin(self.rejoins.append)
+
+    def _take(self, pub: Publication) -> None:
+        self.offsets.append(pub.offset)
+
+
+async def test_fleet_behind_nginx_loses_nothing_through_kill_subscriber_loss_and_drain(
+    tmp_path: Path,
+) -> None:
+    redis = RedisServer(tmp_path / "redis", appendonly=True).start()
+    nodes = Nodes(tmp_path, redis.url, 3, drain_delay=0.5, drain_period=2.0).start()
+    nginx = Nginx(tmp_path / "nginx", [p.port for p in nodes.procs]).start()
+    members: list[Member] = []
+    try:
+        rooms = [f"chat:fleet-{uuid.uuid4().hex[:6]}-{i}" for i in range(ROOMS)]
+        members = [Member(i, nginx.ws_url, rooms[i % ROOMS]) for i in range(CLIENTS)]
+        for start in range(0, CLIENTS, 50):
+            await asyncio.gather(*(m.start() for m in members[start : start + 50]))
+
+        newest: dict[str, int] = {}
+        errors: list[str] = []
+
+        async def publisher(seconds: float, rate: float) -> None:
+            async with httpx.AsyncClient(headers={"authorization": f"Bearer {API_KEY}"}, timeout=5) as http:
+                deadline = time.monotonic() + seconds
+                n = 0
+                while time.monotonic() < deadline:
+                    name = rooms[n % ROOMS]
+                    key = f"p{n}"
+                    for _attempt in range(100):
+                        try:
+                            response = await http.post(
+                                nginx.http_url + "/api/publish", json={"room": name, "data": n, "idempotency_key": key}
+                            )
+                            if response.status_code == 200:
+                                newest[name] = max(newest.get(name, 0), response.json()["offset"])
+                                break
+                        except httpx.HTTPError as exc:
+                            errors.append(repr(exc))
+                        await asyncio.sleep(0.05)
+                    n += 1
+                    await asyncio.sleep(1 / rate)
+
+        publishing = asyncio.create_task(publisher(8.0, 60.0))
+        await asyncio.sleep(1.5)
+        nodes[0].signal(signal.SIGKILL)
+        await asyncio.sleep(1.5)
+        assert redis.client_kill("hubbub-sub-") >= 1
+        await asyncio.sleep(1.0)
+        nodes[1].signal(signal.SIGTERM)
+        await publishing
+        assert await asyncio.to_thread(nodes[1].wait, 15) == 0
+
+        def complete() -> bool:
+            return all(m.offsets[-1:] == [newest[m.room]] for m in members)
+
+        deadline = time.monotonic() + 30
+        while not complete() and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        behind = [(m.room, m.offsets[-3:], newest[m.room]) for m in members if m.offsets[-1:] != [newest[m.room]]]
+        assert not behind, behind[:5]
+        for m in members:
+            assert m.offsets == list(range(1, newest[m.room] + 1)), (m.room, m.rejoins)
+            assert all(r.recovered for r in m.rejoins), m.rejoins
+        assert sum(len(m.rejoins) for m in members) >= CLIENTS // 3  # the killed and drained nodes' clients
+    finally:
+        await asyncio.gather(*(m.client.close() for m in members), return_exceptions=True)
+        nginx.stop()
+        nodes.stop()
+        redis.stop()
