@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from typing import Any
 
 import pytest
 
@@ -402,4 +403,25 @@ async def test_replies_are_compact_json_objects_one_per_line(server: ServerProce
     await client.send_raw(json.dumps({"id": 1, "op": "connect", "token": token()}))
     frame = await client.ws.recv()
     assert isinstance(frame, str) and "\n" not in frame and ": " not in frame
+    await client.close()
+
+
+async def test_history_and_recovery_replies_stay_within_half_the_outbound_queue(server_factory: Any) -> None:
+    srv = server_factory(max_queue_bytes=8192)
+    name = room()
+    for i in range(10):
+        srv.api("POST", "/api/publish", json={"room": name, "data": f"{i}" * 1000})
+    client = await RawClient.connected(srv.ws_url)
+    page = (await client.call("history", room=name, since={"epoch": "", "offset": 0}))["ok"]
+    epoch = page["epoch"]
+    first = (await client.call("history", room=name, since={"epoch": epoch, "offset": 0}, limit=100))["ok"]
+    offsets = [p["offset"] for p in first["publications"]]
+    assert offsets == [1, 2, 3]  # about 4 KiB of 1 KB publications, oldest first
+    nxt = (await client.call("history", room=name, since={"epoch": epoch, "offset": offsets[-1]}))["ok"]
+    assert [p["offset"] for p in nxt["publications"]][0] == 4  # page on with `since`
+    too_far = (await client.call("join", room=name, since={"epoch": epoch, "offset": 0}))["ok"]
+    assert too_far["recovered"] is False and too_far["publications"] == []
+    await client.call("leave", room=name)
+    near = (await client.call("join", room=name, since={"epoch": epoch, "offset": 8}))["ok"]
+    assert near["recovered"] is True and [p["offset"] for p in near["publications"]] == [9, 10]
     await client.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -330,3 +331,75 @@ async def test_redis_down_makes_nodes_unready_and_publishes_fail_503_then_recove
     redis_server.start()
     await wait_ready(nodes[0], timeout=15)
     assert nodes[0].api("POST", "/api/publish", json={"room": "chat:x", "data": 1}).status_code == 200
+
+
+async def test_position_check_backfills_a_publication_whose_message_was_lost(
+    nodes: Nodes, redis_server: RedisServer
+) -> None:
+    name = room()
+    urls = [p.ws_url for p in nodes.procs]
+    async with receivers(urls, name, 3) as group:
+        await publish_series(nodes[0].http_url, name, 5)
+        await until(lambda: all(len(r.offsets) == 5 for r in group))
+        # What a lost pub/sub message looks like: the stream moved on, no node was told.
+        meta, stream = f"hubbub:{{{name}}}:meta", f"hubbub:{{{name}}}:stream"
+        redis_server.command("HINCRBY", meta, "offset", 1)
+        redis_server.command(
+            "XADD", stream, "MAXLEN", 100, "6-1", "d", '"lost"', "t", int(time.time() * 1000), "i", "null"
+        )
+        await until(lambda: all(len(r.offsets) == 6 for r in group), timeout=5)
+        await publish_series(nodes[1].http_url, name, 2)
+        await until(lambda: all(r.offsets == list(range(1, 9)) for r in group))
+
+
+async def test_slow_consumer_is_closed_4008_others_unaffected_and_it_recovers(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    group_nodes = Nodes(
+        tmp_path,
+        redis_server.url,
+        2,
+        namespaces={"big": {"history_size": 5000, "client_publish": True}},
+        command_rate=10000,
+        command_burst=10000,
+    ).start()
+    try:
+        name = f"big:{uuid.uuid4().hex[:8]}"
+        slow = await RawClient.open(group_nodes[0].ws_url, max_queue=1)
+        joined = await slow.call("connect", token=_token("slow"), rooms={name: {}})
+        epoch = joined["ok"]["rooms"][name]["epoch"]
+        async with receivers([group_nodes[1].ws_url], name, 2) as fast:
+            publisher = await RawClient.connected(group_nodes[1].ws_url, "publisher")
+            for batch in range(120):  # 120 frames x 25 publications x 2 KB: far beyond socket buffers
+                first = batch * 25
+                await publisher.send(
+                    *({"id": 1 + first + i, "op": "publish", "room": name, "data": "y" * 2000} for i in range(25))
+                )
+            await publisher.reply(120 * 25, timeout=30)
+            closed = await slow.closed(timeout=20)
+            assert closed.code in (4008, 1006)
+            await until(lambda: all(r.offsets[-1:] == [3000] for r in fast), timeout=30)
+            for r in fast:
+                assert r.offsets == list(range(1, 3001))
+            await publisher.close()
+        seen = max([0, *(m["offset"] for m in slow.inbox if m.get("push") == "pub")])
+        again = await RawClient.connected(group_nodes[0].ws_url, "slow")
+        reply = (await again.call("join", room=name, since={"epoch": epoch, "offset": seen}))["ok"]
+        missed = 3000 - seen
+        # Megabytes behind: more than one reply may carry, so it is told (never a silent gap) and resyncs.
+        assert missed * 2000 > 512 * 1024
+        assert reply["recovered"] is False and reply["publications"] == [] and reply["offset"] == 3000
+        # From its new position it is a normal member again.
+        group_nodes[1].api("POST", "/api/publish", json={"room": name, "data": "after"})
+        assert (await again.push("pub"))["offset"] == 3001
+        # A small gap inside the budget recovers in full.
+        await again.close()
+        for i in range(5):
+            group_nodes[0].api("POST", "/api/publish", json={"room": name, "data": i})
+        back = await RawClient.connected(group_nodes[0].ws_url, "slow")
+        small = (await back.call("join", room=name, since={"epoch": epoch, "offset": 3001}))["ok"]
+        assert small["recovered"] is True
+        assert [p["offset"] for p in small["publications"]] == [3002, 3003, 3004, 3005, 3006]
+        await back.close()
+    finally:
+        group_nodes.stop()

@@ -215,7 +215,15 @@ class Node:
         pubs = found.publications
         if since is not None and since.epoch != found.epoch:
             pubs = []
-        return {"epoch": found.epoch, "offset": found.offset, "publications": protocol.publications_json(pubs)}
+        # Oldest first, and no more than half the outbound queue: a client pages on with `since`.
+        budget = self.settings.max_queue_bytes // 2
+        selected: list[JSONObject] = []
+        for pub in protocol.publications_json(pubs):
+            budget -= len(protocol.dumps(pub)) + 1
+            if budget < 0 and selected:
+                break
+            selected.append(pub)
+        return {"epoch": found.epoch, "offset": found.offset, "publications": selected}
 
     def disconnect_user(self, user: str, code: int, reason: str | None) -> int:
         """Close this node's connections of `user` (the cluster view reaches the other nodes)."""

@@ -281,6 +281,10 @@ class Session:
             await node.leave_room(room, self.outbox)
             raise
         recovered, pubs = recover(since, found)
+        published = protocol.publications_json(pubs)
+        if recovered and pubs and len(protocol.dumps(published)) > node.settings.max_queue_bytes // 2:
+            # A reply that large would trip the slow-consumer limit by itself: say what is true instead.
+            recovered, published = False, []
 
         async def finish() -> None:
             node.hub.complete_join(room, self.outbox, found.epoch, found.offset)
@@ -292,7 +296,7 @@ class Session:
             "epoch": found.epoch,
             "offset": found.offset,
             "recovered": recovered,
-            "publications": protocol.publications_json(pubs),
+            "publications": published,
         }
 
     def _presence_entry(self) -> JSONObject:
