@@ -403,3 +403,25 @@ async def test_slow_consumer_is_closed_4008_others_unaffected_and_it_recovers(
         await back.close()
     finally:
         group_nodes.stop()
+
+
+async def test_concurrent_joins_during_publishing_never_miss_the_next_offset(nodes: Nodes) -> None:
+    name = room()
+    publishing = asyncio.create_task(publish_series(nodes[1].http_url, name, 200, rate=400))
+    await asyncio.sleep(0.05)
+
+    async def join_and_follow(i: int) -> tuple[int, list[int]]:
+        client = await RawClient.connected(nodes[0].ws_url, f"joiner{i}")
+        reply = (await client.call("join", room=name))["ok"]
+        got: list[int] = []
+        while (not got or got[-1] < 200) and reply["offset"] < 200:
+            message = await client.recv(timeout=10)
+            if message.get("push") == "pub":
+                got.append(message["offset"])
+        await client.close()
+        return reply["offset"], got
+
+    results = await asyncio.gather(*(join_and_follow(i) for i in range(20)))
+    await publishing
+    for offset, got in results:
+        assert got == list(range(offset + 1, 201)), (offset, got[:5])

@@ -8,6 +8,7 @@ or duplicated while a join is in flight: `begin_join` buffers publications for t
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 
@@ -20,6 +21,8 @@ from hubbub.types import JSONObject, Room
 
 @dataclass(slots=True)
 class _Room:
+    #: Resolved True once the broker delivers this room's events to the node (False if that failed).
+    subscribed: asyncio.Future[bool]
     members: dict[Outbox, None] = field(default_factory=dict)
     joining: dict[Outbox, list[tuple[str, Publication]]] = field(default_factory=dict)
     epoch: str = ""
@@ -43,9 +46,13 @@ class Hub:
         state = self._rooms.get(room)
         first = state is None
         if state is None:
-            state = self._rooms[room] = _Room()
+            state = self._rooms[room] = _Room(subscribed=asyncio.get_running_loop().create_future())
         state.joining[outbox] = []
         return first
+
+    def subscription(self, room: Room) -> asyncio.Future[bool]:
+        """Resolves when the node's subscription to `room` is in place; later joiners wait for it."""
+        return self._rooms[room].subscribed
 
     def complete_join(self, room: Room, outbox: Outbox, epoch: str, offset: int) -> None:
         """Make `outbox` a member; deliver what was buffered after position (epoch, offset)."""

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 from hubbub import protocol
 from hubbub.backends import Backends
-from hubbub.backends.base import HistoryResult, PublishResult, StreamOptions
+from hubbub.backends.base import BackendUnavailable, HistoryResult, PublishResult, StreamOptions
 from hubbub.codes import CloseCode
 from hubbub.hub import Hub
 from hubbub.jwks import Authenticator
@@ -176,8 +176,19 @@ class Node:
     async def join_room(
         self, room: Room, outbox: Outbox, since: StreamPosition | None, options: NamespaceOptions
     ) -> HistoryResult:
-        if self.hub.begin_join(room, outbox):
-            await self.backends.broker.subscribe(room)
+        first = self.hub.begin_join(room, outbox)
+        subscribed = self.hub.subscription(room)
+        if first:
+            try:
+                await self.backends.broker.subscribe(room)
+            except BaseException:
+                subscribed.set_result(False)
+                raise
+            subscribed.set_result(True)
+        # A joiner must not read the room's position before the node receives its publications,
+        # or what is published in between would reach nobody on this node.
+        elif not await asyncio.shield(subscribed):
+            raise BackendUnavailable("subscription to the room failed")
         # Recovery needs everything after `since`; without it only the position is needed.
         limit = options.history_size if since is not None else 0
         return await self.backends.history.read(
