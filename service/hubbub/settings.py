@@ -119,7 +119,7 @@ class Settings(BaseModel):
         ),
     )
     redis_sentinels: tuple[str, ...] = Field(
-        (), description="Sentinel addresses (`host:port`); with them `redis_url` supplies only credentials and db."
+        (), description="Sentinel addresses (`host:port`); with them `redis_url` supplies credentials, db and TLS."
     )
     redis_sentinel_service: str = Field("mymaster", description="The Sentinel service name of the Redis master.")
     redis_timeout: float = Field(2.0, gt=0, description="Seconds any Redis command may take before it fails.")

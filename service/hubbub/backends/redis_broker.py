@@ -22,6 +22,7 @@ import contextlib
 import logging
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -53,6 +54,11 @@ if not epoch then
   epoch = ARGV[8]
   redis.call('DEL', stream)
   redis.call('HSET', meta, 'epoch', epoch, 'offset', 0)
+elseif epoch == ARGV[10] and tonumber(redis.call('HGET', meta, 'offset')) < tonumber(ARGV[11]) then
+  -- This node already saw a higher offset in this epoch: Redis lost acknowledged writes
+  -- (a failover to a lagging replica). Never hand those offsets out again under the same epoch.
+  epoch = ARGV[8]
+  redis.call('HSET', meta, 'epoch', epoch)
 end
 local offset = redis.call('HINCRBY', meta, 'offset', 1)
 redis.call('PEXPIRE', meta, ARGV[7])
@@ -93,6 +99,18 @@ end
 return {epoch, offset, entries}
 """
 
+RENEW_EPOCH = """
+local meta = KEYS[1]
+if redis.call('HGET', meta, 'epoch') == ARGV[1] then
+  redis.call('HSET', meta, 'epoch', ARGV[2])
+end
+return {redis.call('HGET', meta, 'epoch'), tonumber(redis.call('HGET', meta, 'offset') or '0')}
+"""
+
+#: Rooms whose newest published position a node remembers, to notice Redis going backwards.
+SEEN_ROOMS = 10_000
+#: Timestamps of this many recent offsets per room are kept to tell a duplicate from a reused offset.
+RECENT = 256
 #: Position checks are read for many rooms at once, in pipelines of this size.
 POSITION_BATCH = 500
 #: Attempts to close a gap before the room's members are told to recover (4011).
@@ -111,6 +129,10 @@ class _Subscription:
     confirmed: asyncio.Future[None] | None = None
     #: Offset seen by the previous position check while the stream was ahead (two strikes before a backfill).
     suspect: int = -1
+    #: offset -> ts of recently delivered publications: the same offset with another ts is a reused offset.
+    recent: dict[int, int] = field(default_factory=dict)
+    #: Epochs given up after their history went backwards; late messages of them are dropped.
+    abandoned: set[str] = field(default_factory=set)
 
 
 def _new_epoch() -> str:
@@ -140,6 +162,9 @@ class RedisEngine:
         self._check_interval = position_check_interval
         self._publish = self._redis.register_script(PUBLISH)
         self._read = self._redis.register_script(READ)
+        self._renew = self._redis.register_script(RENEW_EPOCH)
+        #: Newest (epoch, offset) this node published per room, most recent rooms last (bounded).
+        self._seen: OrderedDict[Room, tuple[str, int]] = OrderedDict()
         self._rooms: dict[Room, _Subscription] = {}
         self._handler: BrokerEventHandler | None = None
         self._pubsub: PubSub | None = None
@@ -229,9 +254,30 @@ class RedisEngine:
             max(1, int(options.meta_ttl * 1000)),
             _new_epoch(),
             self._channel(room),
+            *self._floor(room),
         ]
         epoch, offset, duplicate = await self._call(lambda: self._publish(keys=keys, args=args))
-        return PublishResult(_decode(epoch), int(offset), duplicate=bool(duplicate))
+        result = PublishResult(_decode(epoch), int(offset), duplicate=bool(duplicate))
+        self._remember(room, result.epoch, result.offset)
+        return result
+
+    def _floor(self, room: Room) -> tuple[str, int]:
+        """The highest (epoch, offset) this node knows of for `room`: Redis must never be behind it."""
+        seen = self._seen.get(room, ("", 0))
+        state = self._rooms.get(room)
+        if state is not None and state.ready and state.epoch == seen[0]:
+            return seen[0], max(seen[1], state.offset)
+        if state is not None and state.ready and state.epoch:
+            return state.epoch, state.offset
+        return seen
+
+    def _remember(self, room: Room, epoch: str, offset: int) -> None:
+        seen = self._seen.pop(room, None)
+        if seen is None or seen[0] != epoch or seen[1] < offset:
+            seen = (epoch, offset)
+        self._seen[room] = seen
+        if len(self._seen) > SEEN_ROOMS:
+            self._seen.popitem(last=False)
 
     async def publish_join(self, room: Room, info: JSONObject) -> None:
         await self._presence_event(room, "join", info)
@@ -382,6 +428,13 @@ class RedisEngine:
         """Hand `pub` to the hub if it is the next one; False when it reveals a gap."""
         handler = self._handler
         assert handler is not None
+        if epoch in state.abandoned:
+            return True
+        if pub.offset <= state.offset and state.recent.get(pub.offset, pub.ts) != pub.ts:
+            # The same offset with other content: Redis lost acknowledged writes (a failover to a replica
+            # that had not received them) and handed their offsets out again. Start a new epoch.
+            self._start_regression(room, state, epoch, pub)
+            return True
         if epoch != state.epoch:
             # The room's history was lost (Redis restarted empty): nobody can be sure what they missed.
             log.warning("room %s changed epoch %s -> %s: members must recover", room, state.epoch, epoch)
@@ -392,13 +445,53 @@ class RedisEngine:
         if pub.offset <= state.offset:
             return True  # already delivered
         if pub.offset == state.offset + 1:
-            state.offset = pub.offset
-            handler.on_publication(room, epoch, pub)
+            self._hand_over(room, state, epoch, pub)
             return True
         state.pending.append((epoch, pub))
         state.backfilling = True
         asyncio.get_running_loop().create_task(self._backfill(room, state))
         return False
+
+    def _hand_over(self, room: Room, state: _Subscription, epoch: str, pub: Publication) -> None:
+        handler = self._handler
+        assert handler is not None
+        state.offset = pub.offset
+        recent = state.recent
+        recent[pub.offset] = pub.ts
+        if len(recent) > RECENT:
+            del recent[next(iter(recent))]
+        handler.on_publication(room, epoch, pub)
+
+    def _start_regression(self, room: Room, state: _Subscription, epoch: str, pub: Publication) -> None:
+        state.pending.append((epoch, pub))
+        state.backfilling = True
+        asyncio.get_running_loop().create_task(self._renew_epoch(room, state))
+
+    async def _renew_epoch(self, room: Room, state: _Subscription) -> None:
+        """History went backwards: abandon the epoch so every node and client learns it (4011, recovered=false)."""
+        handler = self._handler
+        assert handler is not None
+        old = state.epoch
+        try:
+            for _attempt in range(BACKFILL_ATTEMPTS):
+                try:
+                    epoch, offset = await self._call(
+                        lambda: self._renew(keys=[self._key(room, "meta")], args=[old, _new_epoch()])
+                    )
+                    break
+                except BackendUnavailable:
+                    await asyncio.sleep(0.5)
+            else:
+                return
+            log.warning("room %s: offsets reused after a data loss in Redis; epoch %s abandoned", room, old)
+            state.abandoned.add(old)
+            state.epoch, state.offset = _decode(epoch), int(offset)
+            state.recent.clear()
+            handler.on_insufficient_state(room)
+            pending, state.pending = state.pending, []
+            state.pending = [(e, p) for e, p in pending if e not in state.abandoned and p.offset > state.offset]
+        finally:
+            state.backfilling = False
 
     def _release(self, room: Room, state: _Subscription) -> None:
         """Deliver what waited while the position was unknown or a backfill ran."""
@@ -442,14 +535,12 @@ class RedisEngine:
                     return
                 for pub in pubs:
                     if pub.offset == state.offset + 1:
-                        state.offset = pub.offset
-                        handler.on_publication(room, epoch, pub)
+                        self._hand_over(room, state, epoch, pub)
                 pending, state.pending = sorted(state.pending, key=lambda item: item[1].offset), []
                 remaining = [(e, p) for e, p in pending if p.offset > state.offset]
                 for e, p in remaining:
                     if e == state.epoch and p.offset == state.offset + 1:
-                        state.offset = p.offset
-                        handler.on_publication(room, e, p)
+                        self._hand_over(room, state, e, p)
                     elif p.offset > state.offset:
                         state.pending.append((e, p))
                 if not state.pending:
@@ -476,6 +567,8 @@ class RedisEngine:
         rooms = [r for r, s in self._rooms.items() if s.ready and not s.backfilling]
         for start in range(0, len(rooms), POSITION_BATCH):
             batch = rooms[start : start + POSITION_BATCH]
+            # Positions handed over before the read: Redis can only be behind these after a data loss.
+            before = {room: (self._rooms[room].epoch, self._rooms[room].offset) for room in batch}
             pipe = self._redis.pipeline(transaction=False)
             for room in batch:
                 pipe.hmget(self._key(room, "meta"), "epoch", "offset")
@@ -483,6 +576,10 @@ class RedisEngine:
             for room, (epoch, offset) in zip(batch, results, strict=True):
                 state = self._rooms.get(room)
                 if state is None or not state.ready or state.backfilling or epoch is None:
+                    continue
+                if (_decode(epoch), state.epoch) == (before[room][0],) * 2 and int(offset) < before[room][1]:
+                    state.backfilling = True
+                    await self._renew_epoch(room, state)
                     continue
                 ahead = _decode(epoch) != state.epoch or int(offset) > state.offset
                 if not ahead:

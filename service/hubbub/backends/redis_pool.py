@@ -46,10 +46,14 @@ def connect(settings: Settings) -> RedisClients:
         for address in settings.redis_sentinels:
             host, _, port = address.rpartition(":")
             sentinels.append((host or "127.0.0.1", int(port)))
-        url_options = {}
+        url_options: dict[str, object] = {}
         if settings.redis_url:
             parsed = aioredis.connection.parse_url(settings.redis_url)
-            url_options = {k: v for k, v in parsed.items() if k in ("username", "password", "db", "ssl")}
+            wanted = ("username", "password", "db")
+            url_options = {k: v for k, v in parsed.items() if k in wanted or k.startswith("ssl_")}
+            # parse_url marks `rediss://` with an SSLConnection class, never `ssl`: the Sentinel pool needs `ssl`.
+            if parsed.get("connection_class") is aioredis.connection.SSLConnection:
+                url_options["ssl"] = True
         sentinel = Sentinel(sentinels, socket_timeout=settings.redis_timeout, **url_options)  # type: ignore[no-untyped-call]
         service = settings.redis_sentinel_service
         return RedisClients(
