@@ -37,12 +37,14 @@ class Member:
         self.room = room
         self.offsets: list[int] = []
         self.rejoins: list[Rejoin] = []
+        self.drained_at: list[float] = []
         user = f"fleet-{index}"
 
         async def fresh() -> str:
             return token(user)
 
         self.client = Client(f"{url}?sid={index}", token=fresh, **FAST)  # type: ignore[arg-type]
+        self.client.on_disconnect(lambda d: self.drained_at.append(time.monotonic()) if d.code == 1012 else None)
 
     async def start(self) -> None:
         await self.client.connect()
@@ -97,6 +99,7 @@ async def test_fleet_behind_nginx_loses_nothing_through_kill_subscriber_loss_and
         await asyncio.sleep(1.5)
         assert redis.client_kill("hubbub-sub-") >= 1
         await asyncio.sleep(1.0)
+        drain_started = time.monotonic()
         nodes[1].signal(signal.SIGTERM)
         await publishing
         assert await asyncio.to_thread(nodes[1].wait, 15) == 0
@@ -113,6 +116,10 @@ async def test_fleet_behind_nginx_loses_nothing_through_kill_subscriber_loss_and
             assert m.offsets == list(range(1, newest[m.room] + 1)), (m.room, m.rejoins)
             assert all(r.recovered for r in m.rejoins), m.rejoins
         assert sum(len(m.rejoins) for m in members) >= CLIENTS // 3  # the killed and drained nodes' clients
+        # The drained node's clients were let go evenly over drain_period (2 s after a 0.5 s delay), not at once.
+        drained = sorted(t - drain_started for m in members for t in m.drained_at)
+        assert len(drained) >= CLIENTS // 6, len(drained)
+        assert drained[0] >= 0.4 and drained[-1] - drained[0] >= 1.2, (drained[0], drained[-1])
     finally:
         await asyncio.gather(*(m.client.close() for m in members), return_exceptions=True)
         nginx.stop()
