@@ -31,6 +31,7 @@ from typing import IO, Any
 import httpx
 
 from tests.support.pki import Pki
+from tests.support.procs import free_port
 
 KUBE_VERSION = "v1.34.4"
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -50,13 +51,6 @@ def default_bin_dir() -> Path:
         return Path(env)
     cache = Path(os.environ.get("HUBBUB_CACHE_DIR", Path.home() / ".cache" / "hubbub"))
     return cache / "k8s-bin" / KUBE_VERSION
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def port_in_use(port: int) -> bool:

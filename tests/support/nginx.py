@@ -34,36 +34,13 @@ from typing import IO
 
 import psutil
 
+from tests.support.procs import free_port, quote, tail
+
 NGINX = "/usr/sbin/nginx"
 STOP_GRACE = 5.0
 #: Answered by nginx itself (never proxied), so start() can tell nginx from another listener.
 HEALTH_PATH = "/__nginx_health"
-_handed_out: set[int] = set()
-
-
-def free_port() -> int:
-    """A free 127.0.0.1 port, never the same one twice in this process."""
-    for _ in range(50):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port: int = sock.getsockname()[1]
-        if port not in _handed_out:
-            _handed_out.add(port)
-            return port
-    raise RuntimeError("no free port found")
-
-
-def _quote(value: str | Path) -> str:
-    text = str(value)
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return "(no log)"
-    return "\n".join(text.splitlines()[-lines:])
+__all__ = ["free_port"]
 
 
 class NginxError(RuntimeError):
@@ -124,7 +101,7 @@ class Nginx:
         return []
 
     def log(self, lines: int = 40) -> str:
-        return f"--- {self.error_log} ---\n{_tail(self.error_log, lines)}\n--- {self.output_path} ---\n" + _tail(
+        return f"--- {self.error_log} ---\n{tail(self.error_log, lines)}\n--- {self.output_path} ---\n" + tail(
             self.output_path, lines
         )
 
@@ -142,9 +119,9 @@ master_process on;
 worker_processes 1;
 worker_shutdown_timeout 2s;
 {user}
-pid {_quote(self.pid_path)};
-lock_file {_quote(self.workdir / "nginx.lock")};
-error_log {_quote(self.error_log)} info;
+pid {quote(self.pid_path)};
+lock_file {quote(self.workdir / "nginx.lock")};
+error_log {quote(self.error_log)} info;
 
 events {{
     worker_connections 1024;
@@ -152,12 +129,12 @@ events {{
 
 http {{
     log_format upstream '$remote_addr:$remote_port "$request" $status upstream=$upstream_addr';
-    access_log {_quote(self.access_log)} upstream;
-    client_body_temp_path {_quote(tmp / "client_body")};
-    proxy_temp_path {_quote(tmp / "proxy")};
-    fastcgi_temp_path {_quote(tmp / "fastcgi")};
-    uwsgi_temp_path {_quote(tmp / "uwsgi")};
-    scgi_temp_path {_quote(tmp / "scgi")};
+    access_log {quote(self.access_log)} upstream;
+    client_body_temp_path {quote(tmp / "client_body")};
+    proxy_temp_path {quote(tmp / "proxy")};
+    fastcgi_temp_path {quote(tmp / "fastcgi")};
+    uwsgi_temp_path {quote(tmp / "uwsgi")};
+    scgi_temp_path {quote(tmp / "scgi")};
 
     map $http_upgrade $connection_upgrade {{
         default upgrade;
@@ -214,7 +191,7 @@ http {{
         result = subprocess.run(self._argv("-t"), capture_output=True, timeout=20, check=False)
         if result.returncode != 0:
             output = (result.stdout + result.stderr).decode(errors="replace")
-            raise NginxError(f"nginx -t failed for {self.config_path}:\n{output}\n{_tail(self.error_log)}")
+            raise NginxError(f"nginx -t failed for {self.config_path}:\n{output}\n{tail(self.error_log)}")
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -288,7 +265,7 @@ http {{
     def _retired(self, workers: set[int]) -> bool:
         """Every one of `workers` has exited or has closed its listener (it logs "gracefully
         shutting down" when the master tells it to), so new connections reach new workers only."""
-        log = _tail(self.error_log, 400)
+        log = tail(self.error_log, 400)
         live = set(self.worker_pids())
         return all(pid not in live or f"{pid}#{pid}: gracefully shutting down" in log for pid in workers)
 

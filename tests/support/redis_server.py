@@ -26,7 +26,6 @@ import contextlib
 import functools
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -39,35 +38,13 @@ import redis.asyncio
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from tests.support.procs import free_port, tail
+from tests.support.procs import quote as config_quote
+
 REDIS_SERVER = "redis-server"
 REDIS_SENTINEL = "redis-sentinel"
 STOP_GRACE = 5.0
-_handed_out: set[int] = set()
-
-
-def free_port() -> int:
-    """A free 127.0.0.1 port, never the same one twice in this process."""
-    for _ in range(50):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port: int = sock.getsockname()[1]
-        if port not in _handed_out:
-            _handed_out.add(port)
-            return port
-    raise RuntimeError("no free port found")
-
-
-def _quote(value: str | Path) -> str:
-    text = str(value)
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return "(no log)"
-    return "\n".join(text.splitlines()[-lines:])
+__all__ = ["free_port"]
 
 
 def _wait_until(check: Callable[[], bool], timeout: float, what: str, detail: Callable[[], str] | None = None) -> None:
@@ -142,7 +119,7 @@ class _Daemon:
         return self.proc is not None and self.proc.poll() is None
 
     def tail(self, lines: int = 30) -> str:
-        return f"--- last lines of {self.log_path} ---\n{_tail(self.log_path, lines)}"
+        return f"--- last lines of {self.log_path} ---\n{tail(self.log_path, lines)}"
 
     def signal_group(self, sig: signal.Signals) -> None:
         if self.proc is None:
@@ -232,7 +209,7 @@ class RedisServer:
         return self._daemon.running
 
     def log(self, lines: int = 50) -> str:
-        return _tail(self.log_path, lines)
+        return tail(self.log_path, lines)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -243,7 +220,7 @@ class RedisServer:
             "protected-mode no",
             "daemonize no",
             'logfile ""',  # stdout, which start() appends to redis.log
-            f"dir {_quote(self.data_dir)}",
+            f"dir {config_quote(self.data_dir)}",
             'save ""',
             f"appendonly {'yes' if self.appendonly else 'no'}",
             "repl-diskless-sync-delay 0",  # full syncs start at once (the default waits 5 s)
@@ -251,7 +228,7 @@ class RedisServer:
         if self.appendonly:
             lines.append("appendfsync always")
         if self.password is not None:
-            lines += [f"requirepass {_quote(self.password)}", f"masterauth {_quote(self.password)}"]
+            lines += [f"requirepass {config_quote(self.password)}", f"masterauth {config_quote(self.password)}"]
         if self.replica_of is not None:
             host, port = self.replica_of
             lines.append(f"replicaof {host} {port}")
@@ -433,7 +410,7 @@ class SentinelGroup:
             "protected-mode no",
             "daemonize no",
             'logfile ""',
-            f"dir {_quote(self.workdir / f'sentinel-{port}')}",
+            f"dir {config_quote(self.workdir / f'sentinel-{port}')}",
             "sentinel resolve-hostnames no",
             "sentinel announce-ip 127.0.0.1",
             f"sentinel monitor {svc} {host} {master_port} {self.QUORUM}",
@@ -442,7 +419,7 @@ class SentinelGroup:
             f"sentinel parallel-syncs {svc} 1",
         ]
         if self.password is not None:
-            lines.append(f"sentinel auth-pass {svc} {_quote(self.password)}")
+            lines.append(f"sentinel auth-pass {svc} {config_quote(self.password)}")
         return "\n".join(lines) + "\n"
 
     def sentinel_command(self, index: int, *args: Any, timeout: float = 2) -> Any:

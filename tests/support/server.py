@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from tests.support.procs import free_port
 
 SECRET = "test-secret-0123456789abcdef0123456789abcdef"
 API_KEY = "test-api-key"
@@ -26,13 +27,6 @@ TEST_NAMESPACES: dict[str, dict[str, Any]] = {
     "public": {"history_size": 10, "public": True, "presence": True},
     "short": {"history_size": 100, "history_ttl": 1, "client_publish": True},
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def server_config(**overrides: Any) -> dict[str, Any]:
