@@ -28,7 +28,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from tests.support.nginx import Nginx, NginxError
-from tests.support.redis_server import RedisServer, SentinelGroup, free_port
+from tests.support.procs import free_port
+from tests.support.redis_server import RedisServer, SentinelGroup
 
 # --- leak check -------------------------------------------------------------------------------------
 

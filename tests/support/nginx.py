@@ -40,7 +40,6 @@ NGINX = "/usr/sbin/nginx"
 STOP_GRACE = 5.0
 #: Answered by nginx itself (never proxied), so start() can tell nginx from another listener.
 HEALTH_PATH = "/__nginx_health"
-__all__ = ["free_port"]
 
 
 class NginxError(RuntimeError):

@@ -44,7 +44,6 @@ from tests.support.procs import quote as config_quote
 REDIS_SERVER = "redis-server"
 REDIS_SENTINEL = "redis-sentinel"
 STOP_GRACE = 5.0
-__all__ = ["free_port"]
 
 
 def _wait_until(check: Callable[[], bool], timeout: float, what: str, detail: Callable[[], str] | None = None) -> None:
