@@ -32,7 +32,7 @@ from redis.exceptions import RedisError
 
 from hubbub import protocol
 from hubbub.backends.base import BackendUnavailable, BrokerEventHandler, HistoryResult, PublishResult, StreamOptions
-from hubbub.backends.redis_pool import RedisClients
+from hubbub.backends.redis_pool import RedisClients, stop_tasks
 from hubbub.protocol import Publication
 from hubbub.types import JSONObject, Room
 
@@ -197,11 +197,7 @@ class RedisEngine:
         ]
 
     async def aclose(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
-                await task
+        await stop_tasks(self._tasks)
         if self._pubsub is not None:
             with contextlib.suppress(RedisError, OSError):
                 await self._pubsub.aclose()  # type: ignore[no-untyped-call]

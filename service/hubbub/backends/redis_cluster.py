@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 
 from hubbub import protocol
 from hubbub.backends.base import BackendUnavailable, LocalNode
+from hubbub.backends.redis_pool import stop_tasks
 from hubbub.types import JSONObject
 
 log = logging.getLogger("hubbub.redis")
@@ -48,11 +49,7 @@ class RedisCluster:
         self._tasks = [loop.create_task(self._heartbeat_forever()), loop.create_task(self._listen_forever())]
 
     async def aclose(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
-                await task
+        await stop_tasks(self._tasks)
         with contextlib.suppress(RedisError, OSError, asyncio.TimeoutError):
             pipe = self._redis.pipeline(transaction=False)
             pipe.hdel(f"{self._prefix}:nodes", self._name)

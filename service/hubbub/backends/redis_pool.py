@@ -7,11 +7,15 @@ Sentinel (`redis_sentinels` + `redis_sentinel_service`).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from hubbub.settings import Settings
@@ -65,3 +69,13 @@ def connect(settings: Settings) -> RedisClients:
         commands=aioredis.Redis.from_url(settings.redis_url, **_options(settings, f"hubbub-{node}")),  # type: ignore[arg-type]
         subscriber=aioredis.Redis.from_url(settings.redis_url, **_options(settings, f"hubbub-sub-{node}")),  # type: ignore[arg-type]
     )
+
+
+async def stop_tasks(tasks: Iterable[asyncio.Task[None]]) -> None:
+    """Cancel background loops and wait for them; a loop caught mid-command may end with a Redis error."""
+    tasks = list(tasks)
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
+            await task
