@@ -25,6 +25,7 @@ def room(ns: str = "chat") -> str:
         ("GET", "/api/presence_stats/chat:x"),
         ("POST", "/api/disconnect"),
         ("GET", "/api/info"),
+        ("GET", "/api/status"),
     ],
 )
 @pytest.mark.parametrize("key", [None, "wrong-key", "test-api-key-but-longer"])

@@ -239,6 +239,27 @@ async def test_info_lists_live_nodes_and_disconnect_reaches_every_node(nodes: No
         assert (await client.closed()).code == 4000
 
 
+async def test_status_on_any_node_shows_every_node_with_its_own_deliveries(nodes: Nodes) -> None:
+    name = f"quiet:{uuid.uuid4().hex[:10]}"
+    watcher = await RawClient.connected(nodes[2].ws_url, "watcher")
+    assert "ok" in await watcher.call("join", room=name)
+    for i in range(10):
+        assert nodes[0].api("POST", "/api/publish", json={"room": name, "data": i}).status_code == 200
+    for _ in range(10):
+        await watcher.push("pub")
+
+    def by_name() -> dict[str, dict[str, Any]]:
+        return {n["name"]: n for n in nodes[1].api("GET", "/api/status").json()["nodes"]}
+
+    # Node 2's figures reach node 1 with node 2's next heartbeat.
+    await until(lambda: by_name().get("node2", {}).get("totals", {}).get("deliveries") == 10, timeout=10)
+    status = by_name()
+    assert sorted(status) == ["node0", "node1", "node2"]
+    assert status["node0"]["totals"]["publications"] == 10 and status["node0"]["totals"]["deliveries"] == 0
+    assert status["node2"]["connections"] == 1 and status["node2"]["backend"] == "redis"
+    await watcher.close()
+
+
 # --- faults ---------------------------------------------------------------------------------------------
 
 

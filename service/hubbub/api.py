@@ -7,8 +7,9 @@ with the matching HTTP status (protocol §8).
 from __future__ import annotations
 
 import hmac
+import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Final
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -16,7 +17,7 @@ from starlette.routing import BaseRoute, Route
 
 from hubbub import protocol, rules
 from hubbub.backends.base import BackendUnavailable
-from hubbub.codes import CloseCode, CommandError, ErrorCode
+from hubbub.codes import CLOSE_TABLE, CloseCode, CommandError, ErrorCode
 from hubbub.node import Node
 from hubbub.types import JSONObject, Room
 
@@ -63,8 +64,8 @@ def api_endpoint(handler: Callable[[Request, Node], Awaitable[object]]) -> Endpo
     return endpoint
 
 
-async def _body(request: Request, node: Node) -> JSONObject:
-    limit = node.settings.max_publication_bytes + BODY_OVERHEAD
+async def json_body(request: Request, limit: int) -> JSONObject:
+    """The request's JSON object, read no further than `limit` bytes (413 beyond, 400 if not an object)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise CommandError(ErrorCode.TOO_LARGE, f"request body larger than {limit} bytes")
@@ -82,6 +83,10 @@ async def _body(request: Request, node: Node) -> JSONObject:
     if not isinstance(body, dict):
         raise CommandError(ErrorCode.BAD_REQUEST, "the body must be a JSON object")
     return body
+
+
+async def _body(request: Request, node: Node) -> JSONObject:
+    return await json_body(request, node.settings.max_publication_bytes + BODY_OVERHEAD)
 
 
 def _room_param(request: Request) -> Room:
@@ -181,6 +186,24 @@ async def info(request: Request, node: Node) -> object:
     return {"nodes": [{**n, "internals": node.internals()} if n.get("name") == own else n for n in nodes]}
 
 
+#: Close codes a status page may show: the server's table plus what clients and networks cause.
+CLOSE_CODE_MEANINGS: Final = {
+    **{str(int(code)): info.reason for code, info in CLOSE_TABLE.items()},
+    "1001": "going away (client left the page)",
+    "1006": "connection lost (no close frame)",
+}
+
+
+async def status(request: Request, node: Node) -> object:
+    """Everything the status page shows: every live node's figures, this node's always current."""
+    return {
+        "node": node.settings.node_name,
+        "generated_at": int(time.time() * 1000),
+        "close_codes": CLOSE_CODE_MEANINGS,
+        "nodes": await node.backends.cluster.nodes(),
+    }
+
+
 async def healthz(request: Request) -> Response:
     return json_response({"status": "ok"})
 
@@ -203,6 +226,7 @@ def routes() -> list[BaseRoute]:
         Route("/api/presence_stats/{room:path}", api_endpoint(presence_stats), methods=["GET"]),
         Route("/api/disconnect", api_endpoint(disconnect), methods=["POST"]),
         Route("/api/info", api_endpoint(info), methods=["GET"]),
+        Route("/api/status", api_endpoint(status), methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),

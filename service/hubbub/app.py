@@ -9,7 +9,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 
-from hubbub import api
+from hubbub import api, pages
 from hubbub.backends import create_backends
 from hubbub.node import Node
 from hubbub.outbox import ASGISend
@@ -50,7 +50,7 @@ class HubbubApp:
             finally:
                 await node.stop()
 
-        self.http = Starlette(routes=api.routes(), lifespan=lifespan)
+        self.http = Starlette(routes=api.routes() + pages.routes(), lifespan=lifespan)
 
     async def __call__(self, scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
         if scope["type"] == "websocket":

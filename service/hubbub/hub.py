@@ -12,6 +12,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
+from hubbub.activity import Activity
 from hubbub.codes import CloseCode
 from hubbub.metrics import Metrics
 from hubbub.outbox import Outbox
@@ -30,9 +31,10 @@ class _Room:
 
 
 class Hub:
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, activity: Activity) -> None:
         self._rooms: dict[Room, _Room] = {}
         self._metrics = metrics
+        self._activity = activity
 
     def __len__(self) -> int:
         return len(self._rooms)
@@ -95,6 +97,7 @@ class Hub:
             for outbox in members:
                 outbox.push(frame)
             self._metrics.deliveries.add(len(members))
+            self._activity.deliveries += len(members)
         self._metrics.fanout_latency.record(max(0.0, time.time() - pub.ts / 1000))
 
     def on_insufficient_state(self, room: Room) -> None:

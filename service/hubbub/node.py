@@ -15,6 +15,7 @@ import weakref
 from collections.abc import Iterator
 
 from hubbub import protocol
+from hubbub.activity import Activity
 from hubbub.backends import Backends
 from hubbub.backends.base import BackendUnavailable, HistoryResult, PublishResult, StreamOptions
 from hubbub.codes import CloseCode
@@ -58,6 +59,12 @@ def _live(entries: Iterator[tuple[float, SessionRef]]) -> Iterator[tuple[float, 
             yield due, session
 
 
+def _client_side_reason(code: int) -> str:
+    if code == 1006:
+        return "connection lost"
+    return "closed by the client" if code in (1000, 1001) else f"client closed with {code}"
+
+
 def _expiry_stands(due: float, ref: SessionRef) -> bool:
     session = ref()
     return session is not None and session.expire_due == due
@@ -68,7 +75,8 @@ class Node:
         self.settings = settings
         self.backends = backends
         self.metrics = metrics or Metrics(settings.node_name)
-        self.hub = Hub(self.metrics)
+        self.activity = Activity()
+        self.hub = Hub(self.metrics, self.activity)
         self.auth = make_authenticator(settings)
         self.loop = asyncio.get_event_loop()
         self.started_at = time.time()
@@ -85,6 +93,7 @@ class Node:
         self._ticker: asyncio.Task[None] | None = None
         self._drainer: asyncio.Task[None] | None = None
         self.drained = asyncio.Event()
+        self._sampled = 0.0
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -130,6 +139,7 @@ class Node:
         self._by_user.setdefault(session.user, weakref.WeakSet()).add(session)
         self.schedule_expiry(session)
         self.metrics.connects.add(1)
+        self.activity.connects += 1
 
     def schedule_expiry(self, session: Session) -> None:
         principal = session.principal
@@ -158,7 +168,9 @@ class Node:
             # The other timer entries fall due within seconds; a token deadline may be an hour away.
             self._expiry.cancel(_expiry_stands)
         self.metrics.connections.add(-1)
-        self.metrics.disconnected(session.close_code or code)
+        final = session.close_code or code
+        self.metrics.disconnected(final)
+        self.activity.disconnected(final, session.close_reason or _client_side_reason(final), session.user)
 
     def sessions_of(self, user: str) -> list[Session]:
         return list(self._by_user.get(user, ()))
@@ -215,6 +227,7 @@ class Node:
         )
         if not result.duplicate:
             self.metrics.publications.add(1, {"source": source})
+            self.activity.publications += 1
         return result
 
     async def history(
@@ -252,6 +265,7 @@ class Node:
             "uptime": round(time.time() - self.started_at, 1),
             "backend": self.backends.kind,
             "ready": self.readiness()[0],
+            **self.activity.snapshot(time.monotonic()),
         }
 
     def internals(self) -> JSONObject:
@@ -273,6 +287,10 @@ class Node:
             await asyncio.sleep(resolution)
             try:
                 self.tick(self.loop.time())
+                now = time.monotonic()
+                if now - self._sampled >= 1.0:
+                    self._sampled = now
+                    self.activity.sample(now)
             except Exception:
                 log.exception("timer tick failed")
 

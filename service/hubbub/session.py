@@ -57,6 +57,7 @@ class Session:
         "_bucket",
         "client_id",
         "close_code",
+        "close_reason",
         "connect_due",
         "expire_due",
         "node",
@@ -86,6 +87,7 @@ class Session:
         self._bucket = TokenBucket(node.settings.command_rate, node.settings.command_burst, time.monotonic())
         self._after: list[AfterReply] = []
         self.close_code: int | None = None
+        self.close_reason: str | None = None
         self.connect_due: float | None = None
         self.ping_due: float | None = None
         self.pong_due: float | None = None
@@ -107,9 +109,10 @@ class Session:
         if self.close_code is not None:
             return
         self.close_code = int(code)
+        self.close_reason = reason or code.info.reason
         self.outbox.close(
             int(code),
-            reason or code.info.reason,
+            self.close_reason,
             reconnect=code.info.reconnect,
             notify=code is not CloseCode.MESSAGE_TOO_BIG,
             drop_pending=drop_pending,

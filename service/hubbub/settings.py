@@ -131,6 +131,18 @@ class Settings(BaseModel):
         5.0, gt=0, description="Seconds between checks that every subscribed room's stream has no undelivered gap."
     )
 
+    demo: bool | None = Field(
+        None,
+        description=(
+            "Serve the demo chat at `/` and mint demo tokens at `/demo/token` (anyone may get one, for rooms of "
+            "`demo_namespace` only). Unset: on in development mode, off otherwise."
+        ),
+    )
+    demo_namespace: str = Field(
+        "demo", pattern=r"^[A-Za-z0-9_\-.=@]{1,64}$", description="The namespace demo tokens may join and publish to."
+    )
+    demo_token_ttl: float = Field(300.0, ge=10, le=86400, description="Lifetime of a demo token, seconds.")
+
     default_namespace: NamespaceOptions | None = Field(
         None, description="Options for rooms without a `:` (absent: unknown namespace, 404, in production)."
     )
@@ -168,6 +180,10 @@ class Settings(BaseModel):
             return DEV_JWT_SECRET
         return None
 
+    @property
+    def demo_enabled(self) -> bool:
+        return self.development if self.demo is None else self.demo
+
     def effective_api_key(self) -> str | None:
         if self.api_key is not None:
             return self.api_key.get_secret_value()
@@ -192,6 +208,15 @@ class Settings(BaseModel):
             found.append(f"jwt_public_key_file {self.jwt_public_key_file} does not exist")
         if not self.development and self.default_namespace is None and not self.namespaces:
             found.append("no namespaces configured: every join answers 404")
+        if self.demo_enabled:
+            if self.effective_jwt_secret() is None:
+                found.append("demo is on but no jwt_secret is configured to sign demo tokens: /demo/token answers 503")
+            demo_ns = self.namespace(self.demo_namespace)
+            if demo_ns is None or not (demo_ns.client_publish and demo_ns.presence and demo_ns.history_size):
+                found.append(
+                    f"demo is on but namespace {self.demo_namespace!r} is not configured with client_publish, "
+                    "presence and history: the demo chat will not work"
+                )
         return found
 
 
