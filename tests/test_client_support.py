@@ -76,7 +76,9 @@ class Recorder:
 
 class Relay:
     """A TCP relay on 127.0.0.1 in front of a real server. `blackhole` drops the server's bytes on their way
-    to the client (a silently dead connection); `cut()` drops every relayed connection at once."""
+    to the client (a silently dead connection); `silence()` does that for the WebSocket connections open
+    now only (plain HTTP requests, e.g. a browser fetching a token, keep working); `cut()` drops every
+    relayed connection at once."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
@@ -84,6 +86,8 @@ class Relay:
         self.port = 0
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._silenced: set[asyncio.StreamWriter] = set()
+        self._websockets: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -102,8 +106,15 @@ class Relay:
             down_writer.close()
             return
         self._writers.update((down_writer, up_writer))
+        with contextlib.suppress(OSError):
+            request = await down_reader.read(65536)
+            if b"upgrade: websocket" in request.lower():
+                self._websockets.add(down_writer)
+            up_writer.write(request)
         upstream = asyncio.create_task(self._pump(down_reader, up_writer, lambda: False))
-        downstream = asyncio.create_task(self._pump(up_reader, down_writer, lambda: self.blackhole))
+        downstream = asyncio.create_task(
+            self._pump(up_reader, down_writer, lambda: self.blackhole or down_writer in self._silenced)
+        )
         self._tasks.update((upstream, downstream))
         await asyncio.wait([upstream, downstream], return_when=asyncio.FIRST_COMPLETED)
         for task in (upstream, downstream):
@@ -111,6 +122,8 @@ class Relay:
             self._tasks.discard(task)
         for writer in (down_writer, up_writer):
             self._writers.discard(writer)
+            self._silenced.discard(writer)
+            self._websockets.discard(writer)
             writer.close()
 
     @staticmethod
@@ -120,6 +133,9 @@ class Relay:
                 if not drop():
                     writer.write(data)
                     await writer.drain()
+
+    def silence(self) -> None:
+        self._silenced.update(self._websockets)
 
     def cut(self) -> None:
         for writer in list(self._writers):

@@ -144,6 +144,15 @@ def test_public_namespace_allows_join_without_claim_but_not_read() -> None:
         ("https://app.example.com", "h", ("https://*.example.com",), True),
         ("https://example.com.evil", "h", ("https://*.example.com",), False),
         ("https://any", "h", ("*",), True),
+        # A proxy that rewrites Host to `$host` drops the port: the host name must still match.
+        ("http://h:8080", "h", (), True),
+        ("http://H:8080", "h", (), True),
+        ("http://h:8080", "h:9090", (), False),
+        ("http://evil:8080", "h", (), False),
+        ("http://h.evil:8080", "h", (), False),
+        ("http://[::1]:8080", "[::1]", (), True),
+        ("http://[::1]:8080", "[::1]:8080", (), True),
+        ("http://[::2]:8080", "[::1]", (), False),
     ],
 )
 def test_origin_check(origin: str | None, host: str, allowed: tuple[str, ...], ok: bool) -> None:

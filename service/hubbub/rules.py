@@ -69,17 +69,29 @@ def check_publish(publish_claim: Sequence[str], room: str, options: NamespaceOpt
         raise CommandError(ErrorCode.FORBIDDEN, "the token does not allow publishing to this room")
 
 
+def _port_less(host: str) -> bool:
+    return not host.rpartition("]")[2].count(":")  # "[::1]" has no port; "[::1]:80" and "a:80" do
+
+
+def _strip_port(host: str) -> str:
+    return host.rsplit(":", 1)[0] if not _port_less(host) else host
+
+
 def origin_allowed(origin: str | None, host: str | None, allowed: Sequence[str]) -> bool:
     """Cross-site WebSocket hijacking guard for the upgrade request.
 
     No Origin header means a non-browser client (browsers always send one). A browser page
-    may connect from the service's own origin, or from an origin matching `allowed`.
+    may connect from the service's own origin, or from an origin matching `allowed`. A Host
+    without a port matches the origin's host name on any port: proxies commonly rewrite Host
+    to `$host`, which drops the port, and pages on one host name are the same site anyway.
     """
     if origin is None:
         return True
     if "*" in allowed:
         return True
     _, sep, rest = origin.partition("://")
-    if sep and host is not None and rest.lower() == host.lower():
-        return True
+    if sep and host is not None:
+        origin_host, host = rest.lower(), host.lower()
+        if origin_host == host or (_port_less(host) and _strip_port(origin_host) == host):
+            return True
     return matches_any(tuple(allowed), origin)

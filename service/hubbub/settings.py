@@ -141,7 +141,7 @@ class Settings(BaseModel):
     demo_namespace: str = Field(
         "demo", pattern=r"^[A-Za-z0-9_\-.=@]{1,64}$", description="The namespace demo tokens may join and publish to."
     )
-    demo_token_ttl: float = Field(300.0, ge=10, le=86400, description="Lifetime of a demo token, seconds.")
+    demo_token_ttl: float = Field(300.0, ge=2, le=86400, description="Lifetime of a demo token, seconds.")
 
     default_namespace: NamespaceOptions | None = Field(
         None, description="Options for rooms without a `:` (absent: unknown namespace, 404, in production)."

@@ -17,10 +17,13 @@ function pageOf(request) {
   return entry;
 }
 
+const call = ({ script, arg }) => `(${script})(${JSON.stringify(arg ?? null)})`;
+
 const ops = {
   async open({ url, width = 1280, height = 800, colorScheme = "light" }) {
     const context = await browser.newContext({ viewport: { width, height }, colorScheme });
     const page = await context.newPage();
+    page.setDefaultTimeout(10000);
     const id = nextPage++;
     const entry = { page, context, log: [] };
     page.on("console", (msg) => entry.log.push(`${msg.type()}: ${msg.text()}`));
@@ -34,21 +37,22 @@ const ops = {
     return null;
   },
   // `script` is a function expression, called with `arg`; its (awaited) result is returned.
+  // It is sent as an expression string: Playwright evaluates that through the DevTools protocol,
+  // so the pages' Content-Security-Policy (no eval) stays in force for the pages themselves.
   async evaluate(request) {
-    return await pageOf(request).page.evaluate(
-      ({ script, arg }) => (0, eval)(`(${script})`)(arg),
-      { script: request.script, arg: request.arg ?? null },
-    );
+    return await pageOf(request).page.evaluate(call(request));
   },
+  // Polls from here rather than with waitForFunction, whose in-page polling needs eval (CSP).
   async wait(request) {
-    const handle = await pageOf(request).page.waitForFunction(
-      ({ script, arg }) => (0, eval)(`(${script})`)(arg),
-      { script: request.script, arg: request.arg ?? null },
-      { timeout: request.timeout ?? 10000, polling: 50 },
-    );
-    const value = await handle.jsonValue();
-    await handle.dispose();
-    return value;
+    const { page } = pageOf(request);
+    const deadline = Date.now() + (request.timeout ?? 10000);
+    let last;
+    for (;;) {
+      last = await page.evaluate(call(request));
+      if (last) return last;
+      if (Date.now() > deadline) throw new Error(`timed out after ${request.timeout ?? 10000} ms waiting for ${request.script} (last: ${JSON.stringify(last)})`);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
   },
   async fill(request) {
     await pageOf(request).page.fill(request.selector, request.value);

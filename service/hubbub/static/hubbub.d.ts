@@ -142,7 +142,11 @@ export interface Emitter<Events> {
   /** A listener that throws is reported on the console, never fatal. */
   on<K extends keyof Events>(event: K, listener: (value: Events[K]) => void): Unsubscribe;
   off<K extends keyof Events>(event: K, listener: (value: Events[K]) => void): void;
-  /** Resolves with the next matching event; rejects with CommandTimeout after `timeout` ms. */
+  /**
+   * Resolves with the next matching event; rejects with CommandTimeout after `timeout` ms, with the
+   * filter's exception if it throws, and with a ClientError once no event can come (the client closed:
+   * ClientClosed; a room left or closed: its close error, or a ClientError).
+   */
   once<K extends keyof Events>(
     event: K,
     options?: { filter?: (value: Events[K]) => boolean; timeout?: number },
@@ -216,7 +220,14 @@ export class Client implements Emitter<ClientEvents> {
   ): Promise<ClientEvents[K]>;
 }
 
+/**
+ * A room joined through `client.join()`. Its own events (a join's `rejoin`, recovered publications,
+ * anything that came with the reply) are held until the task after `join()` resolves, so listeners
+ * attached right after `await client.join(...)` miss nothing.
+ */
 export class Room implements Emitter<RoomEvents> {
+  /** Rooms come from `client.join()`. */
+  private constructor();
   readonly name: string;
   readonly epoch: string;
   /** The last publication delivered. */
@@ -241,12 +252,14 @@ export class ClientError extends Error {}
 
 /** An error reply; the connection stays open. */
 export class CommandError extends ClientError {
+  constructor(code: number, reason: string);
   readonly code: number;
   readonly reason: string;
 }
 
 /** No reply within commandTimeout. For publishes, retry with the same idempotency key. */
 export class CommandTimeout extends ClientError {
+  constructor(message: string, idempotencyKey?: string | null);
   readonly idempotencyKey: string | null;
 }
 
@@ -255,6 +268,7 @@ export class QueueFull extends ClientError {}
 
 /** The client is closed; `disconnect` says why. */
 export class ClientClosed extends ClientError {
+  constructor(disconnect?: Disconnect | null);
   readonly disconnect: Disconnect | null;
 }
 
