@@ -85,3 +85,23 @@ test("a refresh is not retried on a connection that ended; the next connection h
   await client.close();
   await assertNoTimers();
 });
+
+test("a token callback that never answers fails the attempt after openTimeout, and the next attempt asks again", async () => {
+  const server = new FakeServer();
+  let calls = 0;
+  const token = () => (++calls === 1 ? new Promise(() => {}) : Promise.resolve(`t${calls}`));
+  const client = track(
+    new Client("ws://hubbub.test/ws", { token, WebSocket: server.WebSocket, openTimeout: 150, backoffBase: 10, backoffCap: 20 }),
+  );
+  const started = performance.now();
+  const failed = client.once("connectError");
+  const connecting = client.connect();
+  const error = (await failed).error;
+  assert.match(error.message, /did not answer within 150 ms/);
+  assert.ok(performance.now() - started >= 140);
+  await connecting;
+  assert.equal(calls, 2);
+  assert.deepEqual(server.tokens, ["t2"]);
+  await client.close();
+  await assertNoTimers();
+});

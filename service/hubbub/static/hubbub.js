@@ -399,19 +399,34 @@ function refreshDelay(expiresIn) {
 
 class TokenSource {
   #token;
+  #timeout;
 
-  constructor(token) {
+  /** A callback that never settles must not stall reconnecting: it gets `timeout` ms (openTimeout). */
+  constructor(token, timeout) {
     if (token !== null && typeof token !== "string" && typeof token !== "function") {
       throw new TypeError("options.token must be a JWT string, a function returning one, or null");
     }
     this.#token = token;
+    this.#timeout = timeout;
   }
 
   get refreshable() { return typeof this.#token === "function"; }
 
   async get() {
     if (typeof this.#token !== "function") return this.#token;
-    const token = await this.#token();
+    let timer;
+    const expired = new Promise((_, reject) => {
+      timer = setTimeout(
+        () => reject(new Error(`the token callback did not answer within ${this.#timeout} ms`)),
+        this.#timeout,
+      );
+    });
+    let token;
+    try {
+      token = await Promise.race([Promise.resolve().then(() => this.#token()), expired]);
+    } finally {
+      clearTimeout(timer);
+    }
     if (typeof token !== "string" || !token) {
       throw new TypeError(`the token callback must return a non-empty string, got ${brief(token)}`);
     }
@@ -1328,7 +1343,7 @@ export class Client {
   constructor(url, options) {
     this.#url = resolveUrl(url);
     const o = (this.#options = readOptions(options));
-    this.#tokens = new TokenSource(o.token);
+    this.#tokens = new TokenSource(o.token, o.openTimeout);
     this.#backoff = new Backoff(o.backoffBase, o.backoffCap, o.random);
     this.#membership = new Membership({ request: (...args) => this.#request(...args), backoff: this.#backoff });
     this.#publisher = new Publisher({ maxQueue: o.maxQueue, rate: o.publishRate, burst: o.publishBurst, commandTimeout: o.commandTimeout });
