@@ -10,7 +10,7 @@ import pytest
 from hubbub import protocol, rules
 from hubbub.backends.base import HistoryResult
 from hubbub.codes import CLOSE_TABLE, TERMINAL_CLOSE_CODES, CloseCode, CommandError, Disconnect
-from hubbub.outbox import MAX_BATCH_CHARS, Outbox, _batches
+from hubbub.outbox import MAX_BATCH_CHARS, Flusher, Outbox, _batches
 from hubbub.protocol import Publication, StreamPosition
 from hubbub.ratelimit import TokenBucket, Verdict
 from hubbub.session import recover
@@ -230,32 +230,80 @@ def test_batches_respect_the_frame_cap() -> None:
     assert sum(f.count("\n") + 1 for f in frames) == 600
 
 
-async def test_outbox_sends_everything_waiting_as_one_frame_in_order() -> None:
-    sent: list[dict[str, Any]] = []
+class FakeSink:
+    def __init__(self) -> None:
+        self.paused = False
+        self.frames: list[str] = []
+        self.closes: list[tuple[int, str]] = []
+        self.aborted = False
 
-    async def send(message: Any) -> None:
-        sent.append(dict(message))
+    def write_texts(self, texts: list[str]) -> None:
+        self.frames.extend(texts)
 
-    overflowed: list[bool] = []
-    outbox = Outbox(
-        send,
+    def write_close(self, code: int, reason: str) -> None:
+        self.closes.append((code, reason))
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+def make_outbox(sink: FakeSink, overflowed: list[bool], max_bytes: int = 100) -> Outbox:
+    loop = asyncio.get_running_loop()
+    return Outbox(
+        sink,
         client_id=ClientId("c"),
-        max_bytes=100,
+        max_bytes=max_bytes,
         on_overflow=lambda: overflowed.append(True),
-        loop=asyncio.get_running_loop(),
+        flusher=Flusher(loop),
+        loop=loop,
     )
+
+
+async def test_outbox_sends_everything_waiting_as_one_frame_in_order() -> None:
+    sink = FakeSink()
+    overflowed: list[bool] = []
+    outbox = make_outbox(sink, overflowed)
     for i in range(3):
         outbox.push(f'{{"n":{i}}}')
-    await outbox.wait_flushed()
-    assert sent == [{"type": "websocket.send", "text": '{"n":0}\n{"n":1}\n{"n":2}'}]
+    assert sink.frames == []  # nothing is written from push itself
+    await asyncio.sleep(0)
+    assert sink.frames == ['{"n":0}\n{"n":1}\n{"n":2}']
     outbox.push("y" * 200)
     assert overflowed == [True]
     outbox.close(4008, "slow consumer", reconnect=True, drop_pending=True)
-    await outbox.wait_flushed()
-    assert sent[-1] == {"type": "websocket.close", "code": 4008, "reason": "slow consumer"}
-    assert protocol.loads(sent[-2]["text"]) == {
+    await asyncio.sleep(0)
+    assert sink.closes == [(4008, "slow consumer")]
+    assert protocol.loads(sink.frames[-1]) == {
         "push": "disconnect",
         "code": 4008,
         "reason": "slow consumer",
         "reconnect": True,
     }
+
+
+async def test_outbox_holds_messages_while_the_socket_is_paused_and_counts_them() -> None:
+    sink = FakeSink()
+    overflowed: list[bool] = []
+    outbox = make_outbox(sink, overflowed, max_bytes=50)
+    sink.paused = True
+    outbox.push("a" * 20)
+    outbox.push("b" * 20)
+    await asyncio.sleep(0)
+    assert sink.frames == [] and outbox.pending == 40
+    sink.paused = False
+    outbox.flush()  # what resume_writing does
+    assert sink.frames == ["a" * 20 + "\n" + "b" * 20] and outbox.pending == 0
+    sink.paused = True
+    for _ in range(3):
+        outbox.push("c" * 20)
+    assert overflowed == [True]
+
+
+async def test_a_close_that_cannot_go_out_aborts_the_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("hubbub.outbox.CLOSE_GRACE", 0.05)
+    sink = FakeSink()
+    outbox = make_outbox(sink, [])
+    sink.paused = True  # the peer stopped reading
+    outbox.close(1012, "node draining", reconnect=True)
+    await asyncio.sleep(0.1)
+    assert sink.aborted and sink.closes == []

@@ -8,13 +8,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.types import Receive, Scope, Send
 
 from hubbub import api, pages
 from hubbub.backends import create_backends
 from hubbub.node import Node
-from hubbub.outbox import ASGISend
 from hubbub.settings import DEV_API_KEY, DEV_JWT_SECRET, Settings
-from hubbub.transport import ASGIReceive, Scope, websocket_endpoint
 
 log = logging.getLogger("hubbub")
 
@@ -33,7 +32,8 @@ def announce(settings: Settings) -> None:
 
 
 class HubbubApp:
-    """ASGI entry point: `/ws` goes straight to the WebSocket endpoint, the rest to Starlette."""
+    """ASGI entry point for HTTP. WebSockets never reach it under `hubbub serve`: uvicorn hands every
+    upgrade to hubbub.connection.WebSocketConnection, which reads `self.node`."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -52,13 +52,11 @@ class HubbubApp:
 
         self.http = Starlette(routes=api.routes() + pages.routes(), lifespan=lifespan)
 
-    async def __call__(self, scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
-            if scope["path"] == "/ws" and self.node is not None:
-                await websocket_endpoint(self.node, scope, receive, send)
-            else:
-                await receive()
-                await send({"type": "websocket.close", "code": 1008})
+            # Only under another ASGI server: hubbub's WebSocket endpoint needs its own protocol.
+            await receive()
+            await send({"type": "websocket.close", "code": 1011, "reason": "serve hubbub with `hubbub serve`"})
             return
         await self.http(scope, receive, send)
 

@@ -22,7 +22,7 @@ from hubbub.codes import CloseCode
 from hubbub.hub import Hub
 from hubbub.jwks import Authenticator
 from hubbub.metrics import Metrics
-from hubbub.outbox import Outbox
+from hubbub.outbox import Flusher, Outbox
 from hubbub.protocol import StreamPosition
 from hubbub.session import Session, State
 from hubbub.settings import NamespaceOptions, Settings
@@ -79,6 +79,7 @@ class Node:
         self.hub = Hub(self.metrics, self.activity)
         self.auth = make_authenticator(settings)
         self.loop = asyncio.get_event_loop()
+        self.flusher = Flusher(self.loop)
         self.started_at = time.time()
         #: Every open WebSocket (connected or not yet), for capacity, draining and cleanup checks.
         self.sessions: set[Session] = set()
@@ -99,6 +100,7 @@ class Node:
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
+        self.flusher = Flusher(self.loop)
         await self.backends.start(self.hub, self)
         self._ticker = self.loop.create_task(self._tick_forever())
 

@@ -1,43 +1,86 @@
-"""A connection's outbound side: one bounded queue drained by one writer.
+"""A connection's outbound side: one bounded queue, written to the socket once per loop iteration.
 
 Everything a connection is sent (replies and pushes alike) goes through `Outbox.push`, so the
-order of the queue is the order on the wire. The writer exists only while there is something
-to write: an idle connection owns no task and no timer. Each write takes every message waiting
-at that moment and sends them as one newline-delimited frame (capped at `MAX_BATCH_CHARS`).
+order of the queue is the order on the wire. Nothing is written from `push` itself: the node's
+`Flusher` writes every outbox that received something, once, at the end of the current loop
+iteration, with everything waiting in as few newline-delimited frames as possible (capped at
+`MAX_BATCH_CHARS`). An idle connection owns no task, no timer and no scheduled callback. While
+the socket's buffer is full (the sink is paused) messages wait here, counted against the limit.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any, Final
+from collections.abc import Callable
+from typing import Final, Protocol
 
 from hubbub.codes import CloseCode
 from hubbub.protocol import disconnect_push
 from hubbub.types import ClientId
 
-ASGISend = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-
 #: Frames stay under the default 1 MiB message limit of common client libraries.
 MAX_BATCH_CHARS: Final = 256 * 1024
-#: How long a closing connection may take to flush before its transport is aborted.
+#: How long a closing connection may take to get its close frame out before the socket is dropped.
 CLOSE_GRACE: Final = 2.0
 
 log = logging.getLogger("hubbub.outbox")
+
+
+class Sink(Protocol):
+    """Where an outbox writes: the connection (hubbub.connection.WebSocketConnection)."""
+
+    @property
+    def paused(self) -> bool: ...
+
+    def write_texts(self, texts: list[str]) -> None: ...
+
+    def write_close(self, code: int, reason: str) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+class Flusher:
+    """Writes every outbox that got messages during this loop iteration, from one callback.
+
+    A publication pushed to a thousand members schedules one callback, not a thousand.
+    """
+
+    __slots__ = ("_dirty", "_loop", "_scheduled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._dirty: list[Outbox] = []
+        self._scheduled = False
+
+    def add(self, outbox: Outbox) -> None:
+        self._dirty.append(outbox)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._run)
+
+    def _run(self) -> None:
+        self._scheduled = False
+        dirty, self._dirty = self._dirty, []
+        for outbox in dirty:
+            try:
+                outbox.flush()
+            except Exception:
+                log.exception("writing to %s failed; dropping the connection", outbox.client_id)
+                outbox.fail()
 
 
 class Outbox:
     __slots__ = (
         "_bytes",
         "_close",
+        "_dirty",
+        "_flusher",
         "_items",
         "_loop",
         "_max_bytes",
         "_on_overflow",
-        "_send",
-        "_writer",
+        "_sink",
         "client_id",
         "closed",
         "request_close",
@@ -45,21 +88,23 @@ class Outbox:
 
     def __init__(
         self,
-        send: ASGISend,
+        sink: Sink,
         *,
         client_id: ClientId,
         max_bytes: int,
         on_overflow: Callable[[], None],
+        flusher: Flusher,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
-        self._send = send
+        self._sink: Sink | None = sink
         self.client_id = client_id
         self._max_bytes = max_bytes
         self._on_overflow = on_overflow
+        self._flusher = flusher
         self._loop = loop
         self._items: list[str] = []
         self._bytes = 0
-        self._writer: asyncio.Task[None] | None = None
+        self._dirty = False
         self._close: tuple[int, str] | None = None
         #: True once a close has been requested: nothing more is queued.
         self.closed = False
@@ -68,7 +113,7 @@ class Outbox:
 
     @property
     def pending(self) -> int:
-        """Characters queued and not yet handed to the transport."""
+        """Characters queued and not yet handed to the socket."""
         return self._bytes
 
     def push(self, text: str) -> None:
@@ -80,8 +125,9 @@ class Outbox:
         if self._bytes > self._max_bytes:
             self._on_overflow()
             return
-        if self._writer is None:
-            self._writer = self._loop.create_task(self._write())
+        if not self._dirty:
+            self._dirty = True
+            self._flusher.add(self)
 
     def close(
         self, code: int, reason: str, *, reconnect: bool, notify: bool = True, drop_pending: bool = False
@@ -96,47 +142,48 @@ class Outbox:
             self._items.append(disconnect_push(code, reason, reconnect))
         self.closed = True
         self._close = (code, reason)
-        if self._writer is None:
-            self._writer = self._loop.create_task(self._write())
-        # A peer that stopped reading keeps the transport paused forever; do not wait for it.
+        if not self._dirty:
+            self._dirty = True
+            self._flusher.add(self)
+        # A peer that stopped reading keeps the socket paused forever; do not wait for it.
         self._loop.call_later(CLOSE_GRACE, self._abort_if_stuck)
 
-    async def _write(self) -> None:
-        send = self._send
-        try:
-            while self._items:
-                items, self._items, self._bytes = self._items, [], 0
-                for frame in _batches(items):
-                    await send({"type": "websocket.send", "text": frame})
-            if self._close is not None:
-                code, reason = self._close
-                await send({"type": "websocket.close", "code": code, "reason": _truncate_reason(reason)})
-        except (OSError, RuntimeError):
-            # The peer is gone (uvicorn raises ClientDisconnected, an OSError) or closed first; the
-            # reader sees the disconnect and cleans up.
-            self._items.clear()
-            self._bytes = 0
-        except Exception:
-            # A writer must never die silently with messages queued behind it: drop the connection.
-            log.exception("writer of %s failed; aborting the connection", self.client_id)
-            self._items.clear()
-            self._bytes = 0
-            self.closed = True
-            abort_transport(self._send)
-        finally:
-            self._writer = None
+    def flush(self) -> None:
+        """Hand everything queued to the socket, unless it is paused (then `resume_writing` calls again)."""
+        self._dirty = False
+        sink = self._sink
+        if sink is None or sink.paused:
+            return
+        if self._items:
+            items, self._items, self._bytes = self._items, [], 0
+            sink.write_texts(_batches(items))
+        if self._close is not None:
+            code, reason = self._close
+            self._close = None
+            sink.write_close(code, _truncate_reason(reason))
+
+    def discard(self) -> None:
+        """The connection is ending without our close (the peer closed, or broke the framing)."""
+        self.closed = True
+        self._items.clear()
+        self._bytes = 0
+        self._close = None
+
+    def detach(self) -> None:
+        """The socket is gone: nothing more can be written."""
+        self.discard()
+        self._sink = None
+
+    def fail(self) -> None:
+        sink = self._sink
+        self.detach()
+        if sink is not None:
+            sink.abort()
 
     def _abort_if_stuck(self) -> None:
-        if self._writer is not None:
-            log.info("aborting connection %s: close did not complete in %.0fs", self.client_id, CLOSE_GRACE)
-            self._writer.cancel()
-            abort_transport(self._send)
-
-    async def wait_flushed(self) -> None:
-        writer = self._writer
-        if writer is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(writer)
+        if self._close is not None and self._sink is not None:
+            log.info("aborting connection %s: close did not go out in %.0fs", self.client_id, CLOSE_GRACE)
+            self.fail()
 
 
 def _batches(items: list[str]) -> list[str]:
@@ -160,18 +207,3 @@ def _truncate_reason(reason: str) -> str:
     if len(encoded) <= 123:
         return reason
     return encoded[:123].decode(errors="ignore")
-
-
-def abort_transport(send: ASGISend) -> bool:
-    """Drop the TCP connection under an ASGI `send`, if the server exposes it (uvicorn does).
-
-    asyncio's `transport.close()` waits for buffered data to drain, which never happens with a
-    peer that stopped reading; `abort()` frees the socket and its buffers at once.
-    """
-    protocol = getattr(send, "__self__", None)
-    transport = getattr(protocol, "transport", None)
-    abort = getattr(transport, "abort", None)
-    if abort is None:
-        return False
-    abort()
-    return True

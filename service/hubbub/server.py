@@ -11,6 +11,7 @@ import uvicorn
 
 from hubbub.app import HubbubApp
 from hubbub.codes import CloseCode
+from hubbub.connection import WebSocketConnection
 from hubbub.node import Node
 from hubbub.settings import Settings
 
@@ -60,12 +61,9 @@ def uvicorn_config(app: HubbubApp, settings: Settings) -> uvicorn.Config:
         port=settings.port,
         log_level="warning" if settings.log_level == "info" else settings.log_level,
         access_log=False,
-        ws="websockets-sansio",
-        ws_max_size=settings.max_frame_bytes,
-        ws_per_message_deflate=settings.permessage_deflate,
-        # The protocol's own ping/pong (§6) is the heartbeat; transport pings would double the traffic.
-        ws_ping_interval=None,
-        ws_ping_timeout=None,
+        # hubbub's own WebSocket protocol (frames straight to the Session, no ASGI, no task per
+        # connection); it enforces max_frame_bytes and permessage_deflate itself.
+        ws=WebSocketConnection,
         lifespan="on",
         timeout_graceful_shutdown=SHUTDOWN_GRACE,
     )

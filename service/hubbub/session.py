@@ -17,7 +17,7 @@ from hubbub import protocol, rules
 from hubbub.auth import AuthError, Principal
 from hubbub.backends.base import BackendUnavailable, HistoryResult
 from hubbub.codes import CloseCode, CommandError, Disconnect, ErrorCode
-from hubbub.outbox import ASGISend, Outbox
+from hubbub.outbox import Outbox, Sink
 from hubbub.protocol import Command, Publication, StreamPosition
 from hubbub.ratelimit import TokenBucket, Verdict
 from hubbub.settings import NamespaceOptions
@@ -69,14 +69,15 @@ class Session:
         "state",
     )
 
-    def __init__(self, node: Node, send: ASGISend, *, principal: Principal | None) -> None:
+    def __init__(self, node: Node, sink: Sink, *, principal: Principal | None) -> None:
         self.node = node
         self.client_id = ClientId(secrets.token_urlsafe(12))
         self.outbox = Outbox(
-            send,
+            sink,
             client_id=self.client_id,
             max_bytes=node.settings.max_queue_bytes,
             on_overflow=self._slow_consumer,
+            flusher=node.flusher,
             loop=node.loop,
         )
         self.outbox.request_close = self.close

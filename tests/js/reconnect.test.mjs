@@ -129,12 +129,13 @@ test("1012 (draining) reconnects after a random delay in [0, drainJitter]", asyn
   const { server, client, disconnects } = setup({}, { drainJitter: 120, random: () => 0.25 });
   await client.connect();
   const closedAt = performance.now();
+  const reconnected = connected(client); // before the close: the reconnect may complete while nth() polls
   server.socket.serverClose(1012, "node draining");
   await server.nth(1);
   const waited = performance.now() - closedAt;
   assert.deepEqual(disconnects, [{ code: 1012, reason: "node draining", reconnect: true, delay: 30 }]);
   assert.ok(waited >= 28, `reconnected after ${waited} ms`);
-  await connected(client);
+  await reconnected;
   await client.close();
 });
 

@@ -1,0 +1,361 @@
+"""One WebSocket connection, as an asyncio protocol uvicorn hands the socket to after the upgrade.
+
+This replaces uvicorn's WebSocket implementations and the ASGI interface for `/ws`: frames go
+from the socket straight into the Session and from the Outbox straight to the socket. An idle
+connection is this object, its Session and Outbox, and the transport — no task, no timer, no
+queue, no parser generator (issue 6: memory and CPU per connection).
+
+Inbound commands are handled in order by a task that exists only while commands are waiting
+(reading pauses when too many wait). Outbound, the Outbox writes frames to the transport and
+keeps what the transport cannot take yet while it is paused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import zlib
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import parse_qs
+
+from hubbub import frames, protocol, rules
+from hubbub.auth import AuthError, Principal
+from hubbub.codes import CloseCode
+from hubbub.session import Session
+
+if TYPE_CHECKING:
+    from hubbub.node import Node
+
+log = logging.getLogger("hubbub.connection")
+
+#: Commands (frames) read ahead of the one being handled before reading pauses.
+MAX_INBOX: Final = 32
+#: How long a close handshake may take before the socket is dropped.
+CLOSE_TIMEOUT: Final = 5.0
+DEFLATE_OFFER: Final = "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+_DEFLATE_TAIL: Final = b"\x00\x00\xff\xff"
+
+
+def parse_request(raw: bytes) -> tuple[str, str, dict[str, str]]:
+    """Method, target and headers (lower-case names, repeated ones joined by ", ") of an upgrade request."""
+    head, _, _ = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    method, target, _ = (lines[0].split(" ", 2) + ["", ""])[:3]
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            key = name.strip().lower()
+            headers[key] = f"{headers[key]}, {value.strip()}" if key in headers else value.strip()
+    return method, target, headers
+
+
+def upgrade_token(headers: dict[str, str], query: str) -> str | None:
+    """A token from `Authorization: Bearer` or the `token` query parameter."""
+    scheme, _, credentials = headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    tokens = parse_qs(query).get("token")
+    return tokens[0] if tokens else None
+
+
+def http_response(status: int, reason: str, extra: str = "") -> bytes:
+    body = protocol.dumps(protocol.error_body(status, reason)).encode()
+    head = (
+        f"HTTP/1.1 {status} {_PHRASES.get(status, 'Error')}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n{extra}\r\n"
+    )
+    return head.encode() + body
+
+
+_PHRASES: Final = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    426: "Upgrade Required",
+    503: "Service Unavailable",
+}
+
+
+class WebSocketConnection(asyncio.Protocol):
+    """Constructed by uvicorn (`Config(ws=WebSocketConnection)`) for every upgrade request."""
+
+    __slots__ = (
+        "_close_timer",
+        "_deflate",
+        "_inbox",
+        "_reader",
+        "_worker",
+        "closed_code",
+        "connections",
+        "node",
+        "paused",
+        "session",
+        "transport",
+    )
+
+    def __init__(self, config: Any, server_state: Any, app_state: Any = None, _loop: Any = None) -> None:
+        self.node: Node | None = getattr(config.app, "node", None)
+        self.connections: set[Any] = server_state.connections
+        self.transport: asyncio.Transport | None = None
+        self.session: Session | None = None
+        self._reader: frames.FrameReader | None = None
+        self._inbox: collections.deque[str] | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self._close_timer: asyncio.TimerHandle | None = None
+        self._deflate = False
+        #: True while the transport's buffer is over its high-water mark.
+        self.paused = False
+        #: The code the connection ended with (the peer's close code, or 1006).
+        self.closed_code = 1006
+
+    # --- asyncio.Protocol ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self._reader is None:
+            if self.session is None:
+                self._handshake(data)
+            return
+        try:
+            messages = self._reader.feed(data)
+        except frames.FrameError as exc:
+            self._fail(exc.code, exc.reason)
+            return
+        for opcode, payload in messages:
+            if opcode & 0x0F == frames.TEXT:
+                self._text(payload, compressed=bool(opcode & frames.COMPRESSED))
+            elif opcode == frames.PING:
+                self._write(frames.pong_frame(payload))
+            elif opcode == frames.CLOSE:
+                self._peer_closed(payload)
+                return
+            elif opcode & 0x0F == frames.BINARY and self.session is not None:
+                self.session.handle_binary()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.connections.discard(self)
+        self._reader = None
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
+        session, self.session = self.session, None
+        if session is not None and self.node is not None:
+            if self._worker is not None:
+                self._worker.cancel()
+            session.outbox.detach()
+            self.node.loop.create_task(self.node.detach(session, self.closed_code))
+        self.transport = None
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        if self.session is not None:
+            self.session.outbox.flush()
+
+    def shutdown(self) -> None:
+        """uvicorn's shutdown: close what is still open (the node has already said goodbye)."""
+        if self.session is not None and self.session.close_code is None:
+            self.session.close(CloseCode.DRAINING)
+        elif self.session is None and self.transport is not None:
+            self.transport.close()
+
+    # --- the upgrade ---------------------------------------------------------------------------
+
+    def _handshake(self, raw: bytes) -> None:
+        node = self.node
+        method, target, headers = parse_request(raw)
+        path, _, query = target.partition("?")
+        if node is None:
+            return self._refuse(503, "the node is starting")
+        if path != "/ws":
+            return self._refuse(404, "WebSocket endpoint is /ws")
+        if method != "GET" or "websocket" not in headers.get("upgrade", "").lower():
+            return self._refuse(400, "not a WebSocket upgrade")
+        if headers.get("sec-websocket-version") != "13":
+            return self._refuse(426, "WebSocket version 13 is required", "sec-websocket-version: 13\r\n")
+        key = headers.get("sec-websocket-key", "")
+        if not frames.valid_key(key):
+            return self._refuse(400, "missing or invalid Sec-WebSocket-Key")
+        if not rules.origin_allowed(headers.get("origin"), headers.get("host"), node.settings.allowed_origins):
+            return self._refuse(403, "origin not allowed")
+        token = upgrade_token(headers, query)
+        if token is None:
+            self._accept(node, headers, key, None)
+        else:
+            # Rare (the token normally comes with `connect`), and JWKS may need the network.
+            node.loop.create_task(self._authenticate(node, headers, key, token))
+
+    async def _authenticate(self, node: Node, headers: dict[str, str], key: str, token: str) -> None:
+        try:
+            principal = await node.auth.authenticate(token)
+        except AuthError as exc:
+            node.metrics.auth_failures.add(1, {"reason": exc.reason})
+            self._refuse(401, exc.message)
+            return
+        if self.transport is not None and not self.transport.is_closing():
+            self._accept(node, headers, key, principal)
+
+    def _refuse(self, status: int, reason: str, extra: str = "") -> None:
+        if self.transport is not None:
+            self.transport.write(http_response(status, reason, extra))
+            self.transport.close()
+
+    def _accept(self, node: Node, headers: dict[str, str], key: str, principal: Principal | None) -> None:
+        offered = [p.strip() for p in headers.get("sec-websocket-protocol", "").split(",")]
+        lines = [
+            "HTTP/1.1 101 Switching Protocols",
+            "upgrade: websocket",
+            "connection: Upgrade",
+            f"sec-websocket-accept: {frames.accept_key(key)}",
+        ]
+        if protocol.SUBPROTOCOL in offered:
+            lines.append(f"sec-websocket-protocol: {protocol.SUBPROTOCOL}")
+        if node.settings.permessage_deflate and "permessage-deflate" in headers.get("sec-websocket-extensions", ""):
+            self._deflate = True
+            lines.append(f"sec-websocket-extensions: {DEFLATE_OFFER}")
+        assert self.transport is not None
+        self.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        self._reader = frames.FrameReader(node.settings.max_frame_bytes, allow_compressed=self._deflate)
+        session = self.session = Session(node, self, principal=principal)
+        node.attach(session)
+        if node.closing:
+            session.close(CloseCode.DRAINING)
+        elif len(node.sessions) > node.settings.max_connections:
+            session.close(CloseCode.OVERLOADED)
+
+    # --- inbound -------------------------------------------------------------------------------
+
+    def _text(self, payload: bytes, *, compressed: bool) -> None:
+        session = self.session
+        if session is None or session.close_code is not None:
+            return
+        try:
+            text = self._inflate(payload).decode() if compressed else payload.decode()
+        except UnicodeDecodeError:
+            self._fail(frames.INVALID_DATA, "text frame is not UTF-8")
+            return
+        except frames.FrameError as exc:
+            self._fail(exc.code, exc.reason)
+            return
+        if self._inbox is None:
+            self._inbox = collections.deque()
+        self._inbox.append(text)
+        if self._worker is None:
+            assert self.node is not None
+            self._worker = self.node.loop.create_task(self._work(session))
+        elif len(self._inbox) >= MAX_INBOX and self.transport is not None:
+            self.transport.pause_reading()
+
+    def _inflate(self, payload: bytes) -> bytes:
+        assert self._reader is not None
+        inflater = zlib.decompressobj(wbits=-15)
+        limit = self._reader.max_size
+        try:
+            data = inflater.decompress(payload + _DEFLATE_TAIL, limit + 1)
+        except zlib.error:
+            raise frames.FrameError(frames.INVALID_DATA, "invalid compressed data") from None
+        if len(data) > limit:
+            raise frames.FrameError(frames.TOO_BIG, f"message larger than {limit} bytes")
+        return data
+
+    async def _work(self, session: Session) -> None:
+        inbox = self._inbox
+        assert inbox is not None
+        try:
+            while inbox:
+                text = inbox.popleft()
+                await session.handle_text(text)
+                if len(inbox) < MAX_INBOX // 2 and self.transport is not None and not self.transport.is_closing():
+                    self.transport.resume_reading()
+        except Exception:
+            log.exception("connection %s failed", session.client_id)
+            session.close(CloseCode.INTERNAL_ERROR)
+        finally:
+            self._worker = None
+            self._inbox = None
+
+    def _peer_closed(self, payload: bytes) -> None:
+        try:
+            code, _ = frames.parse_close(payload)
+        except frames.FrameError as exc:
+            self._fail(exc.code, exc.reason)
+            return
+        self.closed_code = code if code != 1005 else 1000
+        self._reader = None
+        session = self.session
+        if session is not None and session.close_code is None:
+            # The peer started the close: answer it and end (nothing more may be sent after our close).
+            session.outbox.discard()
+            self._write(frames.close_frame(code if code != 1005 else 1000, ""))
+        if self.transport is not None:
+            self.transport.close()
+
+    def _fail(self, code: int, reason: str) -> None:
+        """A protocol error below the hubbub protocol: close with the RFC 6455 code."""
+        self._reader = None
+        session = self.session
+        if code == frames.TOO_BIG and session is not None:
+            session.close(CloseCode.MESSAGE_TOO_BIG)
+            return
+        if session is not None:
+            session.outbox.discard()
+        self.closed_code = code
+        self._write(frames.close_frame(code, reason))
+        if self.transport is not None:
+            self.transport.close()
+
+    # --- outbound (the Outbox's sink) ----------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def write_texts(self, texts: list[str]) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self._deflate:
+            transport.writelines([_deflate_frame(text.encode()) for text in texts])
+            return
+        if len(texts) == 1:
+            payload = texts[0].encode()
+            transport.writelines((frames.header(frames.TEXT, len(payload)), payload))
+            return
+        out: list[bytes] = []
+        for text in texts:
+            payload = text.encode()
+            out.append(frames.header(frames.TEXT, len(payload)))
+            out.append(payload)
+        transport.writelines(out)
+
+    def write_close(self, code: int, reason: str) -> None:
+        """Send our close frame and give the peer CLOSE_TIMEOUT to answer before dropping the socket."""
+        self._write(frames.close_frame(code, reason))
+        self.closed_code = code
+        if self.transport is None:
+            return
+        if self._reader is None:
+            self.transport.close()  # the framing broke: no close answer can be read, end now
+        elif self.node is not None and self._close_timer is None:
+            self._close_timer = self.node.loop.call_later(CLOSE_TIMEOUT, self.abort)
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+def _deflate_frame(payload: bytes) -> bytes:
+    compressor = zlib.compressobj(wbits=-15)
+    data = compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    if data.endswith(_DEFLATE_TAIL):
+        data = data[:-4]
+    first = 0x80 | 0x40 | frames.TEXT  # FIN, RSV1 (compressed), text
+    return bytes((first,)) + frames.header(frames.TEXT, len(data))[1:] + data
