@@ -8,6 +8,10 @@ Header parameters that point at keys (`jku`, `x5u`, `jwk`) are ignored. The I/O 
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import hmac
 import json
 import logging
 import re
@@ -17,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, TypeAlias, TypeGuard
 
 import jwt
+import orjson
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -52,6 +57,27 @@ SUPPORTED_ALGORITHMS: Final = frozenset({*HMAC_ALGORITHMS, "RS256", "ES256", "Ed
 # Only PyJWT's JWS layer is used for verification: its JWT layer reads the wall clock for exp/nbf/iat, while
 # verify_token must judge them against the caller's `now`.
 _JWS: Final = jwt.PyJWS()
+#: HMAC tokens (the common case, checked on every connect) are verified here without PyJWT, which
+#: re-validates the key and re-parses the header on every call (about 4x the cost).
+_HMAC_DIGESTS: Final = {"HS256": hashlib.sha256, "HS384": hashlib.sha384, "HS512": hashlib.sha512}
+
+
+def _b64url(segment: str) -> bytes:
+    """Strict base64url without padding, as JWS requires (RFC 7515 §2)."""
+    if "=" in segment:
+        raise ValueError("padded base64url")
+    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+
+
+def _json_object(raw: bytes) -> dict[str, Any] | None:
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        try:  # integers beyond 64 bits, which orjson refuses; claims are checked for range later
+            value = json.loads(raw)
+        except (ValueError, RecursionError):
+            return None
+    return value if isinstance(value, dict) else None
 _SURROGATE: Final = re.compile("[\ud800-\udfff]")
 _PEM_BLOCK: Final = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----.+?-----END \1-----", re.DOTALL)
 _SYNTHETIC_KID_PREFIX: Final = "_unnamed-"
@@ -154,9 +180,11 @@ def read_header(token: str) -> tuple[str, str | None]:
     if token.count(".") != 2 or not token.isascii():
         raise AuthError("malformed", "token is not three dot-separated base64url parts")
     try:
-        header = jwt.get_unverified_header(token)
-    except (jwt.PyJWTError, ValueError, TypeError):
-        raise AuthError("malformed", "token header is not valid base64url JSON") from None
+        header = _json_object(_b64url(token.partition(".")[0]))
+    except (ValueError, binascii.Error):
+        header = None
+    if header is None:
+        raise AuthError("malformed", "token header is not valid base64url JSON")
     alg = header.get("alg")
     if not isinstance(alg, str):
         raise AuthError("malformed", "token header has no alg")
@@ -329,8 +357,32 @@ def _candidate_keys(alg: str, kid: str | None, keys: KeySet) -> list[bytes | Pub
     return matching
 
 
+def _verify_hmac(token: str, alg: str, key: bytes) -> dict[str, Any] | None:
+    """The payload when `key` signed `token` with HMAC `alg`; None when the signature does not match."""
+    signing_input, _, signature = token.rpartition(".")
+    try:
+        presented = _b64url(signature)
+    except (ValueError, binascii.Error):
+        raise AuthError("malformed", "token could not be decoded") from None
+    expected = hmac.new(key, signing_input.encode(), _HMAC_DIGESTS[alg]).digest()
+    if not hmac.compare_digest(expected, presented):
+        return None
+    try:
+        payload = _json_object(_b64url(signing_input.partition(".")[2]))
+    except (ValueError, binascii.Error):
+        raise AuthError("malformed", "token could not be decoded") from None
+    if payload is None:
+        raise AuthError("malformed", "token payload is not a JSON object")
+    return payload
+
+
 def _verify_signature(token: str, alg: str, candidates: list[bytes | PublicKey]) -> dict[str, Any]:
     for key in candidates:
+        if isinstance(key, bytes) and alg in _HMAC_DIGESTS:
+            payload = _verify_hmac(token, alg, key)
+            if payload is None:
+                continue
+            return payload
         try:
             raw = _JWS.decode(token, key, algorithms=[alg])
         except jwt.InvalidSignatureError:
