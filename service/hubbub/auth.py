@@ -78,6 +78,8 @@ def _json_object(raw: bytes) -> dict[str, Any] | None:
         except (ValueError, RecursionError):
             return None
     return value if isinstance(value, dict) else None
+
+
 _SURROGATE: Final = re.compile("[\ud800-\udfff]")
 _PEM_BLOCK: Final = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----.+?-----END \1-----", re.DOTALL)
 _SYNTHETIC_KID_PREFIX: Final = "_unnamed-"
