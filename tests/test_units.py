@@ -234,11 +234,16 @@ class FakeSink:
     def __init__(self) -> None:
         self.paused = False
         self.frames: list[str] = []
+        self.framed: list[bytes] = []
         self.closes: list[tuple[int, str]] = []
         self.aborted = False
 
     def write_texts(self, texts: list[str]) -> None:
         self.frames.extend(texts)
+
+    def write_framed(self, wire: bytes, text: str) -> None:
+        self.framed.append(wire)
+        self.frames.append(text)
 
     def write_close(self, code: int, reason: str) -> None:
         self.closes.append((code, reason))
@@ -307,3 +312,19 @@ async def test_a_close_that_cannot_go_out_aborts_the_connection(monkeypatch: pyt
     outbox.close(1012, "node draining", reconnect=True)
     await asyncio.sleep(0.1)
     assert sink.aborted and sink.closes == []
+
+
+async def test_a_shared_prepared_frame_is_written_as_is_only_when_it_is_alone_in_the_queue() -> None:
+    sink = FakeSink()
+    outbox = make_outbox(sink, [], max_bytes=1000)
+    outbox.push("pub-1", b"WIRE-1")
+    await asyncio.sleep(0)
+    assert sink.framed == [b"WIRE-1"] and sink.frames == ["pub-1"]
+    outbox.push('{"id":1,"ok":{}}')  # a reply first: the publication is batched with it as text
+    outbox.push("pub-2", b"WIRE-2")
+    await asyncio.sleep(0)
+    assert sink.framed == [b"WIRE-1"] and sink.frames[-1] == '{"id":1,"ok":{}}\npub-2'
+    outbox.push("pub-3", b"WIRE-3")
+    outbox.push("pub-4", b"WIRE-4")
+    await asyncio.sleep(0)
+    assert sink.framed == [b"WIRE-1"] and sink.frames[-1] == "pub-3\npub-4"

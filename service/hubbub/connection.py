@@ -327,7 +327,7 @@ class WebSocketConnection(asyncio.Protocol):
             return
         if len(texts) == 1:
             payload = texts[0].encode()
-            transport.writelines((frames.header(frames.TEXT, len(payload)), payload))
+            transport.write(frames.header(frames.TEXT, len(payload)) + payload)
             return
         out: list[bytes] = []
         for text in texts:
@@ -335,6 +335,15 @@ class WebSocketConnection(asyncio.Protocol):
             out.append(frames.header(frames.TEXT, len(payload)))
             out.append(payload)
         transport.writelines(out)
+
+    def write_framed(self, wire: bytes, text: str) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self._deflate:
+            self.write_texts([text])
+        else:
+            transport.write(wire)
 
     def write_close(self, code: int, reason: str) -> None:
         """Send our close frame and give the peer CLOSE_TIMEOUT to answer before dropping the socket."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from hubbub.activity import Activity
 from hubbub.codes import CloseCode
+from hubbub.frames import text_frame
 from hubbub.metrics import Metrics
 from hubbub.outbox import Outbox
 from hubbub.protocol import Publication, presence_push, pub_push
@@ -94,8 +95,10 @@ class Hub:
         members = state.members
         if members:
             frame = pub_push(room, pub)
+            # Framed once for every member: a member with nothing else queued gets these exact bytes.
+            wire = text_frame(frame.encode())
             for outbox in members:
-                outbox.push(frame)
+                outbox.push(frame, wire)
             self._metrics.deliveries.add(len(members))
             self._activity.deliveries += len(members)
         self._metrics.fanout_latency.record(max(0.0, time.time() - pub.ts / 1000))

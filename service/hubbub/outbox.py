@@ -35,6 +35,9 @@ class Sink(Protocol):
 
     def write_texts(self, texts: list[str]) -> None: ...
 
+    def write_framed(self, wire: bytes, text: str) -> None:
+        """`text` already framed as an uncompressed text frame (`wire`), shared by many connections."""
+
     def write_close(self, code: int, reason: str) -> None: ...
 
     def abort(self) -> None: ...
@@ -81,6 +84,7 @@ class Outbox:
         "_max_bytes",
         "_on_overflow",
         "_sink",
+        "_wire",
         "client_id",
         "closed",
         "request_close",
@@ -103,6 +107,8 @@ class Outbox:
         self._flusher = flusher
         self._loop = loop
         self._items: list[str] = []
+        #: The prepared frame of the only queued item, when it came with one.
+        self._wire: bytes | None = None
         self._bytes = 0
         self._dirty = False
         self._close: tuple[int, str] | None = None
@@ -116,11 +122,14 @@ class Outbox:
         """Characters queued and not yet handed to the socket."""
         return self._bytes
 
-    def push(self, text: str) -> None:
-        """Queue one message. Never blocks; an over-full queue triggers `on_overflow` once."""
+    def push(self, text: str, wire: bytes | None = None) -> None:
+        """Queue one message (with its prepared frame, if the caller shares one). Never blocks; an
+        over-full queue triggers `on_overflow` once."""
         if self.closed:
             return
-        self._items.append(text)
+        items = self._items
+        self._wire = wire if not items else None
+        items.append(text)
         self._bytes += len(text)
         if self._bytes > self._max_bytes:
             self._on_overflow()
@@ -138,6 +147,7 @@ class Outbox:
         if drop_pending:
             self._items.clear()
             self._bytes = 0
+        self._wire = None
         if notify:
             self._items.append(disconnect_push(code, reason, reconnect))
         self.closed = True
@@ -156,7 +166,11 @@ class Outbox:
             return
         if self._items:
             items, self._items, self._bytes = self._items, [], 0
-            sink.write_texts(_batches(items))
+            wire, self._wire = self._wire, None
+            if wire is not None and len(items) == 1:
+                sink.write_framed(wire, items[0])
+            else:
+                sink.write_texts(_batches(items))
         if self._close is not None:
             code, reason = self._close
             self._close = None
@@ -165,6 +179,7 @@ class Outbox:
     def discard(self) -> None:
         """The connection is ending without our close (the peer closed, or broke the framing)."""
         self.closed = True
+        self._wire = None
         self._items.clear()
         self._bytes = 0
         self._close = None
