@@ -10,6 +10,7 @@ import pytest
 from hubbub import protocol, rules
 from hubbub.backends.base import HistoryResult
 from hubbub.codes import CLOSE_TABLE, TERMINAL_CLOSE_CODES, CloseCode, CommandError, Disconnect
+from hubbub.connection import _has_pong
 from hubbub.outbox import MAX_BATCH_CHARS, Flusher, Outbox, _batches
 from hubbub.protocol import Publication, StreamPosition
 from hubbub.ratelimit import TokenBucket, Verdict
@@ -328,3 +329,18 @@ async def test_a_shared_prepared_frame_is_written_as_is_only_when_it_is_alone_in
     outbox.push("pub-4", b"WIRE-4")
     await asyncio.sleep(0)
     assert sink.framed == [b"WIRE-1"] and sink.frames[-1] == "pub-3\npub-4"
+
+
+@pytest.mark.parametrize(
+    ("frame", "found"),
+    [
+        ('{"op":"pong"}', True),
+        ('{"id":3,"op":"publish","room":"chat:x","data":1}\n{"op": "pong"}', True),
+        ('{"id":9,"op":"pong"}', True),
+        ('{"id":3,"op":"publish","room":"chat:x","data":"' + "x" * 80 + '","note":"pong"}', False),
+        ('{"id":4,"op":"join","room":"chat:x"}', False),
+    ],
+)
+def test_a_pong_is_spotted_on_arrival_without_decoding_the_frame(frame: str, found: bool) -> None:
+    """Pongs count when they arrive (hubbub.connection), even behind a long queue of commands."""
+    assert _has_pong(frame) is found

@@ -245,6 +245,10 @@ class WebSocketConnection(asyncio.Protocol):
         except frames.FrameError as exc:
             self._fail(exc.code, exc.reason)
             return
+        if session.pong_due is not None and _has_pong(text):
+            # A pong counts when it arrives, not when its turn comes: behind a long run of commands
+            # (a publisher flooding a busy node) it may wait longer than pong_timeout in the inbox.
+            session.pong_due = None
         if self._inbox is None:
             self._inbox = collections.deque()
         self._inbox.append(text)
@@ -359,6 +363,15 @@ class WebSocketConnection(asyncio.Protocol):
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
+
+
+def _has_pong(text: str) -> bool:
+    """Whether a frame holds a pong command; cheap, before the frame is decoded in its turn.
+
+    A pong line is tiny; a short command that merely mentions "pong" passing as one only proves
+    what a pong proves: the peer is alive and reading.
+    """
+    return any(len(line) < 64 and '"pong"' in line for line in text.split("\n"))
 
 
 def _deflate_frame(payload: bytes) -> bytes:
