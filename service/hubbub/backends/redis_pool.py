@@ -20,6 +20,9 @@ from redis.retry import Retry
 
 from hubbub.settings import Settings
 
+#: Pooled command connections per node; more callers wait (up to redis_timeout) for a free one.
+POOL_SIZE = 64
+
 
 @dataclass
 class RedisClients:
@@ -65,8 +68,16 @@ def connect(settings: Settings) -> RedisClients:
             subscriber=sentinel.master_for(service, **_options(settings, f"hubbub-sub-{node}")),  # type: ignore[arg-type]
         )
     assert settings.redis_url is not None
+    # A burst of joins must wait its turn for a pooled connection (within redis_timeout), not fail
+    # with "too many connections" as the default pool does past its size.
+    pool = aioredis.BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=POOL_SIZE,
+        timeout=settings.redis_timeout,
+        **_options(settings, f"hubbub-{node}"),
+    )
     return RedisClients(
-        commands=aioredis.Redis.from_url(settings.redis_url, **_options(settings, f"hubbub-{node}")),  # type: ignore[arg-type]
+        commands=aioredis.Redis.from_pool(pool),
         subscriber=aioredis.Redis.from_url(settings.redis_url, **_options(settings, f"hubbub-sub-{node}")),  # type: ignore[arg-type]
     )
 
