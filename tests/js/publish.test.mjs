@@ -179,7 +179,9 @@ test("publishes are paced: a burst at once, then publishRate per second", async 
   assert.deepEqual(commands.map((c) => c.data), [0, 1, 2, 3, 4, 5, 6, 7, 8]);
   const socket = server.socket;
   const times = socket.frameTimes.slice(1); // after the connect
-  assert.equal(socket.frames[1].split("\n").length, 3); // the burst, batched in one frame
+  // The burst goes out batched in one frame (a busy machine may let the bucket refill one more first).
+  const first = socket.frames[1].split("\n").length;
+  assert.ok(first >= 3 && first <= 4, `the first frame held ${first} publishes`);
   const spread = times.at(-1) - times[0];
   assert.ok(spread >= 6 * 5 - 3, `6 paced publishes at 200/s took ${spread} ms`);
 });

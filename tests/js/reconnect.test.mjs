@@ -61,7 +61,9 @@ test("4001: the callback is asked once more; the same token again stops the clie
   token.calls = 0;
   const { server, client } = setup({ autoConnect: false }, { token });
   const connecting = client.connect();
-  (await server.nth(0)).serverClose(4001, "invalid token");
+  const socket = await server.nth(0);
+  await socket.take("connect"); // a server can only close 4001 an open connection that sent its token
+  socket.serverClose(4001, "invalid token");
   await assert.rejects(connecting, ClientClosed);
   assert.equal(token.calls, 2);
   assert.equal(server.sockets.length, 1);
