@@ -85,6 +85,7 @@ class WebSocketConnection(asyncio.Protocol):
     __slots__ = (
         "_close_timer",
         "_deflate",
+        "_held",
         "_inbox",
         "_reader",
         "_worker",
@@ -106,6 +107,8 @@ class WebSocketConnection(asyncio.Protocol):
         self._worker: asyncio.Task[None] | None = None
         self._close_timer: asyncio.TimerHandle | None = None
         self._deflate = False
+        #: True while reading is paused because too many commands wait.
+        self._held = False
         #: True while the transport's buffer is over its high-water mark.
         self.paused = False
         #: The code the connection ended with (the peer's close code, or 1006).
@@ -255,7 +258,8 @@ class WebSocketConnection(asyncio.Protocol):
         if self._worker is None:
             assert self.node is not None
             self._worker = self.node.loop.create_task(self._work(session))
-        elif len(self._inbox) >= MAX_INBOX and self.transport is not None:
+        elif len(self._inbox) >= MAX_INBOX and self.transport is not None and not self._held:
+            self._held = True
             self.transport.pause_reading()
 
     def _inflate(self, payload: bytes) -> bytes:
@@ -277,8 +281,13 @@ class WebSocketConnection(asyncio.Protocol):
             while inbox:
                 text = inbox.popleft()
                 await session.handle_text(text)
-                if len(inbox) < MAX_INBOX // 2 and self.transport is not None and not self.transport.is_closing():
-                    self.transport.resume_reading()
+                if self._held:
+                    # While we hold its frames unread, a pong may be among them: the peer has proved it
+                    # is alive by filling our buffer, so its heartbeat deadline waits for us.
+                    session.pong_due = None
+                    if len(inbox) < MAX_INBOX // 2 and self.transport is not None and not self.transport.is_closing():
+                        self._held = False
+                        self.transport.resume_reading()
         except Exception:
             log.exception("connection %s failed", session.client_id)
             session.close(CloseCode.INTERNAL_ERROR)
