@@ -9,6 +9,11 @@ import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+#: Strict TypeScript; imports of hubbub.js resolve to its sibling hubbub.d.ts.
+TSC: tuple[str, ...] = (
+    *("node_modules/.bin/tsc", "--noEmit", "--strict", "--target", "es2022", "--module", "es2022"),
+    *("--moduleResolution", "bundler", "--lib", "es2022,dom"),
+)
 
 
 def run(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -27,20 +32,7 @@ def test_node_unit_suite_of_the_browser_client_passes() -> None:
 
 
 def test_typescript_declarations_compile_against_an_application_using_them() -> None:
-    result = run(
-        "node_modules/.bin/tsc",
-        "--noEmit",
-        "--strict",
-        "--target",
-        "es2022",
-        "--module",
-        "es2022",
-        "--moduleResolution",
-        "bundler",
-        "--lib",
-        "es2022,dom",
-        "tests/js/types-check.ts",
-    )
+    result = run(*TSC, "tests/js/types-check.ts")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -54,20 +46,7 @@ def test_typescript_rejects_a_misuse_of_the_api(tmp_path: Path) -> None:
         "client.publish(42);\n"
     )
     try:
-        result = run(
-            "node_modules/.bin/tsc",
-            "--noEmit",
-            "--strict",
-            "--target",
-            "es2022",
-            "--module",
-            "es2022",
-            "--moduleResolution",
-            "bundler",
-            "--lib",
-            "es2022,dom",
-            str(wrong.relative_to(ROOT)),
-        )
+        result = run(*TSC, str(wrong.relative_to(ROOT)))
     finally:
         wrong.unlink()
     assert result.returncode != 0
