@@ -9,19 +9,13 @@ import {
   CommandTimeout,
   Room,
 } from "../../service/hubbub/static/hubbub.js";
-import { FakeServer, assertNoTimers, test, tick, track, until, withConsole } from "./fake-server.mjs";
+import { FakeServer, assertNoTimers, fakeClient, test, tick, until, withConsole } from "./fake-server.mjs";
 
 const URL = "ws://hubbub.test/ws";
 
 function setup(serverOptions = {}, clientOptions = {}) {
   const server = new FakeServer(serverOptions);
-  const client = track(new Client(URL, {
-    token: "jwt-1",
-    WebSocket: server.WebSocket,
-    backoffBase: 10,
-    backoffCap: 40,
-    ...clientOptions,
-  }));
+  const client = fakeClient(server, { token: "jwt-1", backoffCap: 40, ...clientOptions });
   return { server, client };
 }
 

@@ -7,11 +7,20 @@
 import assert from "node:assert/strict";
 import { afterEach, test as nodeTest } from "node:test";
 
+import { Client } from "../../service/hubbub/static/hubbub.js";
+
 /** node:test's `test` with a timeout: a client that never does what a test waits for fails it, never hangs the run. */
 export const test = (name, fn) => nodeTest(name, { timeout: 5000 }, fn);
 
 // Clients a test made: closed after each test, so that a failing test cannot leave one running.
 const clients = new Set();
+/** A tracked client of `server` with test-sized backoff; `options` override the defaults. */
+export function fakeClient(server, options = {}) {
+  return track(
+    new Client("ws://hubbub.test/ws", { token: "t", WebSocket: server.WebSocket, backoffBase: 10, backoffCap: 20, ...options }),
+  );
+}
+
 export function track(client) {
   clients.add(client);
   return client;

@@ -1,22 +1,14 @@
 // Publishing with hubbub.js: idempotency keys, the bounded offline queue, resends, timeouts, pacing.
 import assert from "node:assert/strict";
 
-import { Client, ClientClosed, CommandError, CommandTimeout, QueueFull } from "../../service/hubbub/static/hubbub.js";
-import { FakeServer, assertNoTimers, connected, test, tick, track } from "./fake-server.mjs";
+import { ClientClosed, CommandError, CommandTimeout, QueueFull } from "../../service/hubbub/static/hubbub.js";
+import { FakeServer, assertNoTimers, connected, fakeClient, test, tick } from "./fake-server.mjs";
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
 
 function setup(serverOptions = {}, clientOptions = {}) {
   const server = new FakeServer(serverOptions);
-  const client = track(
-    new Client("ws://hubbub.test/ws", {
-      token: "t",
-      WebSocket: server.WebSocket,
-      backoffBase: 10,
-      backoffCap: 20,
-      ...clientOptions,
-    }),
-  );
+  const client = fakeClient(server, clientOptions);
   return { server, client };
 }
 

@@ -1,8 +1,8 @@
 // What hubbub.js does after a connection ends: the close-code policy, backoff, tokens on reconnect.
 import assert from "node:assert/strict";
 
-import { Client, ClientClosed } from "../../service/hubbub/static/hubbub.js";
-import { FakeServer, assertNoTimers, connected, test, tick, track } from "./fake-server.mjs";
+import { ClientClosed } from "../../service/hubbub/static/hubbub.js";
+import { FakeServer, assertNoTimers, connected, fakeClient, test, tick } from "./fake-server.mjs";
 
 /** Tokens "t1", "t2", ... from a callback, counting the calls. */
 function tokenSequence() {
@@ -13,14 +13,7 @@ function tokenSequence() {
 
 function setup(serverOptions = {}, clientOptions = {}) {
   const server = new FakeServer(serverOptions);
-  const client = track(new Client("ws://hubbub.test/ws", {
-    token: "fixed",
-    WebSocket: server.WebSocket,
-    backoffBase: 20,
-    backoffCap: 80,
-    random: () => 0.5,
-    ...clientOptions,
-  }));
+  const client = fakeClient(server, { token: "fixed", backoffBase: 20, backoffCap: 80, random: () => 0.5, ...clientOptions });
   const disconnects = [];
   client.on("disconnect", (d) => disconnects.push(d));
   return { server, client, disconnects };

@@ -1,22 +1,14 @@
 // Rooms in hubbub.js: joining, re-joining with `since` on reconnect, recovery signals, de-duplication.
 import assert from "node:assert/strict";
 
-import { Client, CommandError, CommandTimeout } from "../../service/hubbub/static/hubbub.js";
-import { FakeServer, connected, test, tick, track, until, withConsole } from "./fake-server.mjs";
+import { CommandError, CommandTimeout } from "../../service/hubbub/static/hubbub.js";
+import { FakeServer, connected, fakeClient, test, tick, until, withConsole } from "./fake-server.mjs";
 
 const pub = (offset, room = "chat:a") => ({ push: "pub", room, offset, data: { n: offset }, ts: 1000 + offset });
 
 function setup(serverOptions = {}, clientOptions = {}) {
   const server = new FakeServer(serverOptions);
-  const client = track(
-    new Client("ws://hubbub.test/ws", {
-      token: "t",
-      WebSocket: server.WebSocket,
-      backoffBase: 10,
-      backoffCap: 20,
-      ...clientOptions,
-    }),
-  );
+  const client = fakeClient(server, clientOptions);
   const log = [];
   for (const event of ["rejoin", "publication", "presence"]) {
     client.on(event, (value) => log.push([event, event === "publication" ? value.offset : value]));

@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 
 import { Client, CommandError } from "../../service/hubbub/static/hubbub.js";
-import { FakeServer, assertNoTimers, connected, test, tick, track } from "./fake-server.mjs";
+import { FakeServer, assertNoTimers, connected, fakeClient, test, tick, track } from "./fake-server.mjs";
 
 function setup(serverOptions = {}, clientOptions = {}) {
   const server = new FakeServer(serverOptions);
@@ -12,9 +12,7 @@ function setup(serverOptions = {}, clientOptions = {}) {
   };
   token.calls = 0;
   token.fail = false;
-  const client = track(
-    new Client("ws://hubbub.test/ws", { token, WebSocket: server.WebSocket, backoffBase: 10, backoffCap: 20, ...clientOptions }),
-  );
+  const client = fakeClient(server, { token, ...clientOptions });
   const refreshes = [];
   client.on("refresh", (r) => refreshes.push(r));
   return { server, client, token, refreshes };
