@@ -1,0 +1,167 @@
+"""The scenarios: their table (full and smoke sizes), running the load generator for one of them
+against a running target, and one run of a target in a scenario, collected as a results entry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import SECRET
+from .errors import BenchError, GeneratorFailed
+from .processes import child_setup
+from .targets import Redis, Running, Target, start_target
+
+
+@dataclass(frozen=True)
+class Scenario:
+    key: str  # the key in the results: fanout, idle, connect_1, connect_50, rooms
+    command: str  # the load generator's scenario
+    flags: dict[str, int | float]
+    budget_s: int  # the generator's --timeout; it is killed 30 s after that
+
+    def argv(self) -> list[str]:
+        out: list[str] = []
+        for name, value in self.flags.items():
+            out += [f"--{name}", f"{value:g}" if isinstance(value, float) else str(value)]
+        return out
+
+
+def scenarios(smoke: bool) -> list[Scenario]:
+    if smoke:
+        fan = {"subscribers": 200, "rate": 1000, "rate-seconds": 3, "window": 64, "max-seconds": 3, "flood": 500}
+        idle = {"connections": 500, "rooms": 10, "settle": 2}
+        count = 200
+        rooms = {"rooms": 1000, "connections": 300, "rate": 1000, "seconds": 3, "seed": 1}
+    else:
+        fan = {"subscribers": 1000, "rate": 5000, "rate-seconds": 10, "window": 64, "max-seconds": 10, "flood": 2000}
+        idle = {"connections": 5000, "rooms": 100, "settle": 5}
+        count = 2000
+        rooms = {"rooms": 10000, "connections": 2000, "rate": 2000, "seconds": 10, "seed": 1}
+    # The flood's deliveries may take a slow target a while: wait for them at 16,000 deliveries/s
+    # (python-socketio manages about 20,000 on one core), 10 to 120 s, before counting the rest lost.
+    fan["flood-wait"] = min(120, max(10, fan["flood"] * fan["subscribers"] // 16000))
+    fan_budget = 60 + fan["subscribers"] // 50 + fan["rate-seconds"] + fan["max-seconds"] + 10 + fan["flood-wait"]
+    return [
+        Scenario("fanout", "fanout", dict(fan), fan_budget),
+        Scenario("idle", "idle", dict(idle), 60 + idle["connections"] // 50 + idle["settle"]),
+        Scenario("connect_1", "connect", {"count": count, "concurrency": 1}, 60 + count // 25),
+        Scenario("connect_50", "connect", {"count": count, "concurrency": 50}, 60 + count // 25),
+        Scenario(
+            "rooms", "rooms", dict(rooms), 60 + rooms["connections"] // 25 + rooms["rooms"] // 100 + rooms["seconds"]
+        ),
+    ]
+
+
+# Pairs the bench does not run, and why.
+NOT_APPLICABLE = {
+    ("ws", "rooms"): "the bare ws server holds one room per connection (the one in its URL)",
+}
+
+SCENARIO_TITLES = {
+    "fanout": "Fan-out",
+    "idle": "Idle memory",
+    "connect_1": "Connect rate, one at a time",
+    "connect_50": "Connect rate, 50 in flight",
+    "rooms": "Many rooms",
+}
+
+
+def parse_generator_output(stdout: str) -> dict[str, Any]:
+    text = stdout.strip()
+    candidates = [text] + [line for line in reversed(text.splitlines()) if line.startswith("{")]
+    for candidate in candidates:
+        with contextlib.suppress(ValueError):
+            value = json.loads(candidate)
+            if isinstance(value, dict):
+                return value
+    raise BenchError(f"the load generator printed no JSON object: {text[-500:]!r}")
+
+
+def run_generator(
+    loadgen: Path, scenario: Scenario, running: Running, redis: Redis | None, log_path: Path, cpu: int | None
+) -> dict[str, Any]:
+    pids = [proc.pid for proc in running.procs]
+    if running.target.uses_redis and redis is not None and redis.proc is not None:
+        pids.append(redis.proc.pid)
+    argv = [str(loadgen), scenario.command, "--proto", running.target.proto, "--urls", ",".join(running.urls)]
+    argv += ["--secret", SECRET, "--pids", ",".join(map(str, pids)), "--timeout", str(scenario.budget_s)]
+    argv += scenario.argv()
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as stderr:
+        stderr.write(("$ " + " ".join(argv) + "\n").encode())
+        stderr.flush()
+        try:
+            done = subprocess.run(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                timeout=scenario.budget_s + 30,
+                preexec_fn=child_setup(cpu),
+                start_new_session=True,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise BenchError(f"the load generator did not finish within {scenario.budget_s + 30} s") from exc
+    stdout = done.stdout.decode(errors="replace")
+    with log_path.open("a") as out:
+        out.write(stdout + "\n")
+    result: dict[str, Any] = {}
+    with contextlib.suppress(BenchError):
+        result = parse_generator_output(stdout)
+    if done.returncode != 0 or "error" in result:
+        reason = result.get("error") or f"exit code {done.returncode}"
+        raise GeneratorFailed(f"the load generator failed: {reason}", result)
+    if not result:
+        raise BenchError("the load generator printed nothing")
+    return result
+
+
+def run_once(
+    target: Target,
+    scenario: Scenario,
+    repeat: int,
+    loadgen: Path,
+    redis: Redis | None,
+    logs: Path,
+    cpu_servers: int | None,
+    cpu_loadgen: int | None,
+) -> dict[str, Any]:
+    """One run of `target` in `scenario`, started fresh: the results entry, with its error and crashes."""
+    logdir = logs / f"{repeat}-{target.name}-{scenario.key}"
+    run: dict[str, Any] = {
+        "target": target.name,
+        "scenario": scenario.key,
+        "repeat": repeat,
+        "result": None,
+        "error": None,
+        "crashed": [],
+        "seconds": 0.0,
+    }
+    t0 = time.monotonic()
+    running: Running | None = None
+    try:
+        if redis is not None and target.uses_redis:
+            redis.flushall()
+        running = start_target(target, redis if target.uses_redis else None, logdir, cpu_servers)
+        run["result"] = run_generator(loadgen, scenario, running, redis, logdir / "loadgen.log", cpu_loadgen)
+    except BenchError as exc:
+        run["error"] = str(exc)
+        if isinstance(exc, GeneratorFailed) and exc.partial:
+            run["partial"] = exc.partial
+    finally:
+        if running is not None:
+            run["crashed"] = [proc.name for proc in running.procs if not proc.alive]
+            for proc in running.procs:
+                if not proc.alive:
+                    run["error"] = (run["error"] or "") + f"\n--- {proc.name} exited ---\n{proc.tail()}"
+            running.stop()
+    run["seconds"] = round(time.monotonic() - t0, 1)
+    if run["error"]:
+        run["error"] = run["error"].strip()
+    return run
