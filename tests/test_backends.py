@@ -88,6 +88,22 @@ async def test_offsets_start_at_one_and_grow_by_one_within_an_epoch(backends: tu
     assert len({r.epoch for r in results}) == 1 and results[0].epoch
 
 
+async def test_publishes_started_together_on_one_node_get_offsets_in_the_order_they_were_started(
+    backends: tuple[Backends, Recorder],
+) -> None:
+    # What lets a connection pipeline its publishes: started in order, applied in order.
+    b, _ = backends
+    loop = asyncio.get_running_loop()
+    tasks = [
+        loop.create_task(b.broker.publish(ROOM, i, info=None, idempotency_key=None, options=OPTIONS))
+        for i in range(300)
+    ]
+    results = await asyncio.gather(*tasks)
+    assert [r.offset for r in results] == list(range(1, 301))
+    stored = await b.history.read(ROOM, since=None, limit=300, options=OPTIONS)
+    assert [(p.offset, p.data) for p in stored.publications] == [(o, o - 1) for o in range(296, 301)]
+
+
 async def test_rooms_are_independent(backends: tuple[Backends, Recorder]) -> None:
     b, _ = backends
     await b.broker.publish(Room("a"), 1, info=None, idempotency_key=None, options=OPTIONS)

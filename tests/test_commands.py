@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.support.server import ServerProcess
-from tests.support.wsclient import RawClient, token
+from tests.support.wsclient import RawClient, publish_burst, token
 
 
 def room(ns: str = "chat") -> str:
@@ -425,3 +425,7 @@ async def test_history_and_recovery_replies_stay_within_half_the_outbound_queue(
     near = (await client.call("join", room=name, since={"epoch": epoch, "offset": 8}))["ok"]
     assert near["recovered"] is True and [p["offset"] for p in near["publications"]] == [9, 10]
     await client.close()
+
+
+async def test_pipelined_publishes_keep_command_order_in_replies_offsets_and_history(server: ServerProcess) -> None:
+    await publish_burst(server.ws_url, room())

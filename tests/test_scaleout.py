@@ -20,7 +20,7 @@ import pytest
 
 from tests.support.redis_server import RedisServer
 from tests.support.server import API_KEY, ServerProcess, server_config
-from tests.support.wsclient import Closed, RawClient
+from tests.support.wsclient import Closed, RawClient, publish_burst
 
 pytestmark = pytest.mark.redis
 
@@ -205,6 +205,10 @@ async def test_publications_reach_members_on_every_node_in_order(nodes: Nodes) -
     assert acked == list(range(1, 61))
     for r in group:
         assert r.offsets == list(range(1, 61))
+
+
+async def test_pipelined_publishes_on_redis_keep_command_order_in_replies_offsets_and_history(nodes: Nodes) -> None:
+    await publish_burst(nodes[0].ws_url, room())
 
 
 async def test_presence_and_join_leave_span_nodes_and_idempotency_holds_across_nodes(nodes: Nodes) -> None:

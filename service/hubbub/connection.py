@@ -280,7 +280,7 @@ class WebSocketConnection(asyncio.Protocol):
         try:
             while inbox:
                 text = inbox.popleft()
-                await session.handle_text(text)
+                await session.handle_text(text, more=bool(inbox))
                 if self._held:
                     # While we hold its frames unread, a pong may be among them: the peer has proved it
                     # is alive by filling our buffer, so its heartbeat deadline waits for us.

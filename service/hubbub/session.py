@@ -1,11 +1,18 @@
 """One client connection's protocol state machine, independent of the socket underneath.
 
 The transport feeds text frames to `Session.handle_text`; everything the session sends goes
-through its `Outbox`. Commands are handled one at a time in the order received (protocol rule 1).
+through its `Outbox`. Commands are handled in the order received (protocol rule 1): one at a time,
+except that a run of consecutive publishes is pipelined. Each is handed to the broker as soon as
+it arrives (the broker applies a node's publishes in the order it gets them, so offsets follow
+the order of the commands) and the replies go out in command order; any other command first waits
+for every publish before it. A publisher streaming messages pays one broker round trip per burst,
+not one per message.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import enum
 import logging
 import secrets
@@ -29,6 +36,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("hubbub.session")
 
 AfterReply = Callable[[], Awaitable[None]]
+
+#: Publishes of one connection in flight at once; the next waits for the oldest reply.
+PIPELINE_DEPTH = 64
 
 
 class State(enum.Enum):
@@ -63,6 +73,7 @@ class Session:
         "node",
         "outbox",
         "ping_due",
+        "_pipeline",
         "pong_due",
         "principal",
         "rooms",
@@ -87,6 +98,8 @@ class Session:
         self.rooms: dict[Room, NamespaceOptions] = {}
         self._bucket = TokenBucket(node.settings.command_rate, node.settings.command_burst, time.monotonic())
         self._after: list[AfterReply] = []
+        #: Pipelined publishes, oldest first: each task returns its reply frame (or the Disconnect it caused).
+        self._pipeline: collections.deque[asyncio.Task[str | Disconnect]] = collections.deque()
         self.close_code: int | None = None
         self.close_reason: str | None = None
         self.connect_due: float | None = None
@@ -125,8 +138,12 @@ class Session:
 
     # --- inbound -----------------------------------------------------------------------------
 
-    async def handle_text(self, text: str) -> None:
-        """Handle one inbound frame. Closes the connection on protocol violations."""
+    async def handle_text(self, text: str, *, more: bool = False) -> None:
+        """Handle one inbound frame. Closes the connection on protocol violations.
+
+        `more` says another frame is already waiting: publishes at the end of this one may then stay
+        in flight when this returns (a later call finishes them), so they pipeline with the next frame's.
+        """
         if self.close_code is not None:
             return
         try:
@@ -136,12 +153,37 @@ class Session:
                 if self.state is State.CONNECTING:
                     raise Disconnect(CloseCode.UNAUTHORIZED, "connect must be the first command") from None
                 raise
-            for command in commands:
+            last = len(commands) - 1
+            for index, command in enumerate(commands):
                 if self.close_code is not None:
                     return
+                if command.op == "publish" and self.state is State.CONNECTED:
+                    if not self._pipeline and not more and index == last:
+                        await self._dispatch(command)  # alone: no task needed
+                        continue
+                    self._pipeline.append(self.node.loop.create_task(self._answer(command)))
+                    if len(self._pipeline) >= PIPELINE_DEPTH:
+                        await self._settle(1)
+                    continue
+                await self._settle()
                 await self._dispatch(command)
+            if not more:
+                await self._settle()
         except Disconnect as exc:
             self.close(exc.code, exc.reason)
+
+    async def _settle(self, count: int | None = None) -> None:
+        """Send the replies of the pipelined publishes (`count` oldest, or all), in order."""
+        pipeline = self._pipeline
+        while pipeline and (count is None or count > 0):
+            reply = await pipeline[0]
+            pipeline.popleft()
+            if count is not None:
+                count -= 1
+            if isinstance(reply, Disconnect):
+                raise reply
+            if self.close_code is None:
+                self.outbox.push(reply)
 
     def handle_binary(self) -> None:
         if self.state is State.CONNECTING:
@@ -158,43 +200,53 @@ class Session:
             if command.id:
                 self.outbox.push(protocol.reply_ok(command.id, {}))
             return
+        reply = await self._execute(command)
+        if self.close_code is not None:
+            self._after.clear()
+            return
+        self.outbox.push(reply)
+        after, self._after = self._after, []
+        for step in after:
+            await step()
+
+    async def _answer(self, command: Command) -> str | Disconnect:
+        """A pipelined publish: its reply, or the Disconnect it caused, for `_settle` to act on in order."""
+        try:
+            return await self._execute(command)
+        except Disconnect as exc:
+            return exc
+
+    async def _execute(self, command: Command) -> str:
+        """Run a command (not pong) and return its reply frame; raises Disconnect."""
+        op = command.op
         if op != "connect":
             verdict = self._bucket.take(time.monotonic())
             if verdict is Verdict.CLOSE:
                 raise Disconnect(CloseCode.RATE_LIMITED)
             if verdict is Verdict.REJECT:
-                self._reply_error(command, ErrorCode.TOO_MANY, "rate limited: slow down")
-                return
+                return self._reply_error(command, ErrorCode.TOO_MANY, "rate limited: slow down")
         handler = self._handlers[op]
         try:
             result = await handler(self, command.params)
         except CommandError as exc:
             self._after.clear()
-            self._reply_error(command, exc.code, exc.reason)
-            return
+            return self._reply_error(command, exc.code, exc.reason)
         except BackendUnavailable as exc:
             self._after.clear()
-            self._reply_error(command, ErrorCode.UNAVAILABLE, f"temporarily unavailable: {exc}")
-            return
+            return self._reply_error(command, ErrorCode.UNAVAILABLE, f"temporarily unavailable: {exc}")
         except Disconnect:
             self._after.clear()
             raise
         except Exception:
             self._after.clear()
             log.exception("command %s failed", op)
-            self._reply_error(command, ErrorCode.INTERNAL, "internal error")
-            return
-        if self.close_code is not None:
-            return
-        self.outbox.push(protocol.reply_ok(command.id, result))
+            return self._reply_error(command, ErrorCode.INTERNAL, "internal error")
         self.node.metrics.command(op, "ok")
-        after, self._after = self._after, []
-        for step in after:
-            await step()
+        return protocol.reply_ok(command.id, result)
 
-    def _reply_error(self, command: Command, code: ErrorCode, reason: str) -> None:
-        self.outbox.push(protocol.reply_error(command.id, int(code), reason))
+    def _reply_error(self, command: Command, code: ErrorCode, reason: str) -> str:
         self.node.metrics.command(command.op, str(int(code)))
+        return protocol.reply_error(command.id, int(code), reason)
 
     # --- commands ------------------------------------------------------------------------------
 

@@ -8,6 +8,10 @@ Publish is one script: check the idempotency key, take the next offset, append t
 (capped at `history_size`, expiring after `history_ttl`), publish, remember the key. A room whose
 meta is gone (Redis restarted empty, or the room idled past `meta_ttl`) gets a new epoch.
 
+Commands and pub/sub each go over one pipelined connection (`redis_link.Link`): a publication
+costs one script call written together with every other command of the same loop iteration, and
+the publishes of one node reach Redis in the order they were made.
+
 Pub/sub is at-most-once, so the subscriber tracks, per room, the last offset it handed to the
 node. A gap, a returned subscriber connection, or a periodic position check that finds the
 stream ahead triggers a backfill from the stream, in offset order and without duplicates; when
@@ -19,26 +23,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
-from redis.asyncio.client import PubSub
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from hubbub import protocol
 from hubbub.backends.base import BackendUnavailable, BrokerEventHandler, HistoryResult, PublishResult, StreamOptions
+from hubbub.backends.redis_link import Arg, Link
 from hubbub.backends.redis_pool import RedisClients, stop_tasks
 from hubbub.protocol import Publication
 from hubbub.types import JSONObject, Room
 
 log = logging.getLogger("hubbub.redis")
-
-T = TypeVar("T")
 
 PUBLISH = """
 local meta, stream, idem = KEYS[1], KEYS[2], KEYS[3]
@@ -115,6 +118,20 @@ RECENT = 256
 POSITION_BATCH = 500
 #: Attempts to close a gap before the room's members are told to recover (4011).
 BACKFILL_ATTEMPTS = 3
+#: Seconds between pings on a quiet subscriber connection (a dead one must not look like silence).
+SUBSCRIBER_PING = 1.0
+#: Channels per SUBSCRIBE when a reconnected subscriber takes every room back.
+SUBSCRIBE_BATCH = 1000
+
+
+class _Script:
+    """A Lua script called by its SHA, sent whole only when Redis does not know it (flushed)."""
+
+    __slots__ = ("sha", "source")
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()  # the name Redis gives the script, not a secret
 
 
 @dataclass(slots=True)
@@ -126,7 +143,6 @@ class _Subscription:
     ready: bool = False
     backfilling: bool = False
     pending: list[tuple[str, Publication]] = field(default_factory=list)
-    confirmed: asyncio.Future[None] | None = None
     #: Offset seen by the previous position check while the stream was ahead (two strikes before a backfill).
     suspect: int = -1
     #: offset -> ts of recently delivered publications: the same offset with another ts is a reused offset.
@@ -156,18 +172,23 @@ class RedisEngine:
 
     def __init__(self, clients: RedisClients, *, prefix: str, timeout: float, position_check_interval: float) -> None:
         self._clients = clients
-        self._redis = clients.commands
         self._prefix = prefix
         self._timeout = timeout
         self._check_interval = position_check_interval
-        self._publish = self._redis.register_script(PUBLISH)
-        self._read = self._redis.register_script(READ)
-        self._renew = self._redis.register_script(RENEW_EPOCH)
+        self._publish = _Script(PUBLISH)
+        self._read = _Script(READ)
+        self._renew = _Script(RENEW_EPOCH)
+        scripts = (self._publish, self._read, self._renew)
+        self._link = Link(
+            clients.connection_factory(),
+            timeout=timeout,
+            greeting=[("SCRIPT", "LOAD", script.source) for script in scripts],
+        )
+        self._sub = Link(clients.connection_factory(subscriber=True), timeout=timeout, on_push=self._on_push)
         #: Newest (epoch, offset) this node published per room, most recent rooms last (bounded).
         self._seen: OrderedDict[Room, tuple[str, int]] = OrderedDict()
         self._rooms: dict[Room, _Subscription] = {}
         self._handler: BrokerEventHandler | None = None
-        self._pubsub: PubSub | None = None
         self._subscriber_up = False
         self._commands_up = True
         self._tasks: list[asyncio.Task[None]] = []
@@ -198,25 +219,35 @@ class RedisEngine:
 
     async def aclose(self) -> None:
         await stop_tasks(self._tasks)
-        if self._pubsub is not None:
-            with contextlib.suppress(RedisError, OSError):
-                await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+        await self._link.aclose()
+        await self._sub.aclose()
         await self._clients.aclose()
 
     @property
     def available(self) -> bool:
         return self._commands_up and self._subscriber_up
 
-    async def _call(self, make: Callable[[], Awaitable[T]]) -> T:
+    async def _call(self, reply: Awaitable[Any]) -> Any:
         try:
-            return await asyncio.wait_for(make(), self._timeout)
-        except (TimeoutError, RedisError, OSError) as exc:
+            return await reply
+        except (RedisError, OSError) as exc:
             raise BackendUnavailable(f"redis: {type(exc).__name__}") from exc
+
+    async def _script(self, script: _Script, keys: list[str], args: list[Arg]) -> Any:
+        try:
+            return await self._link.call("EVALSHA", script.sha, len(keys), *keys, *args)
+        except ResponseError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise BackendUnavailable(f"redis: {exc}") from exc
+        except (RedisError, OSError) as exc:
+            raise BackendUnavailable(f"redis: {type(exc).__name__}") from exc
+        # Redis forgot the script (SCRIPT FLUSH) since this connection loaded it.
+        return await self._call(self._link.call("EVAL", script.source, len(keys), *keys, *args))
 
     async def _health_forever(self) -> None:
         while True:
             try:
-                await asyncio.wait_for(self._redis.ping(), self._timeout)
+                await self._link.call("PING")
                 if not self._commands_up:
                     log.warning("redis reachable again")
                 self._commands_up = True
@@ -240,7 +271,7 @@ class RedisEngine:
         keys = [self._key(room, "meta"), self._key(room, "stream")]
         if idempotency_key is not None:
             keys.append(self._key(room, f"idem:{idempotency_key}"))
-        args: list[str | int] = [
+        args: list[Arg] = [
             protocol.dumps(data),
             protocol.dumps(info),
             int(time.time() * 1000),
@@ -252,7 +283,7 @@ class RedisEngine:
             self._channel(room),
             *self._floor(room),
         ]
-        epoch, offset, duplicate = await self._call(lambda: self._publish(keys=keys, args=args))
+        epoch, offset, duplicate = await self._script(self._publish, keys, args)
         result = PublishResult(_decode(epoch), int(offset), duplicate=bool(duplicate))
         self._remember(room, result.epoch, result.offset)
         return result
@@ -283,14 +314,14 @@ class RedisEngine:
 
     async def _presence_event(self, room: Room, kind: str, info: JSONObject) -> None:
         message = protocol.dumps({"k": kind, "i": info})
-        await self._call(lambda: self._redis.publish(self._channel(room), message))
+        await self._call(self._link.call("PUBLISH", self._channel(room), message))
 
     # --- History ------------------------------------------------------------------------------------
 
     async def read(self, room: Room, *, since: int | None, limit: int, options: StreamOptions) -> HistoryResult:
         keys = [self._key(room, "meta"), self._key(room, "stream")]
-        args = ["" if since is None else since, limit, _new_epoch(), max(1, int(options.meta_ttl * 1000))]
-        epoch, offset, entries = await self._call(lambda: self._read(keys=keys, args=args))
+        args: list[Arg] = ["" if since is None else since, limit, _new_epoch(), max(1, int(options.meta_ttl * 1000))]
+        epoch, offset, entries = await self._script(self._read, keys, args)
         pubs = [_pub_from_entry(e) for e in entries]
         if since is None:
             pubs.reverse()
@@ -300,14 +331,12 @@ class RedisEngine:
 
     async def _position(self, room: Room) -> tuple[str, int]:
         keys = [self._key(room, "meta"), self._key(room, "stream")]
-        epoch, offset, _ = await self._call(lambda: self._read(keys=keys, args=["", 0, _new_epoch(), 86_400_000]))
+        epoch, offset, _ = await self._script(self._read, keys, ["", 0, _new_epoch(), 86_400_000])
         return _decode(epoch), int(offset)
 
     async def _backfill_read(self, room: Room, since: int) -> tuple[str, int, list[Publication]]:
         keys = [self._key(room, "meta"), self._key(room, "stream")]
-        epoch, offset, entries = await self._call(
-            lambda: self._read(keys=keys, args=[since, 100_000, _new_epoch(), 86_400_000])
-        )
+        epoch, offset, entries = await self._script(self._read, keys, [since, 100_000, _new_epoch(), 86_400_000])
         return _decode(epoch), int(offset), [_pub_from_entry(e) for e in entries]
 
     # --- subscriptions ------------------------------------------------------------------------------
@@ -317,7 +346,7 @@ class RedisEngine:
             return
         state = self._rooms[room] = _Subscription()
         try:
-            await self._subscribe_channel(room, state)
+            await self._subscribe_channel(room)
             state.epoch, state.offset = await self._position(room)
         except BaseException:
             self._rooms.pop(room, None)
@@ -331,70 +360,51 @@ class RedisEngine:
             with contextlib.suppress(BackendUnavailable):
                 await self._unsubscribe_channel(room)
 
-    async def _subscribe_channel(self, room: Room, state: _Subscription) -> None:
-        pubsub = self._pubsub
-        if pubsub is None or not self._subscriber_up:
+    async def _subscribe_channel(self, room: Room) -> None:
+        if not self._subscriber_up:
             raise BackendUnavailable("redis subscriber connection is down")
-        state.confirmed = asyncio.get_running_loop().create_future()
-        await self._call(lambda: pubsub.subscribe(self._channel(room)))
-        # Only after the confirmation is every later publication sure to reach us.
-        try:
-            await asyncio.wait_for(asyncio.shield(state.confirmed), self._timeout)
-        except TimeoutError as exc:
-            raise BackendUnavailable("redis did not confirm the subscription") from exc
+        self._sub.send("SUBSCRIBE", self._channel(room))
+        # Redis answers in order: once the ping is back the subscription is confirmed, and every
+        # publication made from now on reaches us.
+        await self._call(self._sub.call("PING"))
 
     async def _unsubscribe_channel(self, room: Room) -> None:
-        pubsub = self._pubsub
-        if pubsub is not None and self._subscriber_up:
-            await self._call(lambda: pubsub.unsubscribe(self._channel(room)))
+        if self._subscriber_up:
+            self._sub.send("UNSUBSCRIBE", self._channel(room))
 
     async def _subscriber_forever(self) -> None:
         delay = 0.1
         while True:
-            pubsub = self._clients.subscriber.pubsub(ignore_subscribe_messages=False)
             try:
-                await asyncio.wait_for(pubsub.ping(), self._timeout)
-                self._pubsub = pubsub
+                await self._sub.connect()
+                lost = self._sub.lost()
                 rooms = list(self._rooms)
-                for room in rooms:
-                    state = self._rooms.get(room)
-                    if state is not None:
-                        state.confirmed = asyncio.get_running_loop().create_future()
-                if rooms:
-                    await asyncio.wait_for(pubsub.subscribe(*(self._channel(r) for r in rooms)), self._timeout)
+                for start in range(0, len(rooms), SUBSCRIBE_BATCH):
+                    self._sub.send("SUBSCRIBE", *(self._channel(r) for r in rooms[start : start + SUBSCRIBE_BATCH]))
+                await self._sub.call("PING")
                 self._subscriber_up = True
                 delay = 0.1
                 if rooms:
                     log.warning("redis subscriber reconnected: backfilling %d rooms", len(rooms))
                     asyncio.get_running_loop().create_task(self._backfill_all(rooms))
-                await self._read_messages(pubsub)
+                while not lost.done():
+                    await asyncio.wait([lost], timeout=SUBSCRIBER_PING)
+                    if not lost.done():
+                        await self._sub.call("PING")
+                log.warning("redis subscriber connection lost")
             except asyncio.CancelledError:
                 raise
-            except (TimeoutError, RedisError, OSError) as exc:
+            except (RedisError, OSError) as exc:
                 if self._subscriber_up:
                     log.warning("redis subscriber connection lost: %s", exc)
             finally:
                 self._subscriber_up = False
-                self._pubsub = None
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
 
-    async def _read_messages(self, pubsub: PubSub) -> None:
-        while True:
-            # The timeout only bounds one wait; silence is normal, a broken socket raises.
-            message = await pubsub.get_message(timeout=1.0)
-            if message is None:
-                continue
-            kind = message["type"]
-            channel = _decode(message["channel"])
-            if kind == "message":
-                self._on_message(self._room_of(channel), message["data"])
-            elif kind == "subscribe":
-                state = self._rooms.get(self._room_of(channel))
-                if state is not None and state.confirmed is not None and not state.confirmed.done():
-                    state.confirmed.set_result(None)
+    def _on_push(self, push: list[Any]) -> None:
+        if push[0] == b"message":
+            self._on_message(self._room_of(push[1].decode()), push[2])
 
     def _on_message(self, room: Room, raw: bytes) -> None:
         state = self._rooms.get(room)
@@ -471,9 +481,7 @@ class RedisEngine:
         try:
             for _attempt in range(BACKFILL_ATTEMPTS):
                 try:
-                    epoch, offset = await self._call(
-                        lambda: self._renew(keys=[self._key(room, "meta")], args=[old, _new_epoch()])
-                    )
+                    epoch, offset = await self._script(self._renew, [self._key(room, "meta")], [old, _new_epoch()])
                     break
                 except BackendUnavailable:
                     await asyncio.sleep(0.5)
@@ -565,10 +573,8 @@ class RedisEngine:
             batch = rooms[start : start + POSITION_BATCH]
             # Positions handed over before the read: Redis can only be behind these after a data loss.
             before = {room: (self._rooms[room].epoch, self._rooms[room].offset) for room in batch}
-            pipe = self._redis.pipeline(transaction=False)
-            for room in batch:
-                pipe.hmget(self._key(room, "meta"), "epoch", "offset")
-            results = await self._call(pipe.execute)
+            replies = [self._link.call("HMGET", self._key(room, "meta"), "epoch", "offset") for room in batch]
+            results = await self._call(asyncio.gather(*replies))
             for room, (epoch, offset) in zip(batch, results, strict=True):
                 state = self._rooms.get(room)
                 if state is None or not state.ready or state.backfilling or epoch is None:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from redis._parsers import _AsyncRESP3Parser
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import RedisError
@@ -29,6 +31,13 @@ class RedisClients:
     commands: aioredis.Redis
     subscriber: aioredis.Redis
 
+    def connection_factory(self, *, subscriber: bool = False) -> Callable[[], AbstractConnection]:
+        """New unpooled connections configured like the client's (URL, TLS, credentials, Sentinel)."""
+        pool = (self.subscriber if subscriber else self.commands).connection_pool
+        # RESP3 (Redis 6+): pub/sub messages are typed pushes, never mistaken for a command's reply.
+        kwargs = {**pool.connection_kwargs, "protocol": 3}
+        return lambda: pool.connection_class(**kwargs)
+
     async def aclose(self) -> None:
         await self.commands.aclose()
         await self.subscriber.aclose()
@@ -40,6 +49,9 @@ def _options(settings: Settings, client_name: str) -> dict[str, object]:
         "socket_connect_timeout": settings.redis_timeout,
         "health_check_interval": 10,
         "client_name": client_name,
+        # redis-py's own parser: with its hiredis one, cancelled reads under load left tasks cancelled
+        # long after (tests that ran beside Redis-backed ones hung). Our Link uses hiredis directly.
+        "parser_class": _AsyncRESP3Parser,
         # One quick retry smooths over a dropped pooled connection; anything longer is the caller's 503.
         "retry": Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.2), 1),
     }
