@@ -133,7 +133,7 @@ async def publish_burst(url: str, name: str) -> None:
     second[20]["room"] = name + "-other"  # not in the token's publish claim
     await client.send(*second)
     expected = [c["id"] for c in first] + [200] + [c["id"] for c in second]
-    replies = []
+    replies: list[dict[str, Any]] = []
     while len(replies) < len(expected):
         message = await client.recv()
         if "id" in message:
