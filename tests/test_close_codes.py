@@ -11,7 +11,7 @@ from websockets.exceptions import InvalidStatus
 
 from tests.conftest import ServerFactory
 from tests.support.server import API_KEY, ServerProcess
-from tests.support.wsclient import RawClient, token
+from tests.support.wsclient import Closed, RawClient, token
 
 
 async def assert_closed(client: RawClient, code: int, *, push: bool = True, timeout: float = 5.0) -> None:
@@ -190,6 +190,31 @@ async def test_command_flood_gets_429_then_closes_4029(server_factory: ServerFac
     assert (await client.reply(20))["error"]["code"] == 429
     await client.send(*({"id": 30 + i, "op": "presence_stats", "room": "chat:x"} for i in range(10)))
     await assert_closed(client, 4029)
+
+
+async def test_a_pipelined_publish_burst_closed_4029_publishes_nothing_after_the_limit(
+    server_factory: ServerFactory,
+) -> None:
+    srv = server_factory(command_rate=1, command_burst=5)
+    client = await RawClient.connected(srv.ws_url)
+    assert "ok" in await client.call("join", room="chat:flood")  # one token spent: 4 left
+    await client.send(*({"id": 100 + i, "op": "publish", "room": "chat:flood", "data": i} for i in range(30)))
+    replies: list[dict[str, object]] = []
+    with pytest.raises(Closed) as closed:
+        while True:
+            message = await client.recv()
+            if "id" in message:
+                replies.append(message)
+    assert closed.value.code == 4029, replies
+    # In command order: 4 accepted, then 429 until the debt reaches the burst (4 more, or 5 if the
+    # bucket refilled a fraction of a token meanwhile), then the close.
+    assert [r["id"] for r in replies] == list(range(100, 100 + len(replies)))
+    assert ["ok" in r for r in replies] == [True] * 4 + [False] * (len(replies) - 4)
+    assert len(replies) in (8, 9)
+    observer = await RawClient.connected(srv.ws_url, "observer")
+    history = (await observer.call("history", room="chat:flood", limit=100))["ok"]
+    assert [p["data"] for p in history["publications"]] == [0, 1, 2, 3]  # nothing behind the closing one ran
+    await observer.close()
 
 
 async def test_rate_limit_refills_over_time(server_factory: ServerFactory) -> None:

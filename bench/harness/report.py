@@ -177,6 +177,7 @@ hubbub and three peers, measured side by side on one machine by one load generat
 `.venv/bin/python bench/run.py` (see [bench/README.md](../bench/README.md)). This page is written
 by that command; the raw figures of every run are in `bench/results/{results_name}` on the machine
 that ran it. Run {started}: {runs_text}, {document["duration_s"] / 60:.0f} minutes in all.
+[performance.md](performance.md) explains the figures: where a node's CPU goes, and what is left.
 
 **Every figure is the median of the repeats**; counts of lost messages and failed connections are
 summed over all runs. "hubbub ÷ peer" is hubbub's figure divided by the peer's: below 1× hubbub

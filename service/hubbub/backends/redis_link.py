@@ -103,10 +103,6 @@ class Link:
     def connected(self) -> bool:
         return self._transport is not None
 
-    @property
-    def pending(self) -> int:
-        return len(self._waiting)
-
     def lost(self) -> asyncio.Future[None]:
         """Done when the current connection ends (at once when there is none)."""
         if self._transport is None or self._closed_future is None:
@@ -159,7 +155,8 @@ class Link:
         if self._transport is not None:
             return
         self._open_soon()
-        assert self._opening is not None
+        if self._opening is None:
+            raise LinkDown("redis link closed")
         await asyncio.shield(self._opening)
 
     def _open_soon(self) -> None:
