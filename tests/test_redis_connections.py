@@ -37,6 +37,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from hubbub.backends.redis_pool import POOL_SIZE
 from tests.support.redis_server import REDIS_SERVER, RedisServer, SentinelGroup
 from tests.support.server import API_KEY, ServerProcess, server_config
 from tests.support.wsclient import Closed, RawClient, token
@@ -745,3 +746,29 @@ async def test_sentinel_failover_that_loses_acknowledged_writes_tells_the_client
             for receiver in group_receivers:
                 await receiver.stop()
         judge(group_receivers, acked)
+
+
+async def test_a_join_burst_through_sentinel_waits_for_a_pooled_connection_instead_of_failing_503(
+    tmp_path: Path,
+) -> None:
+    password = "sentinel-p@ss"
+    with contextlib.ExitStack() as stack:
+        group = stack.enter_context(sentinel_group(tmp_path / "sentinel", password))
+        settings = sentinel_settings(group, password)
+        settings["namespaces"] = {"pr": {"presence": True}}
+        proc = node(stack, tmp_path, "burst", **settings)
+        await start_all(proc)
+        await ready(proc)
+        clients = await asyncio.gather(*(RawClient.connected(proc.ws_url, f"u{i}") for i in range(150)))
+        try:
+            name = f"pr:{uuid.uuid4().hex[:10]}"
+            replies = await asyncio.gather(*(c.call("join", room=name) for c in clients))
+            assert all("ok" in r for r in replies), [r for r in replies if "ok" not in r][:3]
+            stats = await clients[0].call("presence_stats", room=name)
+            assert stats["ok"] == {"clients": 150, "users": 150}
+        finally:
+            for c in clients:
+                c.ws.transport.abort()
+        names = group.master.client_names()
+        # The pool (64) and the pipelined command connection; the subscriber is named hubbub-sub-burst.
+        assert names.count("hubbub-burst") <= POOL_SIZE + 1, names

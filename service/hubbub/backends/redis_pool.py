@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from redis._parsers import _AsyncRESP3Parser
 from redis.asyncio.connection import AbstractConnection
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
@@ -24,6 +24,10 @@ from hubbub.settings import Settings
 
 #: Pooled command connections per node; more callers wait (up to redis_timeout) for a free one.
 POOL_SIZE = 64
+
+
+class BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
+    """Sentinel's pool with the blocking pool's behaviour at its size: callers wait, they do not fail."""
 
 
 @dataclass
@@ -76,7 +80,13 @@ def connect(settings: Settings) -> RedisClients:
         sentinel = Sentinel(sentinels, socket_timeout=settings.redis_timeout, **url_options)  # type: ignore[no-untyped-call]
         service = settings.redis_sentinel_service
         return RedisClients(
-            commands=sentinel.master_for(service, **_options(settings, f"hubbub-{node}")),  # type: ignore[arg-type]
+            commands=sentinel.master_for(
+                service,
+                connection_pool_class=BlockingSentinelPool,
+                max_connections=POOL_SIZE,
+                timeout=settings.redis_timeout,
+                **_options(settings, f"hubbub-{node}"),  # type: ignore[arg-type]
+            ),
             subscriber=sentinel.master_for(service, **_options(settings, f"hubbub-sub-{node}")),  # type: ignore[arg-type]
         )
     assert settings.redis_url is not None
