@@ -40,7 +40,7 @@ from redis.retry import Retry
 from hubbub.backends.redis_pool import POOL_SIZE
 from tests.support.redis_server import REDIS_SERVER, RedisServer, SentinelGroup
 from tests.support.server import API_KEY, ServerProcess, server_config
-from tests.support.wsclient import Closed, RawClient, token
+from tests.support.wsclient import Closed, RawClient, cancel_and_wait, token
 
 pytestmark = pytest.mark.redis
 
@@ -464,9 +464,7 @@ class Receiver:
 
     async def stop(self) -> None:
         if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
+            await cancel_and_wait(self.task)
 
 
 @dataclass

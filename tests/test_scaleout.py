@@ -20,7 +20,7 @@ import pytest
 
 from tests.support.redis_server import RedisServer
 from tests.support.server import API_KEY, ServerProcess, server_config
-from tests.support.wsclient import Closed, RawClient, publish_burst
+from tests.support.wsclient import Closed, RawClient, cancel_and_wait, publish_burst
 
 pytestmark = pytest.mark.redis
 
@@ -140,9 +140,7 @@ class Receiver:
 
     async def stop(self) -> None:
         if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
+            await cancel_and_wait(self.task)
 
 
 def _token(user: str) -> str:

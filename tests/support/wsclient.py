@@ -150,3 +150,21 @@ async def publish_burst(url: str, name: str) -> None:
     data = [p["data"] for p in stored["ok"]["publications"]]
     assert data == [*range(25), *(25 + i for i in range(25) if i not in (10, 20))]
     await client.close()
+
+
+async def cancel_and_wait(task: asyncio.Task[Any], timeout: float = 10.0) -> None:
+    """Cancel `task` and wait until it has ended.
+
+    One `cancel()` is not always enough on Python 3.11: `asyncio.wait_for` swallows a cancellation
+    that arrives just as its inner future completes (fixed in 3.12), and a receive loop that calls it
+    then goes on forever. So cancel again until the task is done.
+    """
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not task.done():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{task!r} ignored cancellation for {timeout:g} s")
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.2)
+    error = None if task.cancelled() else task.exception()
+    if error is not None:
+        raise error
