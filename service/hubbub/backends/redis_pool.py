@@ -53,8 +53,8 @@ def _options(settings: Settings, client_name: str) -> dict[str, object]:
         "socket_connect_timeout": settings.redis_timeout,
         "health_check_interval": 10,
         "client_name": client_name,
-        # redis-py's own parser: with its hiredis one, cancelled reads under load left tasks cancelled
-        # long after (tests that ran beside Redis-backed ones hung). Our Link uses hiredis directly.
+        # redis-py's own parser, which it used before hiredis became our dependency (for the Link,
+        # which uses hiredis directly): the pool is off the hot path and stays on the tested parser.
         "parser_class": _AsyncRESP3Parser,
         # One quick retry smooths over a dropped pooled connection; anything longer is the caller's 503.
         "retry": Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.2), 1),
