@@ -765,8 +765,7 @@ async def test_a_join_burst_through_sentinel_waits_for_a_pooled_connection_inste
             stats = await clients[0].call("presence_stats", room=name)
             assert stats["ok"] == {"clients": 150, "users": 150}
         finally:
-            for c in clients:
-                c.ws.transport.abort()
+            await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
         names = group.master.client_names()
         # The pool (64) and the pipelined command connection; the subscriber is named hubbub-sub-burst.
         assert names.count("hubbub-burst") <= POOL_SIZE + 1, names
