@@ -13,7 +13,7 @@ from hubbub.backends import Backends, create_backends
 from hubbub.backends.base import StreamOptions
 from hubbub.backends.memory import MemoryEngine, MemoryPresence
 from hubbub.protocol import Publication
-from hubbub.settings import load_settings
+from hubbub.loader import load_settings
 from hubbub.types import ClientId, JSONObject, Room
 from tests.support.redis_server import RedisServer
 

@@ -11,7 +11,7 @@ import httpx
 import jwt
 import pytest
 
-from hubbub.settings import load_settings
+from hubbub.loader import load_settings
 from tests.conftest import ServerFactory
 from tests.support.server import SECRET, TEST_NAMESPACES, ServerProcess
 from tests.support.wsclient import RawClient

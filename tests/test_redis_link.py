@@ -17,7 +17,7 @@ from hubbub.backends import create_backends
 from hubbub.backends.base import StreamOptions
 from hubbub.backends.redis_link import Link
 from hubbub.backends.redis_pool import RedisClients, connect
-from hubbub.settings import load_settings
+from hubbub.loader import load_settings
 from hubbub.types import Room
 from tests.support.redis_server import RedisServer
 

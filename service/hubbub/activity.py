@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Final
 
+from hubbub.protocol import wire_number
 from hubbub.types import JSONObject
 
 #: Seconds of samples a rate is computed over.
@@ -55,15 +56,16 @@ class Activity:
         while len(self._samples) > 2 and now - self._samples[1][0] >= RATE_WINDOW:
             self._samples.popleft()
 
-    def rates(self, now: float) -> dict[str, float]:
+    def rates(self, now: float) -> dict[str, int | float]:
         """Per-second rates between the oldest sample in the window and the current totals."""
         names = ("publications", "deliveries", "connects", "disconnects")
         if not self._samples or now - self._samples[0][0] <= 0:
-            return dict.fromkeys(names, 0.0)
+            return dict.fromkeys(names, 0)
         then, old = self._samples[0]
         elapsed = now - then
         return {
-            name: round((new - was) / elapsed, 2) for name, new, was in zip(names, self._totals(), old, strict=True)
+            name: wire_number(round((new - was) / elapsed, 2))
+            for name, new, was in zip(names, self._totals(), old, strict=True)
         }
 
     def snapshot(self, now: float) -> JSONObject:

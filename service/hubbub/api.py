@@ -6,9 +6,10 @@ with the matching HTTP status (protocol §8).
 
 from __future__ import annotations
 
+import difflib
 import hmac
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from typing import Any, Final
 
 from starlette.requests import Request
@@ -85,8 +86,21 @@ async def json_body(request: Request, limit: int) -> JSONObject:
     return body
 
 
-async def _body(request: Request, node: Node) -> JSONObject:
-    return await json_body(request, node.settings.max_publication_bytes + BODY_OVERHEAD)
+async def _body(request: Request, node: Node, fields: Collection[str]) -> JSONObject:
+    body = await json_body(request, node.settings.max_publication_bytes + BODY_OVERHEAD)
+    check_names(body, fields, "field")
+    return body
+
+
+def check_names(given: Iterable[str], known: Collection[str], what: str) -> None:
+    """400 for a name outside `known`: a misspelled `idempotency_key` silently ignored would turn a
+    retry into a duplicate publication."""
+    for name in given:
+        if name not in known:
+            close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+            hint = f"; did you mean `{close[0]}`?" if close else ""
+            allowed = ", ".join(f"`{k}`" for k in known)
+            raise CommandError(ErrorCode.BAD_REQUEST, f"unknown {what} `{name[:64]}`{hint} (known: {allowed})")
 
 
 def _room_param(request: Request) -> Room:
@@ -94,7 +108,7 @@ def _room_param(request: Request) -> Room:
 
 
 async def publish(request: Request, node: Node) -> object:
-    body = await _body(request, node)
+    body = await _body(request, node, ("room", "data", "idempotency_key"))
     room = rules.check_room(body.get("room"))
     if "data" not in body:
         raise CommandError(ErrorCode.BAD_REQUEST, "`data` is required")
@@ -105,7 +119,7 @@ async def publish(request: Request, node: Node) -> object:
 
 
 async def broadcast(request: Request, node: Node) -> object:
-    body = await _body(request, node)
+    body = await _body(request, node, ("rooms", "data", "idempotency_key"))
     rooms = body.get("rooms")
     if not isinstance(rooms, list) or not rooms or len(rooms) > MAX_BROADCAST_ROOMS:
         raise CommandError(ErrorCode.BAD_REQUEST, f"`rooms` must be a list of 1-{MAX_BROADCAST_ROOMS} rooms")
@@ -131,12 +145,20 @@ async def history(request: Request, node: Node) -> object:
     room = _room_param(request)
     options = rules.room_options(node.settings, room)
     query = request.query_params
+    check_names(query.keys(), ("since", "epoch", "limit"), "query parameter")
     since = None
     if "since" in query or "epoch" in query:
-        raw_offset = query.get("since", "")
+        # A position is an offset within an epoch: an offset alone could silently mean another
+        # epoch's publications (or none), so both or neither.
+        if "since" not in query or "epoch" not in query:
+            raise CommandError(
+                ErrorCode.BAD_REQUEST,
+                "`since` and `epoch` go together: the offset and epoch of a position from an earlier reply",
+            )
+        raw_offset = query["since"]
         if not raw_offset.isdigit():
             raise CommandError(ErrorCode.BAD_REQUEST, "`since` must be a non-negative integer")
-        since = protocol.param_since({"epoch": query.get("epoch", ""), "offset": int(raw_offset)})
+        since = protocol.param_since({"epoch": query["epoch"], "offset": int(raw_offset)})
     raw_limit = query.get("limit")
     if raw_limit is not None and not raw_limit.isdigit():
         raise CommandError(ErrorCode.BAD_REQUEST, "`limit` must be a non-negative integer")
@@ -145,6 +167,7 @@ async def history(request: Request, node: Node) -> object:
 
 
 def _presence_room(request: Request, node: Node) -> Room:
+    check_names(request.query_params.keys(), (), "query parameter")
     room = _room_param(request)
     if not rules.room_options(node.settings, room).presence:
         raise CommandError(ErrorCode.FORBIDDEN, "presence is disabled in this namespace")
@@ -163,7 +186,7 @@ async def presence_stats(request: Request, node: Node) -> object:
 
 
 async def disconnect(request: Request, node: Node) -> object:
-    body = await _body(request, node)
+    body = await _body(request, node, ("user", "code", "reason"))
     user = body.get("user")
     if not isinstance(user, str):
         raise CommandError(ErrorCode.BAD_REQUEST, "`user` must be a string")
@@ -200,6 +223,7 @@ async def status(request: Request, node: Node) -> object:
         "node": node.settings.node_name,
         "generated_at": int(time.time() * 1000),
         "close_codes": CLOSE_CODE_MEANINGS,
+        "rooms": await node.backends.cluster.rooms(),
         "nodes": await node.backends.cluster.nodes(),
     }
 

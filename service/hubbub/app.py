@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.applications import Starlette
@@ -13,6 +11,7 @@ from starlette.types import Receive, Scope, Send
 from hubbub import api, pages
 from hubbub.backends import create_backends
 from hubbub.node import Node
+from hubbub.preflight import warnings
 from hubbub.settings import DEV_API_KEY, DEV_JWT_SECRET, Settings
 
 log = logging.getLogger("hubbub")
@@ -27,43 +26,59 @@ def announce(settings: Settings) -> None:
             "HUBBUB_JWT_SECRET" if settings.jwt_secret else repr(DEV_JWT_SECRET),
             "HUBBUB_API_KEY" if settings.api_key else repr(DEV_API_KEY),
         )
-    for problem in settings.problems():
-        log.warning("configuration: %s", problem)
+    for finding in warnings(settings):
+        log.warning("configuration: %s", finding)
 
 
 class HubbubApp:
-    """ASGI entry point for HTTP. WebSockets never reach it under `hubbub serve`: uvicorn hands every
-    upgrade to hubbub.connection.WebSocketConnection, which reads `self.node`."""
+    """ASGI entry point for HTTP and the lifespan. WebSockets never reach it under `hubbub serve`: uvicorn
+    hands every upgrade to hubbub.connection.WebSocketConnection, which reads `self.node`."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.node: Node | None = None
-
-        @contextlib.asynccontextmanager
-        async def lifespan(app: Starlette) -> AsyncIterator[None]:
-            announce(settings)
-            node = Node(settings, create_backends(settings))
-            await node.start()
-            app.state.node = self.node = node
-            try:
-                yield
-            finally:
-                await node.stop()
-
-        self.http = Starlette(routes=api.routes() + pages.routes(), lifespan=lifespan)
+        #: Why start-up failed, in one line (None while it has not).
+        self.failure: str | None = None
+        self.http = Starlette(routes=api.routes() + pages.routes())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket":
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        elif scope["type"] == "websocket":
             # Only under another ASGI server: hubbub's WebSocket endpoint needs its own protocol.
             await receive()
             await send({"type": "websocket.close", "code": 1011, "reason": "serve hubbub with `hubbub serve`"})
+        else:
+            await self.http(scope, receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        # Handled here rather than by Starlette, which reports a failed start-up as a traceback: the
+        # operator gets one line saying what failed (the traceback only at debug level).
+        await receive()  # lifespan.startup
+        try:
+            announce(self.settings)
+            node = Node(self.settings, create_backends(self.settings))
+            await node.start()
+        except Exception as exc:
+            self.failure = f"start-up failed: {exc}" if str(exc) else f"start-up failed: {type(exc).__name__}"
+            log.error("%s", self.failure)
+            log.debug("start-up failure", exc_info=True)
+            await send({"type": "lifespan.startup.failed", "message": ""})
             return
-        await self.http(scope, receive, send)
+        self.http.state.node = self.node = node
+        await send({"type": "lifespan.startup.complete"})
+        await receive()  # lifespan.shutdown
+        try:
+            await node.stop()
+        except Exception as exc:
+            log.error("shutdown failed: %s", exc)
+            log.debug("shutdown failure", exc_info=True)
+        await send({"type": "lifespan.shutdown.complete"})
 
 
 def create_app(settings: Settings | None = None, **overrides: Any) -> HubbubApp:
     if settings is None:
-        from hubbub.settings import load_settings
+        from hubbub.loader import load_settings
 
         settings = load_settings(overrides=overrides)
     return HubbubApp(settings)

@@ -264,11 +264,14 @@ class Node:
             "connections": len(self.sessions),
             "rooms": len(self.hub),
             "draining": self.draining,
-            "uptime": round(time.time() - self.started_at, 1),
+            "uptime": protocol.wire_number(round(time.time() - self.started_at, 1)),
             "backend": self.backends.kind,
             "ready": self.readiness()[0],
             **self.activity.snapshot(time.monotonic()),
         }
+
+    def room_count(self) -> int:
+        return len(self.hub)
 
     def internals(self) -> JSONObject:
         """Counts of everything a connection can leave behind, for leak checks and the status page."""

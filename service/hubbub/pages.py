@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from hubbub import api
+from hubbub import api, protocol
 from hubbub.auth import mint_token
 from hubbub.codes import CommandError, ErrorCode
 from hubbub.node import Node
@@ -155,7 +155,9 @@ async def demo_token(request: Request) -> Response:
         audience=settings.jwt_audience,
         issuer=settings.jwt_issuer,
     )
-    return api.json_response({"token": token, "user": name, "expires_in": ttl, "namespace": settings.demo_namespace})
+    return api.json_response(
+        {"token": token, "user": name, "expires_in": protocol.wire_number(ttl), "namespace": settings.demo_namespace}
+    )
 
 
 def routes() -> list[BaseRoute]:

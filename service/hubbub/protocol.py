@@ -7,6 +7,7 @@ echoed back. Frames are newline-delimited JSON objects (one or more per frame).
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import re
@@ -144,12 +145,31 @@ def decode_frame(text: str) -> list[Command]:
     return commands
 
 
+def wire_number(value: float) -> int | float:
+    """A quantity for the wire: whole values as integers (`25`, not `25.0`), so that a client decoding
+    into an integer type (Go, Java) works for every default; fractional values stay fractional."""
+    return int(value) if value.is_integer() else value
+
+
+def unknown_op_reason(op: JSON) -> str:
+    """The close reason for a command without a known op: names it, within a close reason's 123 bytes."""
+    if op is None:
+        return "a command needs an op (connect, join, publish, ...)"
+    if not isinstance(op, str):
+        return "op must be a string (connect, join, publish, ...)"
+    printable = "".join(c if " " <= c <= "~" else "?" for c in op[:24])
+    shown = json.dumps(printable)
+    close = difflib.get_close_matches(op, sorted(OPS), n=1)
+    hint = f' (did you mean "{close[0]}"?)' if close else " (ops: connect, join, leave, publish, history, ...)"
+    return f"unknown op {shown}{hint}"
+
+
 def parse_command(obj: JSON) -> Command:
     if not isinstance(obj, dict):
         raise Disconnect(CloseCode.PROTOCOL_VIOLATION, "a command must be a JSON object")
     op = obj.get("op")
     if not isinstance(op, str) or op not in OPS:
-        raise Disconnect(CloseCode.PROTOCOL_VIOLATION, "unknown op")
+        raise Disconnect(CloseCode.PROTOCOL_VIOLATION, unknown_op_reason(op))
     raw_id = obj.get("id")
     if raw_id is None and op == "pong":
         return Command(0, op, obj)

@@ -11,10 +11,22 @@ from hubbub.settings import NamespaceOptions, Settings
 from hubbub.types import Room
 
 _ROOM_RE = re.compile(r"[A-Za-z0-9_\-:.@/=]{1,255}")
+_NAMESPACE_RE = re.compile(r"[A-Za-z0-9_\-.@/=]{1,254}")
+_PLAIN_NAME_RE = re.compile(r"[A-Za-z0-9_\-.=@]{1,253}")
 
 
 def is_valid_room(name: object) -> bool:
     return isinstance(name, str) and _ROOM_RE.fullmatch(name) is not None
+
+
+def is_valid_namespace(name: str) -> bool:
+    """A namespace is what a room name holds before its first `:`."""
+    return _NAMESPACE_RE.fullmatch(name) is not None
+
+
+def is_plain_name(name: str) -> bool:
+    """Safe inside Redis client names and keys: no spaces, no hash-tag braces, at most 253 characters."""
+    return _PLAIN_NAME_RE.fullmatch(name) is not None
 
 
 def namespace_of(room: str) -> str:

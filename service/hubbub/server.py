@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
+import logging
 import signal
 import socket
 from types import FrameType
 
 import uvicorn
 
+from hubbub import __version__
 from hubbub.app import HubbubApp
 from hubbub.codes import CloseCode
 from hubbub.connection import WebSocketConnection
 from hubbub.node import Node
+from hubbub.preflight import Preflight
 from hubbub.settings import Settings
+
+log = logging.getLogger("hubbub")
 
 #: Seconds uvicorn waits for tasks after the drain (the drain itself has already closed the sockets).
 SHUTDOWN_GRACE = 5
@@ -28,6 +34,12 @@ class DrainingServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, app: HubbubApp) -> None:
         super().__init__(config)
         self.hubbub_app = app
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)  # the node's start-up, then listen() on the bound sockets
+        if not self.should_exit and sockets:
+            for address in sorted({_url(sock) for sock in sockets}):
+                log.info("hubbub %s listening on %s (WebSocket: /ws)", __version__, address)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         node = self.hubbub_app.node
@@ -57,11 +69,17 @@ class DrainingServer(uvicorn.Server):
         asyncio.get_running_loop().create_task(stop_when_drained())
 
 
+class StartupError(Exception):
+    """The node could not start (the address is taken, start-up failed); the message says why and what to do."""
+
+
 def uvicorn_config(app: HubbubApp, settings: Settings) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
+        # uvicorn's messages go through hubbub's logging set-up (one format), at warning and above.
+        log_config=None,
         log_level="warning" if settings.log_level == "info" else settings.log_level,
         access_log=False,
         # hubbub's own WebSocket protocol (frames straight to the Session, no ASGI, no task per
@@ -86,11 +104,70 @@ def tune_collector() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-def run(settings: Settings) -> None:
+def bind(host: str, port: int) -> list[socket.socket]:
+    """Bound, not yet listening, sockets for every address of `host` (connections are refused until
+    start-up is done and uvicorn listens). Raises StartupError with the fix when the address is taken."""
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError):
+        raise StartupError(f"cannot listen on {host}: no such address or host name (set host / --host)") from None
+    sockets: list[socket.socket] = []
+    seen: set[tuple[int, object]] = set()
+    for family, kind, proto, _, address in infos:
+        if (family, address) in seen or (port == 0 and sockets):
+            continue  # with port 0 every socket would get a different port: one is enough
+        seen.add((family, address))
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            sock.close()
+            for other in sockets:
+                other.close()
+            raise StartupError(_bind_failure(host, port, exc)) from None
+        sockets.append(sock)
+    return sockets
+
+
+def _bind_failure(host: str, port: int, exc: OSError) -> str:
+    where = f"cannot listen on {_join(host, port)}"
+    if exc.errno == errno.EADDRINUSE:
+        return f"{where}: the address is already in use; stop the other process or choose another --port (HUBBUB_PORT)"
+    if exc.errno == errno.EACCES:
+        return f"{where}: permission denied (ports below 1024 need privileges); choose a --port above 1023"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"{where}: no interface of this machine has that address; use 127.0.0.1 or 0.0.0.0 (--host)"
+    return f"{where}: {exc.strerror or exc}"
+
+
+def _join(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://{_join(host, port)}"
+
+
+def run(plan: Preflight) -> int:
+    """Serve until stopped; 0 after a drain or Ctrl-C. Raises StartupError when the node cannot start."""
+    settings = plan.settings
+    sockets = bind(settings.host, settings.port)
     tune_collector()
     app = HubbubApp(settings)
     try:
-        DrainingServer(uvicorn_config(app, settings), app).run()
+        DrainingServer(uvicorn_config(app, settings), app).run(sockets=sockets)
     except KeyboardInterrupt:
         # uvicorn re-raises the SIGINT it captured once shutdown is complete: nothing left to report.
         pass
+    except SystemExit as exc:
+        # uvicorn exits this way when start-up failed; the reason is already logged in one line.
+        if exc.code not in (None, 0):
+            raise StartupError(app.failure or "start-up failed") from None
+    finally:
+        for sock in sockets:
+            sock.close()
+    return 0

@@ -283,7 +283,7 @@ class Session:
             "client": self.client_id,
             "user": self.principal.user,
             "expires_in": self._expires_in(),
-            "ping_interval": node.settings.ping_interval,
+            "ping_interval": protocol.wire_number(node.settings.ping_interval),
             "rooms": joined,
         }
 

@@ -6,16 +6,11 @@ descriptions (`hubbub config-doc`) and checked against them by a test.
 
 from __future__ import annotations
 
-import json
-import os
 import socket
-import tomllib
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 ENV_PREFIX = "HUBBUB_"
 
@@ -151,13 +146,24 @@ class Settings(BaseModel):
     # Not a setting: recorded by the loader so development mode is never entered silently with a file.
     config_file: Path | None = Field(None, description="The config file these settings were read from.")
 
+    @field_validator("jwt_secret")
+    @classmethod
+    def _long_enough(cls, secret: SecretStr | None) -> SecretStr | None:
+        if secret is not None and len(secret.get_secret_value().encode()) < 32:
+            # RFC 7518 §3.2: an HS256 key must be at least as long as the hash output.
+            raise ValueError(
+                "must be at least 32 bytes (RFC 7518 §3.2); generate one with: "
+                "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            )
+        return secret
+
     @model_validator(mode="after")
     def _check_timing(self) -> Settings:
         if self.pong_timeout >= self.ping_interval * 4:
-            raise ValueError("pong_timeout must be well below 4 × ping_interval")
-        if self.jwt_secret is not None and len(self.jwt_secret.get_secret_value().encode()) < 32:
-            # RFC 7518 §3.2: an HS256 key must be at least as long as the hash output.
-            raise ValueError("jwt_secret must be at least 32 bytes (RFC 7518 §3.2)")
+            raise ValueError(
+                f"pong_timeout ({self.pong_timeout:g} s) must be well below 4 × ping_interval "
+                f"({self.ping_interval:g} s): raise ping_interval or lower pong_timeout"
+            )
         return self
 
     @property
@@ -196,93 +202,6 @@ class Settings(BaseModel):
             return self.jwt_public_key_file.read_text()
         return None
 
-    def problems(self) -> list[str]:
-        """Configuration that starts but will not work as an operator expects (used by `check-config`)."""
-        found: list[str] = []
-        has_key = self.effective_jwt_secret() or self.jwt_public_key or self.jwt_public_key_file or self.jwt_jwks_url
-        if not has_key:
-            found.append("no JWT key configured (jwt_secret, jwt_public_key or jwt_jwks_url): every connect fails")
-        if self.effective_api_key() is None:
-            found.append("no api_key: the HTTP API answers 401 to everything")
-        if self.jwt_public_key_file is not None and not self.jwt_public_key_file.is_file():
-            found.append(f"jwt_public_key_file {self.jwt_public_key_file} does not exist")
-        if not self.development and self.default_namespace is None and not self.namespaces:
-            found.append("no namespaces configured: every join answers 404")
-        if self.demo_enabled:
-            if self.effective_jwt_secret() is None:
-                found.append("demo is on but no jwt_secret is configured to sign demo tokens: /demo/token answers 503")
-            demo_ns = self.namespace(self.demo_namespace)
-            if demo_ns is None or not (demo_ns.client_publish and demo_ns.presence and demo_ns.history_size):
-                found.append(
-                    f"demo is on but namespace {self.demo_namespace!r} is not configured with client_publish, "
-                    "presence and history: the demo chat will not work"
-                )
-        return found
-
 
 class SettingsError(Exception):
-    """Configuration that cannot be loaded; the message is meant for a human."""
-
-
-def _read_file(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise SettingsError(f"cannot read config file {path}: {exc.strerror}") from exc
-    try:
-        if path.suffix == ".toml":
-            data: Any = tomllib.loads(text)
-        elif path.suffix == ".json":
-            data = json.loads(text)
-        else:
-            data = yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as exc:
-        raise SettingsError(f"config file {path} is not valid {path.suffix.lstrip('.') or 'YAML'}: {exc}") from exc
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise SettingsError(f"config file {path} must hold a mapping of settings")
-    return data
-
-
-def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    for name, field in Settings.model_fields.items():
-        if name == "config_file":
-            continue
-        raw = env.get(ENV_PREFIX + name.upper())
-        if raw is None:
-            continue
-        annotation = str(field.annotation)
-        structured = any(t in annotation for t in ("dict", "tuple", "NamespaceOptions"))
-        if structured:
-            try:
-                values[name] = json.loads(raw)
-            except ValueError as exc:
-                raise SettingsError(f"{ENV_PREFIX}{name.upper()} must be JSON: {exc}") from exc
-        else:
-            values[name] = raw
-    return values
-
-
-def load_settings(
-    config_file: Path | None = None,
-    *,
-    env: Mapping[str, str] | None = None,
-    overrides: Mapping[str, Any] | None = None,
-) -> Settings:
-    """Merge defaults, the config file, `HUBBUB_*` variables and CLI overrides (later wins)."""
-    env = os.environ if env is None else env
-    if config_file is None and env.get(ENV_PREFIX + "CONFIG"):
-        config_file = Path(env[ENV_PREFIX + "CONFIG"])
-    merged: dict[str, Any] = {}
-    if config_file is not None:
-        merged.update(_read_file(config_file))
-    merged.update(_from_env(env))
-    merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    merged["config_file"] = config_file
-    try:
-        return Settings.model_validate(merged)
-    except ValidationError as exc:
-        lines = [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
-        raise SettingsError("invalid configuration:\n" + "\n".join(lines)) from exc
+    """Configuration that cannot be used; the message is meant for a human and names the setting."""

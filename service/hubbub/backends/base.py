@@ -128,6 +128,9 @@ class LocalNode(Protocol):
 
     def info(self) -> JSONObject: ...
 
+    def room_count(self) -> int:
+        """Rooms with members on this node."""
+
     def disconnect_user(self, user: str, code: int, reason: str | None) -> int: ...
 
 
@@ -138,6 +141,9 @@ class ClusterView(Protocol):
 
     async def nodes(self) -> list[JSONObject]:
         """Every live node's `info()`, this one included."""
+
+    async def rooms(self) -> int:
+        """Distinct rooms with members on any node (a room with members on two nodes counts once)."""
 
     async def disconnect_user(self, user: str, code: int, reason: str | None) -> int:
         """Close `user`'s connections on every node; the number closed."""

@@ -16,6 +16,9 @@ class LocalCluster:
     async def nodes(self) -> list[JSONObject]:
         return [self._local.info()] if self._local else []
 
+    async def rooms(self) -> int:
+        return self._local.room_count() if self._local else 0
+
     async def disconnect_user(self, user: str, code: int, reason: str | None) -> int:
         return self._local.disconnect_user(user, code, reason) if self._local else 0
 

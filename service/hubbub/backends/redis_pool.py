@@ -61,14 +61,22 @@ def _options(settings: Settings, client_name: str) -> dict[str, object]:
     }
 
 
+def sentinel_addresses(settings: Settings) -> list[tuple[str, int]]:
+    """`redis_sentinels` as (host, port) pairs; ValueError names the entry that is not `host:port`."""
+    addresses = []
+    for address in settings.redis_sentinels:
+        host, _, port = address.rpartition(":")
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{address!r} is not host:port (e.g. sentinel-0.sentinel:26379)")
+        addresses.append((host.strip("[]") or "127.0.0.1", int(port)))
+    return addresses
+
+
 def connect(settings: Settings) -> RedisClients:
     """Build (not connect) the node's clients; connections are made on first use."""
     node = settings.node_name
     if settings.redis_sentinels:
-        sentinels = []
-        for address in settings.redis_sentinels:
-            host, _, port = address.rpartition(":")
-            sentinels.append((host or "127.0.0.1", int(port)))
+        sentinels = sentinel_addresses(settings)
         url_options: dict[str, object] = {}
         if settings.redis_url:
             parsed = aioredis.connection.parse_url(settings.redis_url)

@@ -275,7 +275,7 @@ function render(data) {
   const nodes = [...data.nodes].filter((n) => n && typeof n === "object");
   nodes.sort((a, b) => String(a.name).localeCompare(String(b.name)));
   const meanings = data.close_codes && typeof data.close_codes === "object" ? data.close_codes : {};
-  renderSummary(nodes);
+  renderSummary(nodes, data.rooms);
   renderNodes(nodes, data.node);
   renderCodes(nodes, meanings);
   renderRecent(nodes, meanings);
@@ -288,11 +288,12 @@ function setMetric(name, text) {
   if (node) node.textContent = text;
 }
 
-function renderSummary(nodes) {
+function renderSummary(nodes, rooms) {
   const sum = (pick) => nodes.reduce((total, n) => total + num(pick(n)), 0);
   setMetric("nodes", fmtInt(nodes.length));
   setMetric("connections", fmtInt(sum((n) => n.connections)));
-  setMetric("rooms", fmtInt(sum((n) => n.rooms)));
+  // Cluster-wide distinct rooms: a room with members on two nodes is one room, not two.
+  setMetric("rooms", fmtInt(typeof rooms === "number" ? rooms : sum((n) => n.rooms)));
   setMetric("publications", fmtRate(sum((n) => n.rates?.publications)));
   setMetric("deliveries", fmtRate(sum((n) => n.rates?.deliveries)));
 }
