@@ -12,8 +12,8 @@ import pytest
 from hubbub.backends import Backends, create_backends
 from hubbub.backends.base import StreamOptions
 from hubbub.backends.memory import MemoryEngine, MemoryPresence
-from hubbub.protocol import Publication
 from hubbub.loader import load_settings
+from hubbub.protocol import Publication
 from hubbub.types import ClientId, JSONObject, Room
 from tests.support.redis_server import RedisServer
 

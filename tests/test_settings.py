@@ -1,17 +1,16 @@
-"""Settings: precedence, validation, development mode, and the CLI around them."""
+"""Settings: precedence, sources, development mode, and mistakes reported in the user's words."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+import re
 from pathlib import Path
 
 import pytest
 
-from hubbub.auth import KeySet, verify_token
-from hubbub.cli import config_doc, main
-from hubbub.settings import DEV_API_KEY, DEV_JWT_SECRET, SettingsError, load_settings
+from hubbub.cli import config_doc
+from hubbub.loader import load_settings
+from hubbub.settings import DEV_API_KEY, DEV_JWT_SECRET, SettingsError
 
 SECRET = "s" * 40
 
@@ -51,19 +50,109 @@ def test_structured_settings_come_from_env_as_json() -> None:
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ("port: lots", "port"),
-        ("no_such_setting: 1", "no_such_setting"),
-        ("namespaces: {chat: {presense: true}}", "presense"),
-        ("jwt_secret: short", "32 bytes"),
-        ("[unbalanced", "not valid"),
+        ("port: lots", r"port \(.*bad.yaml\): must be a whole number \(got 'lots'\)"),
+        ("port: 70000", r"port \(.*\): must be less than or equal to 65535 \(got 70000\)"),
+        ("no_such_setting: 1", r"no_such_setting \(.*\): unknown setting$"),
+        ("prot: 9", r"prot \(.*\): unknown setting; did you mean port\?"),
+        (
+            "namespaces: {chat: {presense: true}}",
+            r"namespaces\.chat\.presense \(.*\): unknown setting; did you mean presence\?",
+        ),
+        ("default_namespace: {histroy_size: 3}", r"default_namespace\.histroy_size .*did you mean history_size\?"),
+        ("namespaces: {chat: 5}", r"namespaces\.chat \(.*\): must be a mapping of options"),
+        ("allowed_origins: 5", r"allowed_origins \(.*\): must be a list, e\.g\."),
+        ("mode: prod", r"mode \(.*\): must be one of auto, development or production \(got 'prod'\)"),
+        ("demo: maybe", r"demo \(.*\): must be true or false"),
+        ("demo_namespace: a b", r"demo_namespace \(.*\): may hold only letters"),
+        ("jwt_secret: short", r"jwt_secret \(.*\): must be at least 32 bytes"),
+        (
+            "ping_interval: 2\npong_timeout: 10",
+            r"^  pong_timeout \(10 s\) must be well below 4 × ping_interval \(2 s\)",
+        ),
+        ("[unbalanced", "not valid YAML"),
         ("- a list", "mapping"),
     ],
 )
-def test_invalid_configuration_is_a_clear_error(tmp_path: Path, content: str, message: str) -> None:
+def test_invalid_configuration_is_a_clear_error_naming_the_setting_and_file(
+    tmp_path: Path, content: str, message: str
+) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(content)
-    with pytest.raises(SettingsError, match=message):
+    with pytest.raises(SettingsError) as caught:
         load_settings(path, env={})
+    assert re.search(message, str(caught.value), re.MULTILINE), str(caught.value)
+    assert_plain_words(str(caught.value))
+
+
+def assert_plain_words(message: str) -> None:
+    """No pydantic jargon and no stray prefixes reach the user."""
+    for jargon in ("Value error", "valid tuple", "Extra inputs", "Input should", "  :", "pydantic", "errors.pydantic"):
+        assert jargon not in message, message
+
+
+def test_every_mistake_of_a_file_is_reported_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("prot: 9\nping_interval: -1\nallowed_origins: 5\n")
+    with pytest.raises(SettingsError) as caught:
+        load_settings(path, env={})
+    lines = str(caught.value).splitlines()
+    assert lines[0] == "invalid configuration:"
+    assert len(lines) == 4 and {line.split(" ")[2] for line in lines[1:]} == {
+        "prot",
+        "ping_interval",
+        "allowed_origins",
+    }
+
+
+@pytest.mark.parametrize("name", ["hubbub.ini", "hubbub.conf", "hubbub"])
+def test_an_unsupported_file_type_is_named(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    path.write_text("port = 9000\n")
+    with pytest.raises(SettingsError, match=r"unsupported file type .*; use \.yaml, \.yml, \.json, \.toml"):
+        load_settings(path, env={})
+
+
+def test_a_misspelled_environment_variable_is_refused_with_a_suggestion() -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(env={"HUBBUB_PORTT": "9000", "HUBBUB_JWT_SECRETT": "x"})
+    message = str(caught.value)
+    assert "HUBBUB_PORTT: unknown environment variable; did you mean HUBBUB_PORT?" in message
+    assert "HUBBUB_JWT_SECRETT: unknown environment variable; did you mean HUBBUB_JWT_SECRET?" in message
+    assert "hubbub config-doc" in message
+
+
+def test_an_environment_mistake_names_the_variable() -> None:
+    with pytest.raises(SettingsError, match=r"ping_interval \(HUBBUB_PING_INTERVAL\): must be greater than 0"):
+        load_settings(env={"HUBBUB_PING_INTERVAL": "-1"})
+    with pytest.raises(SettingsError, match=r"port \(--port\): must be less than or equal to 65535"):
+        load_settings(env={}, overrides={"port": 70000})
+    with pytest.raises(SettingsError, match=r"HUBBUB_NAMESPACES: must be JSON, e\.g\."):
+        load_settings(env={"HUBBUB_NAMESPACES": "chat"})
+
+
+def test_tools_variables_and_kubernetes_service_links_are_not_settings() -> None:
+    # Kubernetes injects these into every pod of a namespace that has a Service named `hubbub`.
+    env = {
+        "HUBBUB_CACHE_DIR": "/tmp/cache",
+        "HUBBUB_SERVICE_HOST": "10.96.0.12",
+        "HUBBUB_SERVICE_PORT": "8000",
+        "HUBBUB_SERVICE_PORT_HTTP": "8000",
+        "HUBBUB_PORT": "tcp://10.96.0.12:8000",
+        "HUBBUB_PORT_8000_TCP": "tcp://10.96.0.12:8000",
+        "HUBBUB_PORT_8000_TCP_ADDR": "10.96.0.12",
+        "HUBBUB_PORT_8000_TCP_PORT": "8000",
+        "HUBBUB_PORT_8000_TCP_PROTO": "tcp",
+    }
+    assert load_settings(env=env).port == 8000
+    # Without the Service's other variables, HUBBUB_PORT is the user's, and must be a port.
+    with pytest.raises(SettingsError, match="HUBBUB_PORT"):
+        load_settings(env={"HUBBUB_PORT": "tcp://10.96.0.12:8000"})
+
+
+def test_lists_come_from_the_environment_as_json_or_comma_separated() -> None:
+    comma = load_settings(env={"HUBBUB_ALLOWED_ORIGINS": "https://a.example, http://localhost:3000"})
+    assert comma.allowed_origins == ("https://a.example", "http://localhost:3000")
+    assert load_settings(env={"HUBBUB_REDIS_SENTINELS": '["s1:26379"]'}).redis_sentinels == ("s1:26379",)
 
 
 def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
@@ -98,51 +187,6 @@ def test_production_mode_from_env_without_a_file() -> None:
     settings = load_settings(env={"HUBBUB_MODE": "production", "HUBBUB_JWT_SECRET": SECRET})
     assert not settings.development
     assert settings.effective_jwt_secret() == SECRET
-
-
-def test_problems_list_what_will_not_work(tmp_path: Path) -> None:
-    path = tmp_path / "c.yaml"
-    path.write_text("mode: production\n")
-    problems = load_settings(path, env={}).problems()
-    assert any("no JWT key" in p for p in problems)
-    assert any("api_key" in p for p in problems)
-    assert any("namespaces" in p for p in problems)
-
-
-def test_token_command_mints_a_token_the_server_accepts(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["token", "--sub", "alice", "--rooms", "chat:*", "--publish", "chat:*", "--ttl", "60"]) == 0
-    minted = capsys.readouterr().out.strip()
-    principal = verify_token(minted, KeySet.from_config(hmac_secret=DEV_JWT_SECRET, public_key_pem=None), now=0)
-    assert principal.user == "alice"
-    assert principal.rooms == ("chat:*",) and principal.publish == ("chat:*",)
-
-
-def test_token_without_flags_grants_everything(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["token"]) == 0
-    minted = capsys.readouterr().out.strip()
-    principal = verify_token(minted, KeySet.from_config(hmac_secret=DEV_JWT_SECRET, public_key_pem=None), now=0)
-    assert principal.rooms == ("*",) and principal.publish == ("*",)
-
-
-def test_check_config_reports_problems_and_fails_in_production(tmp_path: Path) -> None:
-    path = tmp_path / "c.yaml"
-    path.write_text("mode: production\n")
-    result = subprocess.run(
-        [sys.executable, "-m", "hubbub", "check-config", "--config", str(path)], capture_output=True, text=True
-    )
-    assert result.returncode == 1
-    assert "no JWT key" in result.stdout
-    good = tmp_path / "good.yaml"
-    good.write_text(f"jwt_secret: {SECRET}\napi_key: k\nnamespaces: {{chat: {{}}}}\n")
-    ok = subprocess.run([sys.executable, "-m", "hubbub", "check-config", "--config", str(good)], capture_output=True)
-    assert ok.returncode == 0, ok.stdout
-
-
-def test_bad_config_exits_2_with_the_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    path = tmp_path / "c.yaml"
-    path.write_text("port: -1\n")
-    assert main(["check-config", "--config", str(path)]) == 2
-    assert "port" in capsys.readouterr().err
 
 
 def test_configuration_doc_lists_every_setting_as_generated() -> None:

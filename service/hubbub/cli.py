@@ -37,10 +37,10 @@ def _settings(args: argparse.Namespace, **overrides: object) -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from hubbub import server
-
     settings = _settings(args, host=args.host, port=args.port, log_level=args.log_level)
     plan = preflight(settings)
+    from hubbub import server  # the server's imports only once the configuration is known to be good
+
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )

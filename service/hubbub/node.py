@@ -20,9 +20,9 @@ from hubbub.backends import Backends
 from hubbub.backends.base import BackendUnavailable, HistoryResult, PublishResult, StreamOptions
 from hubbub.codes import CloseCode
 from hubbub.hub import Hub
-from hubbub.jwks import Authenticator
 from hubbub.metrics import Metrics
 from hubbub.outbox import Flusher, Outbox
+from hubbub.preflight import make_authenticator
 from hubbub.protocol import StreamPosition
 from hubbub.session import Session, State
 from hubbub.settings import NamespaceOptions, Settings
@@ -30,20 +30,6 @@ from hubbub.timers import DeadlineHeap, FixedDelayQueue
 from hubbub.types import JSON, JSONObject, Room
 
 log = logging.getLogger("hubbub.node")
-
-
-def make_authenticator(settings: Settings) -> Authenticator:
-    return Authenticator(
-        hmac_secret=settings.effective_jwt_secret(),
-        public_key_pem=settings.public_key_pem(),
-        jwks_url=settings.jwt_jwks_url,
-        jwks_refresh_interval=settings.jwt_jwks_refresh,
-        jwks_min_refetch_interval=settings.jwt_jwks_min_refetch,
-        audience=settings.jwt_audience,
-        issuer=settings.jwt_issuer,
-        leeway=settings.jwt_leeway,
-        allow_anonymous=settings.allow_anonymous,
-    )
 
 
 #: Timer entries hold weak references: an entry is cancelled lazily, and a strong one would keep a gone

@@ -17,6 +17,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from hubbub import rules
+from hubbub.jwks import Authenticator
 from hubbub.settings import Settings, SettingsError
 
 
@@ -57,6 +58,20 @@ def preflight(settings: Settings) -> Preflight:
     return Preflight(settings, tuple(warnings(settings)))
 
 
+def make_authenticator(settings: Settings) -> Authenticator:
+    return Authenticator(
+        hmac_secret=settings.effective_jwt_secret(),
+        public_key_pem=settings.public_key_pem(),
+        jwks_url=settings.jwt_jwks_url,
+        jwks_refresh_interval=settings.jwt_jwks_refresh,
+        jwks_min_refetch_interval=settings.jwt_jwks_min_refetch,
+        audience=settings.jwt_audience,
+        issuer=settings.jwt_issuer,
+        leeway=settings.jwt_leeway,
+        allow_anonymous=settings.allow_anonymous,
+    )
+
+
 def redact(url: str) -> str:
     """`url` with any password replaced by `***`, for messages and logs."""
     try:
@@ -93,8 +108,6 @@ def warnings(settings: Settings) -> list[Finding]:
 
 
 def _keys(settings: Settings) -> list[Finding]:
-    from hubbub.node import make_authenticator
-
     if settings.jwt_public_key and settings.jwt_public_key_file is not None:
         return [Finding("jwt_public_key_file", "set either jwt_public_key or jwt_public_key_file, not both")]
     has_key = settings.effective_jwt_secret() or settings.jwt_public_key or settings.jwt_public_key_file

@@ -92,7 +92,7 @@ class RedisCluster:
         # inside Redis: only the number travels, not 10,000 channel names.
         pattern = f"{self._prefix}:{{*}}:ch"
         try:
-            count = await asyncio.wait_for(self._redis.eval(COUNT_CHANNELS, 0, pattern), ANSWER_TIMEOUT)  # type: ignore[misc]
+            count = await asyncio.wait_for(self._redis.eval(COUNT_CHANNELS, 0, pattern), ANSWER_TIMEOUT)
         except (TimeoutError, RedisError, OSError) as exc:
             raise BackendUnavailable(f"redis: {type(exc).__name__}") from exc
         return int(count)
