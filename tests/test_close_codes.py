@@ -147,6 +147,27 @@ async def test_protocol_violations_close_4004(server: ServerProcess, frame: str)
     await assert_closed(client, 4004)
 
 
+@pytest.mark.parametrize(
+    ("command", "reason"),
+    [
+        ({"id": 2, "op": "subscribe", "room": "chat:x"}, 'unknown op "subscribe" (ops: connect, join, leave, publish'),
+        ({"id": 2, "op": "publsh", "room": "chat:x"}, 'unknown op "publsh" (did you mean "publish"?)'),
+        ({"id": 2, "room": "chat:x"}, "a command needs an op"),
+        ({"id": 2, "op": 7}, "op must be a string"),
+        ({"id": 2, "op": '\u00e9"' + "x" * 300}, 'unknown op "?\\"xxxxxxxxxxxxxxxxxxxxxx" (ops:'),
+    ],
+)
+async def test_an_unknown_op_is_named_in_the_close(
+    server: ServerProcess, command: dict[str, object], reason: str
+) -> None:
+    client = await RawClient.connected(server.ws_url)
+    await client.send(command)
+    closed = await client.closed()
+    assert closed.code == 4004
+    assert closed.disconnect is not None and closed.disconnect["reason"].startswith(reason)
+    assert len(closed.disconnect["reason"].encode()) <= 123
+
+
 async def test_bad_parameters_are_400_replies_and_keep_the_connection(server: ServerProcess) -> None:
     client = await RawClient.connected(server.ws_url)
     bad_params = [

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import re
 import uuid
 
 import httpx
 import pytest
+import websockets
 
 from tests.support.server import ServerProcess
-from tests.support.wsclient import RawClient
+from tests.support.wsclient import RawClient, token
 
 
 def room(ns: str = "chat") -> str:
@@ -139,3 +142,89 @@ def test_health_ready_and_metrics_need_no_key(server: ServerProcess) -> None:
 
 def test_unknown_paths_are_404(server: ServerProcess) -> None:
     assert httpx.get(server.http_url + "/nope").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field", "suggestion"),
+    [
+        ("/api/publish", {"room": "chat:x", "data": 1, "idempotencykey": "k1"}, "idempotencykey", "idempotency_key"),
+        ("/api/publish", {"room": "chat:x", "data": 1, "rooms": ["chat:y"]}, "rooms", None),
+        (
+            "/api/broadcast",
+            {"rooms": ["chat:x"], "data": 1, "idempotency-key": "k"},
+            "idempotency-key",
+            "idempotency_key",
+        ),
+        ("/api/disconnect", {"user": "alice", "reasons": "bye"}, "reasons", "reason"),
+    ],
+)
+def test_an_unknown_body_field_is_400_naming_it(
+    server: ServerProcess, path: str, body: dict[str, object], field: str, suggestion: str | None
+) -> None:
+    response = server.api("POST", path, json=body)
+    assert response.status_code == 400
+    reason = response.json()["error"]["reason"]
+    assert reason.startswith(f"unknown field `{field}`")
+    if suggestion:
+        assert f"did you mean `{suggestion}`?" in reason
+
+
+def test_a_retry_with_a_misspelled_idempotency_key_cannot_duplicate(server: ServerProcess) -> None:
+    name = room()
+    body = {"room": name, "data": {"text": "once"}, "idempotencykey": "order-17"}
+    assert [server.api("POST", "/api/publish", json=body).status_code for _ in range(2)] == [400, 400]
+    assert server.api("GET", f"/api/history/{name}").json()["publications"] == []
+
+
+@pytest.mark.parametrize(
+    ("query", "reason"),
+    [
+        ("since=0", "`since` and `epoch` go together"),
+        ("epoch=abc", "`since` and `epoch` go together"),
+        ("since=x&epoch=abc", "`since` must be a non-negative integer"),
+        ("limt=5", "unknown query parameter `limt`; did you mean `limit`?"),
+        ("limit=-1", "`limit` must be a non-negative integer"),
+    ],
+)
+def test_history_queries_that_would_be_misread_are_400(server: ServerProcess, query: str, reason: str) -> None:
+    response = server.api("GET", f"/api/history/{room()}?{query}")
+    assert response.status_code == 400
+    assert response.json()["error"]["reason"].startswith(reason)
+
+
+def test_presence_calls_take_no_query_parameters(server: ServerProcess) -> None:
+    for call in ("presence", "presence_stats"):
+        response = server.api("GET", f"/api/{call}/{room()}?user=alice")
+        assert response.status_code == 400
+        assert "unknown query parameter `user`" in response.json()["error"]["reason"]
+
+
+#: A JSON number written with a fraction of zero (`25.0`): a client decoding into an integer type fails on it.
+WHOLE_FLOAT = re.compile(r'(?<![\w."])-?\d+\.0+(?:[eE][+-]?\d+)?(?=[,}\]\s]|$)')
+
+
+async def test_whole_quantities_go_out_without_a_fraction(server: ServerProcess) -> None:
+    """Every default duration is whole; on the wire it is `25`, not `25.0`, in replies and API answers."""
+    name = room()
+    texts: list[str] = []
+    async with websockets.connect(server.ws_url) as ws:
+        await ws.send(json.dumps({"id": 1, "op": "connect", "token": token("alice")}))
+        connected = str(await ws.recv())
+        assert '"ping_interval":25,' in connected
+        texts.append(connected)
+        await ws.send(json.dumps({"id": 2, "op": "join", "room": name}))
+        texts.append(str(await ws.recv()))
+        await ws.send(json.dumps({"id": 3, "op": "publish", "room": name, "data": {"n": 1.5, "m": 2}}))
+        texts += [str(await ws.recv()), str(await ws.recv())]
+        await ws.send(json.dumps({"id": 4, "op": "presence_stats", "room": name}))
+        texts.append(str(await ws.recv()))
+        texts += [
+            server.api("POST", "/api/publish", json={"room": name, "data": 1}).text,
+            server.api("GET", f"/api/history/{name}").text,
+            server.api("GET", f"/api/presence_stats/{name}").text,
+            server.api("GET", "/api/info").text,
+            server.api("GET", "/api/status").text,
+        ]
+    for text in texts:
+        assert not WHOLE_FLOAT.search(text), text
+    assert WHOLE_FLOAT.search('{"a":25.0}') and not WHOLE_FLOAT.search('{"a":25.5,"b":"25.0"}')

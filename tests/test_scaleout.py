@@ -262,6 +262,31 @@ async def test_status_on_any_node_shows_every_node_with_its_own_deliveries(nodes
     await watcher.close()
 
 
+async def test_status_counts_a_room_with_members_on_two_nodes_once(nodes: Nodes) -> None:
+    shared, alone = f"quiet:{uuid.uuid4().hex[:10]}", f"quiet:{uuid.uuid4().hex[:10]}"
+    members = [await RawClient.connected(nodes[i].ws_url, f"m{i}") for i in (0, 1, 1)]
+    for client, name in zip(members, (shared, shared, alone), strict=True):
+        assert "ok" in await client.call("join", room=name)
+    # Each node answers with the cluster-wide count at once: it comes from Redis, not from heartbeats.
+    for node in nodes.procs:
+        status = node.api("GET", "/api/status").json()
+        assert status["rooms"] == 2, status
+
+    def own_rooms(node: int) -> int:
+        own = next(n for n in nodes[node].api("GET", "/api/info").json()["nodes"] if n["name"] == f"node{node}")
+        return int(own["rooms"])
+
+    # Node 0 loses its only member of the shared room: the room is still in use on node 1.
+    await members[0].close()
+    await until(lambda: own_rooms(0) == 0, timeout=10)
+    assert nodes[2].api("GET", "/api/status").json()["rooms"] == 2
+    await members[2].call("leave", room=alone)
+    await until(lambda: nodes[2].api("GET", "/api/status").json()["rooms"] == 1, timeout=10)
+    await members[1].close()
+    await until(lambda: nodes[2].api("GET", "/api/status").json()["rooms"] == 0, timeout=10)
+    await members[2].close()
+
+
 # --- faults ---------------------------------------------------------------------------------------------
 
 
