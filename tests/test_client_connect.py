@@ -214,7 +214,7 @@ async def test_refused_upgrade_fails_at_once_with_the_status_and_the_servers_wor
     started = time.monotonic()
     with caplog.at_level(logging.WARNING, logger="hubbub.client"):
         error = await expect_connect_failed(client, within=5)
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 4  # not the 30 s of connect_timeout
     assert error.status == status and error.attempts == 1 == client.attempts
     assert isinstance(error.cause, InvalidStatus) and error.body is not None
     if said is not None:
