@@ -18,6 +18,13 @@ from tests.support.wsclient import token
 FAST: dict[str, Any] = {"backoff_base": 0.05, "backoff_cap": 0.3, "drain_jitter": 0.1}
 
 
+def http_answer(status: int, body: str) -> bytes:
+    """A complete HTTP/1.1 response that refuses a WebSocket upgrade."""
+    data = body.encode()
+    head = f"HTTP/1.1 {status} Error\r\ncontent-type: text/plain\r\ncontent-length: {len(data)}\r\n"
+    return head.encode() + b"connection: close\r\n\r\n" + data
+
+
 def unique(prefix: str) -> str:
     return f"{prefix}{uuid.uuid4().hex[:10]}"
 
@@ -76,13 +83,16 @@ class Recorder:
 
 class Relay:
     """A TCP relay on 127.0.0.1 in front of a real server. `blackhole` drops the server's bytes on their way
-    to the client (a silently dead connection); `silence()` does that for the WebSocket connections open
-    now only (plain HTTP requests, e.g. a browser fetching a token, keep working); `cut()` drops every
-    relayed connection at once."""
+        to the client (a silently dead connection); `silence()` does that for the WebSocket connections open
+        now only (plain HTTP requests, e.g. a browser fetching a token, keep working); `cut()` drops every
+        relayed connection at once. With `answer` set, new connections get those bytes (an HTTP error, as from an
+    ingress during a rollout) instead of being relayed. `accepted` counts the connections that reached it."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.blackhole = False
+        self.answer: bytes | None = None
+        self.accepted = 0
         self.port = 0
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -100,6 +110,14 @@ class Relay:
         return self
 
     async def _handle(self, down_reader: asyncio.StreamReader, down_writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        if self.answer is not None:
+            with contextlib.suppress(OSError):
+                await down_reader.read(65536)  # the upgrade request
+                down_writer.write(self.answer)
+                await down_writer.drain()
+            down_writer.close()
+            return
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         except OSError:

@@ -6,9 +6,11 @@
         async for pub in room:
             print(pub.offset, pub.data)
 
-The client reconnects with exponential backoff and full jitter, re-joins its rooms recovering missed
-publications (or says it could not), queues publishes while offline with idempotency keys, answers the
-server's pings, and refreshes its token before it expires.
+`connect()` raises `ConnectFailed` when the first connect cannot succeed (a wrong path, a refused origin,
+an invalid token, or nothing within `connect_timeout`). Once connected, the client reconnects with
+exponential backoff and full jitter, re-joins its rooms recovering missed publications (or says it could
+not), queues publishes while offline with idempotency keys, answers the server's pings, and refreshes its
+token before it expires.
 """
 
 from __future__ import annotations
@@ -16,7 +18,14 @@ from __future__ import annotations
 from hubbub.client.backoff import Backoff
 from hubbub.client.client import Client
 from hubbub.client.emitter import Emitter
-from hubbub.client.errors import ClientClosed, ClientError, CommandError, CommandTimeout, QueueFull
+from hubbub.client.errors import (
+    ClientClosed,
+    ClientError,
+    CommandError,
+    CommandTimeout,
+    ConnectFailed,
+    QueueFull,
+)
 from hubbub.client.events import ConnectError, ConnectionState, Disconnect, Rejoin, TokenRefresh
 from hubbub.client.models import (
     ClientInfo,
@@ -42,6 +51,7 @@ __all__ = [
     "CommandError",
     "CommandTimeout",
     "ConnectError",
+    "ConnectFailed",
     "ConnectionState",
     "Disconnect",
     "Emitter",

@@ -2,8 +2,10 @@
 
 One background task (the runner) opens connections, sends `connect` (re-joining every room with its
 last position), serves the connection until it ends, and decides by close code whether and when to
-reconnect (`policy`). Everything fed by the server is applied synchronously in the connection's reader,
-so room buffers and publish acknowledgements follow wire order.
+reconnect (`policy`). Until the first `connect` reply it works against a deadline (`connect_timeout`) and
+gives up at once when retrying cannot help (a 4xx refusal, a terminal close code), so that `connect()`
+says what is wrong instead of retrying in silence. Everything fed by the server is applied synchronously in
+the connection's reader, so room buffers and publish acknowledgements follow wire order.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ from typing import Any
 from websockets.exceptions import InvalidURI
 
 from hubbub.client.backoff import Backoff, Uniform
-from hubbub.client.connection import Closure, Connection
+from hubbub.client.connection import Closure, Connection, Refusal, describe, refusal
 from hubbub.client.emitter import Emitter
-from hubbub.client.errors import ClientClosed, CommandError, CommandTimeout, ConnectionLost
+from hubbub.client.errors import ClientClosed, CommandError, CommandTimeout, ConnectFailed, ConnectionLost
 from hubbub.client.events import ConnectError, ConnectionState, Disconnect, Rejoin, TokenRefresh
 from hubbub.client.membership import Membership, ignore_reply
 from hubbub.client.models import (
@@ -35,7 +37,7 @@ from hubbub.client.models import (
     PublishResult,
     StreamPosition,
 )
-from hubbub.client.policy import Action, action_for
+from hubbub.client.policy import Action, action_for, refusal_is_terminal
 from hubbub.client.publisher import Publisher
 from hubbub.client.room import Room
 from hubbub.client.token import TokenCallback, TokenSource, keep_fresh
@@ -51,6 +53,9 @@ class Client:
 
     `token` is a JWT, an async callback returning one (called for every connect and refresh), or None
     for servers that allow anonymous access. Timing parameters are in seconds.
+
+    `connect_timeout` bounds the first connect: `connect()` raises `ConnectFailed` once it has passed
+    without a successful `connect` reply (None: retry until cancelled). Later reconnects retry forever.
     """
 
     def __init__(
@@ -59,6 +64,7 @@ class Client:
         *,
         token: str | TokenCallback | None,
         command_timeout: float = 5.0,
+        connect_timeout: float | None = 30.0,
         backoff_base: float = 0.5,
         backoff_cap: float = 20.0,
         drain_jitter: float = 5.0,
@@ -71,8 +77,11 @@ class Client:
         rng: Uniform | None = None,
         connect_options: Mapping[str, Any] | None = None,
     ) -> None:
+        if connect_timeout is not None and not connect_timeout > 0:
+            raise ValueError("connect_timeout must be positive, or None to retry until cancelled")
         self.url = url
         self.command_timeout = command_timeout
+        self.connect_timeout = connect_timeout
         self.drain_jitter = drain_jitter
         self.heartbeat_grace = heartbeat_grace
         self.open_timeout = open_timeout
@@ -84,6 +93,8 @@ class Client:
         self.user: str | None = None
         #: How the client ended, once `CLOSED`.
         self.final: Disconnect | None = None
+        #: Why the first connect failed for good (what `connect()` raised), if it did.
+        self.failure: ConnectFailed | None = None
         #: Counters since creation: connection attempts, `connect` replies received, server pings answered.
         self.attempts = 0
         self.connects = 0
@@ -131,24 +142,42 @@ class Client:
         return self._publisher.queued
 
     async def connect(self) -> None:
-        """Start the client and wait for the first successful `connect` (retrying with backoff meanwhile).
+        """Start the client and wait for the first successful `connect`, retrying with backoff meanwhile
+        (each failed attempt is logged at WARNING on the `hubbub.client` logger).
 
-        Raises `ClientClosed` if the client stops for good first (e.g. 4001 invalid token).
+        Raises `ConnectFailed` (a `ClientClosed`) when the first connect fails for good: `connect_timeout`
+        passed, or an attempt failed in a way retrying cannot fix (a 4xx refusal of the upgrade such as
+        404 for a wrong path, an invalid URL, a terminal close code such as 4001 invalid token); raises
+        `ClientClosed` if `close()` was called meanwhile. Cancelling the call that started the client
+        (directly, through `asyncio.wait_for` or a task around `async with`) closes the client: no
+        attempt is made after the cancellation and no task is left behind.
         """
         if self._state is ConnectionState.CLOSED:
-            raise ClientClosed(self.final)
-        if self._runner is None:
-            self._runner = asyncio.get_running_loop().create_task(self._run(), name="hubbub-client")
-        await self.wait_connected()
+            raise self._closed_error()
+        if self._runner is not None:
+            await self.wait_connected()
+            return
+        runner = self._runner = asyncio.get_running_loop().create_task(self._run(), name="hubbub-client")
+        try:
+            await self.wait_connected()
+        except asyncio.CancelledError:
+            # The caller is gone and, inside `async with`, never gets the client to close: stop it here,
+            # even if the first connect succeeded in the meantime.
+            await self._abandon("connect() was cancelled")
+            raise
+        except ClientClosed:
+            await asyncio.wait([runner])  # it is returning: leave no task behind when connect() raises
+            raise
 
     async def wait_connected(self, timeout: float | None = None) -> None:
-        """Return once `CONNECTED` (at once if already); raises `ClientClosed` or `TimeoutError`."""
+        """Return once `CONNECTED` (at once if already); raises `ClientClosed` (`ConnectFailed` if the client
+        never connected) or `TimeoutError`."""
         if self._state is not ConnectionState.CONNECTED:
             wanted = (ConnectionState.CONNECTED, ConnectionState.CLOSED)
             if self._state is not ConnectionState.CLOSED:
                 await self.on_state.wait(lambda state: state in wanted, timeout=timeout)
             if self._state is ConnectionState.CLOSED:
-                raise ClientClosed(self.final)
+                raise self._closed_error()
 
     async def wait_closed(self) -> Disconnect:
         """Wait until the client is `CLOSED`; returns why."""
@@ -172,6 +201,24 @@ class Client:
             with contextlib.suppress(asyncio.CancelledError):
                 await runner
         self._finish(Disconnect(1000, "closed by the client", reconnect=False))
+
+    async def _abandon(self, reason: str) -> None:
+        """Stop at once because `connect()` was cancelled: a connection that got its `connect` reply is
+        closed normally (1000), a half-open one (or one still opening) is dropped, and the runner is
+        awaited so that nothing runs on after the caller's cancellation."""
+        if self._conn is not None:
+            await self.close()
+            return
+        self._closing = True
+        runner = self._runner
+        if runner is not None and not runner.done():
+            runner.cancel()  # aborts whatever it is opening or serving (see `_run`)
+            await asyncio.wait([runner])
+        self._finish(Disconnect(None, reason, reconnect=False))
+
+    def _closed_error(self) -> ClientClosed:
+        """What to raise once `CLOSED`: the first connect's failure if that is how the client ended."""
+        return self.failure if self.failure is not None else ClientClosed(self.final)
 
     async def __aenter__(self) -> Client:
         await self.connect()
@@ -298,7 +345,7 @@ class Client:
         loop = asyncio.get_running_loop()
         while True:
             if self._state is ConnectionState.CLOSED:
-                raise ClientClosed(self.final)
+                raise self._closed_error()
             if self._conn is not None:
                 return self._conn
             remaining = deadline - loop.time()
@@ -318,37 +365,61 @@ class Client:
             log.exception("the client runner failed")
             final = Disconnect(None, f"client error: {exc!r}", reconnect=False)
         finally:
-            if self._current is not None:
-                self._current.abort("client closed")
+            current = self._current
+            if current is not None:
+                current.abort("client closed")
+                await current.wait_closed()  # its reader is done too: no task outlives the runner
         if final is not None:
             self._finish(final)
 
     async def _reconnect_loop(self) -> Disconnect | None:
-        """Connect, serve, and reconnect until a terminal close (returned) or `close()` (None)."""
+        """Connect, serve, and reconnect until a terminal close (returned) or `close()` (None).
+
+        Until the first `connect` reply every step runs against the `connect_timeout` deadline, and a
+        failure that retrying cannot fix ends the client with `self.failure` (which `connect()` raises).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if self.connect_timeout is None else loop.time() + self.connect_timeout
+        ever_connected = False
+        last_error: BaseException | None = None  # the last failed attempt, for `ConnectFailed`
+        last_cause = "no attempt finished"
         token_override: str | None = None
         auth_retried = False
         quick = 0  # immediate reconnects in a row after connections shorter than MIN_STABLE_CONNECTION
-        failures = 0
+        failures = 0  # failed attempts in a row
         while not self._closing:
+            limit = None if ever_connected else deadline
+            if limit is not None and loop.time() >= limit:
+                return self._timed_out(last_error, last_cause)
             self._set_state(ConnectionState.CONNECTING)
             token: str | None = None
+            stage = "the token callback failed: "
             try:
-                token = token_override if token_override is not None else await self._tokens.get()
-                token_override = None
-                conn = await self._open()
+                async with asyncio.timeout_at(limit):
+                    token = token_override if token_override is not None else await self._tokens.get()
+                    token_override = None
+                    stage = ""
+                    conn = await self._open()
             except InvalidURI as exc:
-                return Disconnect(None, f"invalid URL: {exc}", reconnect=False)
+                return self._give_up(f"invalid URL: {exc}", exc)
             except Exception as exc:  # refused, timed out, bad handshake, or the token callback failed
                 failures += 1
+                last_error, last_cause = exc, stage + describe(exc)
+                if limit is not None and loop.time() >= limit:  # also: this attempt was cut by the deadline
+                    return self._timed_out(last_error, last_cause)
+                refused = refusal(exc)
+                if not ever_connected and refused is not None and refusal_is_terminal(refused.status):
+                    return self._give_up(self._refusal_message(refused), exc, refused)
                 wait = self.backoff.next_delay()
                 self._set_state(ConnectionState.RECONNECTING)
                 self.on_connect_error.emit(ConnectError(failures, exc, wait))
-                await asyncio.sleep(wait)
+                await self._retry_after(failures, last_cause, wait, limit)
                 continue
-            closure, connected = await self._serve(conn, token)
+            closure, connected = await self._serve(conn, token, limit)
             if self._closing:
                 break
             if connected:
+                ever_connected = True
                 failures = 0
                 auth_retried = False
             action = self._action(closure)
@@ -362,7 +433,7 @@ class Client:
             elif action in (Action.AT_ONCE, Action.FRESH_TOKEN):
                 # At once; but when short-lived connections keep ending this way, back off (growing
                 # with each one in a row) so that a server repeating the close cannot cause a tight loop.
-                lived = asyncio.get_running_loop().time() - self._connected_at
+                lived = loop.time() - self._connected_at if connected else 0.0
                 quick = quick + 1 if lived < MIN_STABLE_CONNECTION else 0
                 delay = 0.0 if quick <= 1 else self.backoff.jitter(self.backoff.ceiling(quick - 2))
             elif action is Action.DRAIN_DELAY:
@@ -371,12 +442,85 @@ class Client:
                 delay = self.backoff.next_delay()
             disconnect = Disconnect(closure.code, closure.reason, reconnect=action is not Action.STOP, delay=delay)
             if action is Action.STOP:
+                if not ever_connected:
+                    return self._give_up(self._closure_message(closure), None, disconnect=disconnect)
+                log.warning("connection to %s ended for good: %s", self.url, _closure_text(closure))
                 return disconnect
             self._set_state(ConnectionState.RECONNECTING)
             self.on_disconnect.emit(disconnect)
-            if delay:
-                await asyncio.sleep(delay)
+            if connected:
+                log.info(
+                    "connection to %s ended: %s; reconnecting in %.2f s", self.url, _closure_text(closure), delay or 0
+                )
+                if delay:
+                    await asyncio.sleep(delay)
+            else:  # the server closed before answering `connect`: a failed attempt
+                failures += 1
+                last_error, last_cause = None, _closure_text(closure)
+                await self._retry_after(failures, last_cause, delay or 0.0, limit)
         return None
+
+    async def _retry_after(self, attempt: int, cause: str, delay: float, limit: float | None) -> None:
+        """Log a failed attempt and wait before the next one, or until the first connect's deadline.
+
+        One line, no traceback: refusals and timeouts are expected while a server is down, and the
+        backoff bounds the rate (one line per `backoff_cap` seconds at worst during a long outage).
+        """
+        loop = asyncio.get_running_loop()
+        if limit is not None and loop.time() + delay >= limit:
+            delay = max(0.0, limit - loop.time())
+            log.warning(
+                "connect attempt %d to %s failed: %s; giving up in %.2f s (connect_timeout %g s)",
+                attempt,
+                self.url,
+                cause,
+                delay,
+                self.connect_timeout,
+            )
+        else:
+            log.warning("connect attempt %d to %s failed: %s; retrying in %.2f s", attempt, self.url, cause, delay)
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    def _give_up(
+        self,
+        message: str,
+        error: BaseException | None,
+        refused: Refusal | None = None,
+        *,
+        disconnect: Disconnect | None = None,
+    ) -> Disconnect:
+        """End the first connect for good: record the `ConnectFailed` for `connect()` and return the final
+        disconnect."""
+        final = disconnect if disconnect is not None else Disconnect(None, message, reconnect=False)
+        self.failure = ConnectFailed(
+            message,
+            url=self.url,
+            disconnect=final,
+            attempts=self.attempts,
+            cause=error,
+            status=None if refused is None else refused.status,
+            body=None if refused is None else refused.body,
+        )
+        log.warning("giving up: %s", message)
+        return final
+
+    def _timed_out(self, error: BaseException | None, cause: str) -> Disconnect:
+        attempts = f"{self.attempts} attempt{'s' if self.attempts != 1 else ''}"
+        return self._give_up(
+            f"could not connect to {self.url} within {self.connect_timeout:g} s ({attempts}); last error: {cause}",
+            error,
+            refusal(error) if error is not None else None,
+        )
+
+    def _refusal_message(self, refused: Refusal) -> str:
+        said = f": {refused.message}" if refused.message else ""
+        return f"HTTP {refused.status} from {self.url}{said}"
+
+    def _closure_message(self, closure: Closure) -> str:
+        if closure.code is None:
+            return f"connecting to {self.url} failed: {closure.reason}"
+        return f"close code {closure.code} from {self.url}: {closure.reason}"
 
     def _action(self, closure: Closure) -> Action:
         if closure.terminal:
@@ -404,8 +548,9 @@ class Client:
         self._current = conn
         return conn
 
-    async def _serve(self, conn: Connection, token: str | None) -> tuple[Closure, bool]:
-        """Send `connect` (re-joining every room), then wait for the connection to end."""
+    async def _serve(self, conn: Connection, token: str | None, limit: float | None) -> tuple[Closure, bool]:
+        """Send `connect` (re-joining every room), then wait for the connection to end. The reply is awaited
+        until `command_timeout`, or the loop time `limit` (the first connect's deadline) if sooner."""
         sent_rooms = self._membership.positions()
         params: JSONObject = {}
         if token is not None:
@@ -419,8 +564,11 @@ class Client:
             self._connected(conn, ConnectResult.from_json(ok), ok.get("rooms"), sent_rooms)
             connected = True
 
+        timeout = self.command_timeout
+        if limit is not None:
+            timeout = min(timeout, limit - asyncio.get_running_loop().time())
         try:
-            await self._request(conn, "connect", params, on_ok=on_ok)
+            await self._request(conn, "connect", params, on_ok=on_ok, timeout=timeout)
         except ConnectionLost:
             pass
         except CommandError as exc:  # never expected: the client sends well-formed connects
@@ -484,8 +632,12 @@ class Client:
         self._conn = None
         for task in list(self._tasks):
             task.cancel()
-        error = ClientClosed(final)
+        error = self.failure if self.failure is not None else ClientClosed(final)
         self._publisher.fail_all(error)
         self._membership.close_all(None if self._closing else error)
         self._set_state(ConnectionState.CLOSED)
         self.on_disconnect.emit(final)
+
+
+def _closure_text(closure: Closure) -> str:
+    return closure.reason if closure.code is None else f"{closure.code} {closure.reason}".rstrip()

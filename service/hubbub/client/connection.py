@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidStatus
 from websockets.typing import Subprotocol
 
 from hubbub.client.errors import CommandError, ConnectionLost
@@ -42,6 +44,65 @@ class Closure:
     reason: str
     server_reconnect: bool | None = None
     terminal: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """The server answered the WebSocket upgrade with an HTTP status instead of 101."""
+
+    status: int
+    body: str  # the response body as text (undecodable bytes replaced), not bounded here
+
+    @property
+    def message(self) -> str:
+        """What the body says, in one short line: hubbub's `{"error": {"reason": ...}}`, an HTML page's
+        title (a proxy's error page), or the text itself; empty without a body."""
+        text = self.body.strip()
+        try:
+            obj = loads(text)
+        except ValueError:
+            obj = None
+        if isinstance(obj, dict) and isinstance(obj.get("error"), dict):
+            reason = obj["error"].get("reason")
+            if isinstance(reason, str):
+                text = reason
+        elif text.startswith("<"):
+            title = re.search(r"<title[^>]*>(.*?)</title>", text, re.IGNORECASE | re.DOTALL)
+            if title is not None:
+                text = title.group(1)
+        text = " ".join(text.split())
+        return text if len(text) <= _MESSAGE_CHARS else text[: _MESSAGE_CHARS - 1] + "…"
+
+
+#: Characters of a refusal's body shown in messages and logs.
+_MESSAGE_CHARS = 200
+
+
+def refusal(exc: BaseException) -> Refusal | None:
+    """The HTTP refusal behind a failed open, or None if the open failed otherwise."""
+    if not isinstance(exc, InvalidStatus):
+        return None
+    response = exc.response
+    return Refusal(response.status_code, bytes(response.body).decode("utf-8", "replace"))
+
+
+def describe(exc: BaseException) -> str:
+    """A failed open in a few words, for logs and errors: these are expected network failures, and a
+    traceback would hide the one line that matters."""
+    refused = refusal(exc)
+    if refused is not None:
+        return f"HTTP {refused.status}: {refused.message}" if refused.message else f"HTTP {refused.status}"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the host name ({exc.strerror or exc})"
+    if isinstance(exc, TimeoutError):
+        return str(exc) or "timed out"
+    if isinstance(exc, InvalidMessage) and exc.__cause__ is not None:
+        return f"{exc} ({describe(exc.__cause__)})"
+    if isinstance(exc, OSError) and exc.strerror and not str(exc).startswith("Multiple exceptions"):
+        return exc.strerror[:1].lower() + exc.strerror[1:]  # "Connection reset by peer" mid-sentence
+    return str(exc) or type(exc).__name__
 
 
 def split_frame(text: str) -> list[JSONObject]:

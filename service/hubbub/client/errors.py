@@ -61,5 +61,45 @@ class ClientClosed(ClientError):
         self.disconnect = disconnect
 
 
+class ConnectFailed(ClientClosed):
+    """The client never connected and has given up: raised by `connect()` (and so `async with`).
+
+    Either `connect_timeout` elapsed while every attempt failed, or an attempt failed in a way that
+    retrying cannot fix: the server refused the WebSocket upgrade with a 4xx status other than 408,
+    425 or 429 (404 wrong path, 401, 403 origin not allowed, 400, ...), the URL is invalid, or the
+    server closed with a terminal close code such as 4001 (invalid token). The client is then `CLOSED`.
+    `str()` of the error says what happened in one line, with the server's own words for a refusal.
+
+    - `url`: what the client tried to reach;
+    - `attempts`: connection attempts made;
+    - `cause`: the last attempt's exception (None when the server closed with a close code: see
+      `disconnect.code`);
+    - `status`, `body`: for a refused upgrade, the HTTP status and the response body text (at most
+      `MAX_BODY` characters); None otherwise.
+    """
+
+    #: Characters of a refusal's response body kept in `body`.
+    MAX_BODY = 1000
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        url: str,
+        disconnect: Disconnect,
+        attempts: int,
+        cause: BaseException | None = None,
+        status: int | None = None,
+        body: str | None = None,
+    ) -> None:
+        super().__init__(disconnect)
+        self.args = (message,)  # what went wrong, e.g. "HTTP 404 from ws://host/: WebSocket endpoint is /ws"
+        self.url = url
+        self.attempts = attempts
+        self.cause = cause
+        self.status = status
+        self.body = body[: self.MAX_BODY] if body is not None else None
+
+
 class ConnectionLost(ClientError):
     """The connection ended while a command was in flight (internal: commands are retried on reconnect)."""

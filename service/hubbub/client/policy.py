@@ -1,4 +1,5 @@
-"""What the client does after a connection ends, by close code (protocol §7 and §10). Pure.
+"""What the client does after a connection ends, by close code (protocol §7 and §10), and which refused
+upgrades end a first connect. Pure.
 
 The close-code table itself is the server's (`hubbub.codes`), defined once for both sides.
 """
@@ -41,3 +42,19 @@ def action_for(code: int | None, *, server_reconnect: bool | None = None, has_to
     if code is not None and code not in _KNOWN_CODES and code >= 4000 and server_reconnect is False:
         return Action.STOP
     return Action.BACKOFF
+
+
+#: 4xx refusals that say "later", not "never": request timeout, too early, rate limited.
+_RETRYABLE_CLIENT_ERRORS = frozenset({408, 425, 429})
+
+
+def refusal_is_terminal(status: int) -> bool:
+    """Whether an HTTP refusal of the upgrade ends the *first* connect at once.
+
+    A 4xx says the request itself is wrong — wrong path (404), missing or bad credentials (401), an
+    origin the server refuses (403), a malformed upgrade (400), a version it does not speak (426) — and
+    sending it again cannot succeed, except 408, 425 and 429. 5xx (503: starting or overloaded) may pass.
+    Once the client has connected, every refusal is retried: behind an ingress a rollout can answer 404
+    or 503 for a while.
+    """
+    return 400 <= status < 500 and status not in _RETRYABLE_CLIENT_ERRORS
