@@ -20,10 +20,11 @@ from typing import Any
 
 import pytest
 
-from tests.support.browser import Browser, Page
+from tests.support.browser import AppOrigin, Browser, Page
 from tests.support.nginx import Nginx
 from tests.support.redis_server import RedisServer
 from tests.support.server import TEST_NAMESPACES, ServerProcess, server_config
+from tests.support.wsclient import token
 from tests.test_client_support import Relay
 
 pytestmark = pytest.mark.browser
@@ -488,6 +489,110 @@ def local_connections(proc: ServerProcess) -> int:
     nodes = proc.api("GET", "/api/status").json()["nodes"]
     count: int = next(n["connections"] for n in nodes if n["name"] == proc.config["node_name"])
     return count
+
+
+# --- hubbub.js on a page of another origin ----------------------------------------------------------
+
+#: Run in a page of the application's origin: import hubbub.js from the node, connect, join, publish,
+#: and see the publication come back. Says which step failed, and how.
+CROSS_ORIGIN = """
+async ({ base, token, room }) => {
+  let hubbub;
+  try {
+    hubbub = await import(`${base}/hubbub.js`);
+  } catch (error) {
+    return { step: "import", error: String(error) };
+  }
+  const client = new hubbub.Client(base.replace("http://", "ws://") + "/ws", { token, backoffBase: 100 });
+  const errors = [];
+  client.on("connectError", (e) => errors.push(String(e.error)));
+  const connected = await Promise.race([
+    client.connect().then(() => true),
+    new Promise((resolve) => setTimeout(() => resolve(false), 5000)),
+  ]);
+  if (!connected) {
+    await client.close();
+    return { step: "connect", error: errors.join("; ") };
+  }
+  const joined = await client.join(room);
+  const back = new Promise((resolve) => joined.on("publication", (pub) => resolve(pub.data)));
+  await client.publish(room, { text: "from another origin" });
+  const data = await back;
+  await client.close();
+  return { step: "done", data };
+}
+"""
+
+#: A bare WebSocket from the page: how it ended.
+BARE_WEBSOCKET = """
+(url) => new Promise((resolve) => {
+  const ws = new WebSocket(url);
+  ws.onopen = () => { ws.close(); resolve({ opened: true }); };
+  ws.onclose = (event) => resolve({ opened: false, code: event.code });
+})
+"""
+
+
+def cross_origin(browser: Browser, app: AppOrigin, proc: ServerProcess) -> dict[str, Any]:
+    page = browser.open(app.url + "/")
+    try:
+        args = {"base": proc.http_url, "token": token("ada"), "room": f"chat:{uuid.uuid4().hex[:8]}"}
+        outcome: dict[str, Any] = page.evaluate(CROSS_ORIGIN, args)
+        return outcome
+    finally:
+        page.close()
+
+
+def wait_for_log(proc: ServerProcess, text: str, timeout: float = 5.0) -> str:
+    deadline = time.monotonic() + timeout
+    while text not in (log := proc.log()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{text!r} not in the server log:\n{log[-3000:]}")
+        time.sleep(0.05)
+    return log
+
+
+def test_a_page_of_an_allowed_origin_imports_hubbub_js_and_chats(browser: Browser, tmp_path: Path) -> None:
+    with AppOrigin() as app:
+        proc = ServerProcess(tmp_path, server_config(allowed_origins=[app.url])).start()
+        try:
+            assert cross_origin(browser, app, proc) == {"step": "done", "data": {"text": "from another origin"}}
+            assert "refused" not in proc.log()
+        finally:
+            proc.kill()
+
+
+def test_a_page_of_another_origin_is_refused_and_the_log_says_which_setting_to_change(
+    browser: Browser, tmp_path: Path
+) -> None:
+    with AppOrigin() as app:
+        proc = ServerProcess(tmp_path, server_config(allowed_origins=["https://app.example.com"])).start()
+        try:
+            outcome = cross_origin(browser, app, proc)
+            assert outcome["step"] == "import", outcome
+            wanted = f"""HUBBUB_ALLOWED_ORIGINS='["https://app.example.com", "{app.url}"]'"""
+            log = wait_for_log(proc, f'refused /hubbub.js from origin "{app.url}"')
+            assert wanted in log
+            # The WebSocket on its own is refused too (the browser sees only a failed handshake). From a
+            # third origin: an origin is logged once a minute, whatever it was refused.
+            with AppOrigin() as third:
+                page = browser.open(third.url + "/")
+                assert page.evaluate(BARE_WEBSOCKET, ws_url(proc.http_url)) == {"opened": False, "code": 1006}
+                page.close()
+                log = wait_for_log(proc, f'refused a WebSocket from origin "{third.url}"')
+            line = next(line for line in log.splitlines() if "refused a WebSocket" in line)
+            assert "WARNING" in line and f'add "{third.url}" to allowed_origins' in line
+        finally:
+            proc.kill()
+
+
+def test_a_page_of_any_origin_works_against_a_development_node(browser: Browser, tmp_path: Path) -> None:
+    with AppOrigin() as app:
+        proc = ServerProcess(tmp_path, server_config(mode="development")).start()
+        try:
+            assert cross_origin(browser, app, proc) == {"step": "done", "data": {"text": "from another origin"}}
+        finally:
+            proc.kill()
 
 
 # --- the status page --------------------------------------------------------------------------------
