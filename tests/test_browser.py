@@ -190,7 +190,8 @@ def test_two_pages_chat_through_the_server_and_presence_follows_a_closed_page(
 
     ada.close()
     grace.wait("() => ![...document.querySelectorAll('#online li')].some((li) => li.dataset.user === 'Ada')")
-    grace.wait("() => document.querySelector('#messages li.notice[data-kind=leave]')")
+    # "Ada left" waits a few seconds for Ada to come back (a restarted node drops everyone at once).
+    grace.wait("() => document.querySelector('#messages li.notice[data-kind=leave]')", timeout=20)
     assert online(grace) == ["Grace"]
     grace.close()
 
@@ -267,6 +268,68 @@ def test_demo_says_when_a_restart_lost_history_and_starts_over(browser: Browser,
     rejoin = page.evaluate("() => window.hubbubDemo.room.recovered")
     assert rejoin is False
     page.close()
+
+
+def notices_after_disconnect(page: Page, *kinds: str) -> list[str]:
+    """The texts of the notices of `kinds` shown since the page's first "Disconnected" notice."""
+    found: list[str] = page.evaluate(
+        """(kinds) => {
+            const all = [...document.querySelectorAll('#messages li.notice')];
+            const since = all.findIndex((li) => li.dataset.kind === 'disconnect');
+            return all.slice(since).filter((li) => kinds.includes(li.dataset.kind)).map((li) => li.textContent);
+        }""",
+        list(kinds),
+    )
+    return found
+
+
+def has_user(user: str) -> str:
+    return f"() => [...document.querySelectorAll('#online li')].some((li) => li.dataset.user === {user!r})"
+
+
+#: Holds the page's token requests (so its reconnect waits) until `window.releaseTokens()`.
+HOLD_TOKENS = """() => {
+    const fetch = window.fetch;
+    let release;
+    const released = new Promise((resolve) => { release = resolve; });
+    window.releaseTokens = () => { release(); return true; };
+    window.fetch = (...args) => released.then(() => fetch(...args));
+    return true;
+}"""
+
+
+def test_a_restart_says_nothing_about_users_who_stayed_and_still_reports_who_left(
+    browser: Browser, demo: ServerProcess
+) -> None:
+    """Bob is back first after the restart; Alice returns later and Carol closed her tab meanwhile."""
+    room = f"stay-{uuid.uuid4().hex[:6]}"
+    pages = {name: browser.open(demo.http_url + "/") for name in ("Alice", "Bob", "Carol")}
+    for name, page in pages.items():
+        join_demo(page, name, room)
+    alice, bob, carol = pages.values()
+    bob.wait(f"() => ({has_user('Alice')})() && ({has_user('Carol')})()")
+    alice.evaluate(HOLD_TOKENS)
+
+    demo.stop()
+    carol.close()
+    demo.start()
+    bob.wait("() => document.querySelector('#messages li.notice[data-kind=\"not-recovered\"]')", timeout=30)
+    bob.wait(f"() => !({has_user('Alice')})()")  # Bob has the new list: Alice is not back yet
+    alice.evaluate("() => window.releaseTokens()")
+    bob.wait(has_user("Alice"), timeout=20)
+    bob.wait("() => document.querySelector('#messages li.notice[data-kind=leave]')", timeout=30)
+    assert notices_after_disconnect(bob, "join", "leave") == ["Carol left"]
+    assert online(bob) == ["Alice", "Bob"]
+
+    # Someone new still shows at once.
+    dave = browser.open(demo.http_url + "/")
+    join_demo(dave, "Dave", room)
+    wait_text(bob, "#messages li.notice[data-kind=join]", "Dave joined")
+    assert notices_after_disconnect(bob, "join", "leave") == ["Carol left", "Dave joined"]
+    wait_text(alice, "#messages li.notice[data-kind=join]", "Dave joined")
+    assert "Bob" not in " ".join(notices_after_disconnect(alice, "join", "leave"))
+    for page in (alice, bob, dave):
+        page.close()
 
 
 def test_publishes_made_offline_are_delivered_exactly_once_after_the_reconnect(

@@ -25,6 +25,16 @@ const GROUP_WINDOW = 5 * 60 * 1000;
 /** A prefetched token is used for the first connect only if it has this long left. */
 const TOKEN_REUSE_MARGIN = 15000;
 const TOKEN_TIMEOUT = 8000;
+/**
+ * "X left" waits this long for X to come back. A restarted or drained node drops everyone at once,
+ * and they reconnect one by one: X's `leave` (or X missing from the list after our own re-join)
+ * is then followed within seconds by X's `join`, and "left"/"joined" would be noise. A peer that
+ * lost only its own connection is back within its first backoff or the drain jitter (5 s).
+ */
+const LEAVE_GRACE = 8000;
+/** After our own reconnect: those missing from the new list lost the same node and retry with
+ * their own backoff (at most 10 s on this page), after a restart that may itself take seconds. */
+const REJOIN_GRACE = 15000;
 const STORAGE = { name: "hubbub.demo.name", room: "hubbub.demo.room" };
 const WS_URL = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
 
@@ -225,6 +235,7 @@ class ChatSession {
     this.presenceReady = false;
     this.presenceBuffer = [];
     this.ghosts = new Set(); // our own client ids of earlier connections
+    this.away = new Map(); // user → { name, timer } of a "left" notice held back (LEAVE_GRACE)
     this.retryAt = null;
     this.lastError = "";
     this.attempt = 0;
@@ -286,6 +297,7 @@ class ChatSession {
     if (this.ended) return;
     this.ended = true;
     clearInterval(this.ticker);
+    this.forgetAway();
     for (const off of this.unsubscribe) off();
     if (window.hubbubDemo?.client === this.client) window.hubbubDemo = null;
     const closing = this.client.close().catch(() => {});
@@ -310,6 +322,7 @@ class ChatSession {
     if (closed) {
       // Nobody's presence is known any more.
       this.presence.clear();
+      this.forgetAway();
       this.renderOnline();
       ui.onlineNote.textContent = "Not connected.";
       ui.onlineNote.hidden = false;
@@ -620,10 +633,41 @@ class ChatSession {
     const after = this.tabsOf(user);
     if (user !== this.user) {
       const name = displayName(info, user);
-      if (before === 0 && after > 0) this.notice("join", `${name} joined`);
-      else if (before > 0 && after === 0) this.notice("leave", `${name} left`);
+      if (before === 0 && after > 0) this.arrived(user, name);
+      else if (before > 0 && after === 0) this.holdLeave(user, name, LEAVE_GRACE);
     }
     this.renderOnline();
+  }
+
+  /** `user` is gone from the list: "left" is said only if they are not back within `grace`. */
+  holdLeave(user, name, grace) {
+    clearTimeout(this.away.get(user)?.timer);
+    this.away.set(user, { name, timer: setTimeout(() => this.leaveDue(user), grace) });
+  }
+
+  leaveDue(user) {
+    const held = this.away.get(user);
+    if (this.ended || !held) return;
+    // Offline ourselves (or reloading the list), we cannot tell: the list after our re-join decides.
+    if (this.client.state !== "connected" || !this.presenceReady) return;
+    this.away.delete(user);
+    if (this.tabsOf(user) === 0) this.notice("leave", `${held.name} left`);
+  }
+
+  /** `user` is in the list (again): back within the grace is no news; otherwise they joined. */
+  arrived(user, name) {
+    const held = this.away.get(user);
+    if (held) {
+      clearTimeout(held.timer);
+      this.away.delete(user);
+      return;
+    }
+    this.notice("join", `${name} joined`);
+  }
+
+  forgetAway() {
+    for (const { timer } of this.away.values()) clearTimeout(timer);
+    this.away.clear();
   }
 
   tabsOf(user) {
@@ -644,9 +688,12 @@ class ChatSession {
         Object.entries(snapshot.clients).map(([id, entry]) => [id, { user: entry.user, name: displayName(entry.info, entry.user) }]),
       );
       if (announce) {
+        // After our reconnect: who is new joined; who is missing may be reconnecting too (REJOIN_GRACE),
+        // and so may those whose "left" was already held back.
         const now = this.users();
-        for (const [user, name] of now) if (!previous.has(user) && user !== this.user) this.notice("join", `${name} joined`);
-        for (const [user, name] of previous) if (!now.has(user) && user !== this.user) this.notice("leave", `${name} left`);
+        for (const [user, name] of now) if (!previous.has(user) && user !== this.user) this.arrived(user, name);
+        for (const [user, name] of previous) if (!now.has(user) && user !== this.user) this.holdLeave(user, name, REJOIN_GRACE);
+        for (const [user, { name }] of this.away) if (!now.has(user)) this.holdLeave(user, name, REJOIN_GRACE);
       }
       ui.onlineNote.hidden = true;
     } catch (error) {
