@@ -709,6 +709,29 @@ def test_status_page_asks_for_the_key_then_shows_live_figures_of_every_node(
     page.close()
 
 
+def test_status_page_keeps_a_refused_key_selected_for_retyping(browser: Browser, demo: ServerProcess) -> None:
+    page = browser.open(demo.http_url + "/status")
+    wait_shown(page, "#api-key-form")
+    page.fill("#api-key", "test-api-kez")
+    page.press("#api-key", "Enter")
+    wait_text(page, "#api-key-error", "refused this API key (401")
+    field = page.evaluate(
+        """() => { const input = document.querySelector('#api-key');
+            return { value: input.value, start: input.selectionStart, end: input.selectionEnd,
+                     focused: document.activeElement === input, invalid: input.getAttribute('aria-invalid') }; }"""
+    )
+    assert field == {"value": "test-api-kez", "start": 0, "end": 12, "focused": True, "invalid": "true"}
+    page.press("#api-key", "Backspace")  # the selection goes: the user types the key again
+    assert page.evaluate("() => document.querySelector('#api-key').value") == ""
+    page.fill("#api-key", "test-api-key")
+    page.press("#api-key", "Enter")
+    page.wait("() => document.querySelectorAll('#nodes tbody tr[data-node]').length === 1")
+    page.click("#forget-key")  # asking afresh starts from an empty field
+    wait_shown(page, "#api-key-form")
+    assert page.evaluate("() => document.querySelector('#api-key').value") == ""
+    page.close()
+
+
 class ThreadedRelay:
     """The asyncio Relay of the client tests, on its own loop in a thread (these tests are synchronous)."""
 
