@@ -196,6 +196,36 @@ def test_two_pages_chat_through_the_server_and_presence_follows_a_closed_page(
     grace.close()
 
 
+def page_value(page: Page, selector: str) -> str:
+    value: str = page.evaluate("(s) => document.querySelector(s).value", selector)
+    return value
+
+
+def test_two_tabs_of_one_browser_are_two_users_unless_given_the_same_name(
+    browser: Browser, demo: ServerProcess
+) -> None:
+    room = f"tabs-{uuid.uuid4().hex[:6]}"
+    first = browser.open(demo.http_url + "/")
+    suggested = page_value(first, "#name")
+    assert suggested.strip() and len(suggested) <= 32
+    join_demo(first, "Ada", room)
+    second = browser.open(demo.http_url + "/", tab_of=first)
+    other = page_value(second, "#name")
+    assert other.strip() and other != "Ada"
+    assert page_value(second, "#room") == room  # the room is remembered for the browser
+    second.click("#join")  # with the suggested name
+    second.wait("() => document.querySelector('#status')?.dataset.state === 'connected' && window.hubbubDemo?.room")
+    first.wait(has_user(other))
+    assert online(first) == sorted(["Ada", other])
+    # A reload keeps the tab's own name.
+    second.goto(demo.http_url + "/")
+    assert page_value(second, "#name") == other
+    first.goto(demo.http_url + "/")
+    assert page_value(first, "#name") == "Ada"
+    for page in (second, first):
+        page.close()
+
+
 def test_demo_page_works_on_a_phone_sized_screen_in_dark_mode(browser: Browser, demo: ServerProcess) -> None:
     phone = browser.open(demo.http_url + "/", width=390, height=844, dark=True)
     join_demo(phone, "Linus", "phones")

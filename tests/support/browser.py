@@ -92,8 +92,19 @@ class Browser:
             raise BrowserError(answer["error"])
         return answer["ok"]
 
-    def open(self, url: str, *, width: int = 1280, height: int = 800, dark: bool = False) -> Page:
-        page_id = self.call("open", url=url, width=width, height=height, colorScheme="dark" if dark else "light")
+    def open(
+        self, url: str, *, width: int = 1280, height: int = 800, dark: bool = False, tab_of: Page | None = None
+    ) -> Page:
+        """A new page in a fresh browser profile, or with `tab_of` another tab of that page's browser
+        (shared storage and cookies; the viewport is that browser's)."""
+        page_id = self.call(
+            "open",
+            url=url,
+            width=width,
+            height=height,
+            colorScheme="dark" if dark else "light",
+            sameContextAs=tab_of.id if tab_of is not None else None,
+        )
         return Page(self, int(page_id))
 
     def close(self) -> None:

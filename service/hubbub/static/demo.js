@@ -35,7 +35,12 @@ const LEAVE_GRACE = 8000;
 /** After our own reconnect: those missing from the new list lost the same node and retry with
  * their own backoff (at most 10 s on this page), after a restart that may itself take seconds. */
 const REJOIN_GRACE = 15000;
+/** The name is remembered per tab (sessionStorage: two tabs are two users), the room per browser. */
 const STORAGE = { name: "hubbub.demo.name", room: "hubbub.demo.room" };
+const NAME_WORDS = [
+  ["Amber", "Brave", "Calm", "Clever", "Eager", "Gentle", "Jolly", "Lucky", "Merry", "Nimble", "Quiet", "Swift"],
+  ["Badger", "Falcon", "Heron", "Koala", "Lynx", "Marten", "Otter", "Panda", "Puffin", "Raven", "Tapir", "Wombat"],
+];
 const WS_URL = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
 
 const $ = (selector) => document.querySelector(selector);
@@ -70,22 +75,27 @@ const ui = {
 
 // --- small helpers ---------------------------------------------------------------------------------
 
-const storage = {
-  get(key) {
-    try {
-      return localStorage.getItem(key);
-    } catch {
-      return null;
-    }
-  },
-  set(key, value) {
-    try {
-      localStorage.setItem(key, value);
-    } catch {
-      // private mode or storage full: remembering is a convenience only
-    }
-  },
-};
+/** `localStorage` (this browser) or `sessionStorage` (this tab), for conveniences only: failures pass. */
+function storageOf(area) {
+  return {
+    get(key) {
+      try {
+        return window[area].getItem(key);
+      } catch {
+        return null;
+      }
+    },
+    set(key, value) {
+      try {
+        window[area].setItem(key, value);
+      } catch {
+        // private mode or storage full: remembering is a convenience only
+      }
+    },
+  };
+}
+const browserStorage = storageOf("localStorage");
+const tabStorage = storageOf("sessionStorage");
 
 function make(tag, className, text) {
   const node = document.createElement(tag);
@@ -97,6 +107,13 @@ function make(tag, className, text) {
 function randomId() {
   const bytes = crypto.getRandomValues(new Uint8Array(8));
   return [...bytes].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/** A fresh display name such as "Calm Otter 42", so a new tab is a new user unless told otherwise. */
+function randomName() {
+  const [a, b, n] = crypto.getRandomValues(new Uint32Array(3));
+  const [adjectives, animals] = NAME_WORDS;
+  return `${adjectives[a % adjectives.length]} ${animals[b % animals.length]} ${10 + (n % 90)}`;
 }
 
 function hue(text) {
@@ -832,8 +849,8 @@ async function join(event) {
       room = checkRoom(ui.room.value, namespace);
       if (room.error) return showJoinError(room.error, ui.room);
     }
-    storage.set(STORAGE.name, name.name);
-    storage.set(STORAGE.room, room.room);
+    tabStorage.set(STORAGE.name, name.name);
+    browserStorage.set(STORAGE.room, room.room);
     ui.room.value = room.room;
     await enterRoom({
       name: name.name,
@@ -913,8 +930,9 @@ function sendMessage(event) {
 
 function init() {
   const wanted = new URLSearchParams(location.search).get("room");
-  ui.name.value = storage.get(STORAGE.name) ?? "";
-  ui.room.value = wanted ?? storage.get(STORAGE.room) ?? DEFAULT_ROOM;
+  const remembered = tabStorage.get(STORAGE.name);
+  ui.name.value = remembered ?? randomName();
+  ui.room.value = wanted ?? browserStorage.get(STORAGE.room) ?? DEFAULT_ROOM;
   ui.joinForm.addEventListener("submit", join);
   ui.composer.addEventListener("submit", sendMessage);
   ui.leave.addEventListener("click", leave);
@@ -929,7 +947,12 @@ function init() {
   const fold = () => (ui.onlinePanel.open = wide.matches);
   fold();
   wide.addEventListener("change", fold);
-  (ui.name.value ? ui.join : ui.name).focus();
+  if (remembered) {
+    ui.join.focus();
+  } else {
+    ui.name.focus();
+    ui.name.select(); // only a suggestion: typing replaces it
+  }
 }
 
 init();
