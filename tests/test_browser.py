@@ -584,6 +584,24 @@ def local_connections(proc: ServerProcess) -> int:
     return count
 
 
+def test_with_the_demo_off_a_browser_gets_a_page_saying_how_to_turn_it_on(browser: Browser, tmp_path: Path) -> None:
+    proc = ServerProcess(tmp_path, server_config()).start()
+    try:
+        page = browser.open(proc.http_url + "/")
+        heading = page.evaluate("() => document.querySelector('h1').textContent")
+        assert heading == "The demo chat is off on this node"
+        page.wait("() => getComputedStyle(document.querySelector('.off-card')).borderRadius === '12px'")  # styled
+        assert page.evaluate("() => document.querySelector('a[href=\"/status\"]') !== null")
+        # Nothing refused by the Content-Security-Policy (the page's own 404 is the one error logged).
+        errors = [line for line in page.log() if line.startswith(("error", "pageerror"))]
+        assert errors == ["error: Failed to load resource: the server responded with a status of 404 (Not Found)"]
+        page.click("a[href='/status']")
+        wait_shown(page, "#api-key-form")
+        page.close()
+    finally:
+        proc.kill()
+
+
 # --- hubbub.js on a page of another origin ----------------------------------------------------------
 
 #: Run in a page of the application's origin: import hubbub.js from the node, connect, join, publish,
