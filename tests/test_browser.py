@@ -20,10 +20,11 @@ from typing import Any
 
 import pytest
 
-from tests.support.browser import Browser, Page
+from tests.support.browser import AppOrigin, Browser, Page
 from tests.support.nginx import Nginx
 from tests.support.redis_server import RedisServer
 from tests.support.server import TEST_NAMESPACES, ServerProcess, server_config
+from tests.support.wsclient import token
 from tests.test_client_support import Relay
 
 pytestmark = pytest.mark.browser
@@ -189,9 +190,40 @@ def test_two_pages_chat_through_the_server_and_presence_follows_a_closed_page(
 
     ada.close()
     grace.wait("() => ![...document.querySelectorAll('#online li')].some((li) => li.dataset.user === 'Ada')")
-    grace.wait("() => document.querySelector('#messages li.notice[data-kind=leave]')")
+    # "Ada left" waits a few seconds for Ada to come back (a restarted node drops everyone at once).
+    grace.wait("() => document.querySelector('#messages li.notice[data-kind=leave]')", timeout=20)
     assert online(grace) == ["Grace"]
     grace.close()
+
+
+def page_value(page: Page, selector: str) -> str:
+    value: str = page.evaluate("(s) => document.querySelector(s).value", selector)
+    return value
+
+
+def test_two_tabs_of_one_browser_are_two_users_unless_given_the_same_name(
+    browser: Browser, demo: ServerProcess
+) -> None:
+    room = f"tabs-{uuid.uuid4().hex[:6]}"
+    first = browser.open(demo.http_url + "/")
+    suggested = page_value(first, "#name")
+    assert suggested.strip() and len(suggested) <= 32
+    join_demo(first, "Ada", room)
+    second = browser.open(demo.http_url + "/", tab_of=first)
+    other = page_value(second, "#name")
+    assert other.strip() and other != "Ada"
+    assert page_value(second, "#room") == room  # the room is remembered for the browser
+    second.click("#join")  # with the suggested name
+    second.wait("() => document.querySelector('#status')?.dataset.state === 'connected' && window.hubbubDemo?.room")
+    first.wait(has_user(other))
+    assert online(first) == sorted(["Ada", other])
+    # A reload keeps the tab's own name.
+    second.goto(demo.http_url + "/")
+    assert page_value(second, "#name") == other
+    first.goto(demo.http_url + "/")
+    assert page_value(first, "#name") == "Ada"
+    for page in (second, first):
+        page.close()
 
 
 def test_demo_page_works_on_a_phone_sized_screen_in_dark_mode(browser: Browser, demo: ServerProcess) -> None:
@@ -266,6 +298,68 @@ def test_demo_says_when_a_restart_lost_history_and_starts_over(browser: Browser,
     rejoin = page.evaluate("() => window.hubbubDemo.room.recovered")
     assert rejoin is False
     page.close()
+
+
+def notices_after_disconnect(page: Page, *kinds: str) -> list[str]:
+    """The texts of the notices of `kinds` shown since the page's first "Disconnected" notice."""
+    found: list[str] = page.evaluate(
+        """(kinds) => {
+            const all = [...document.querySelectorAll('#messages li.notice')];
+            const since = all.findIndex((li) => li.dataset.kind === 'disconnect');
+            return all.slice(since).filter((li) => kinds.includes(li.dataset.kind)).map((li) => li.textContent);
+        }""",
+        list(kinds),
+    )
+    return found
+
+
+def has_user(user: str) -> str:
+    return f"() => [...document.querySelectorAll('#online li')].some((li) => li.dataset.user === {user!r})"
+
+
+#: Holds the page's token requests (so its reconnect waits) until `window.releaseTokens()`.
+HOLD_TOKENS = """() => {
+    const fetch = window.fetch;
+    let release;
+    const released = new Promise((resolve) => { release = resolve; });
+    window.releaseTokens = () => { release(); return true; };
+    window.fetch = (...args) => released.then(() => fetch(...args));
+    return true;
+}"""
+
+
+def test_a_restart_says_nothing_about_users_who_stayed_and_still_reports_who_left(
+    browser: Browser, demo: ServerProcess
+) -> None:
+    """Bob is back first after the restart; Alice returns later and Carol closed her tab meanwhile."""
+    room = f"stay-{uuid.uuid4().hex[:6]}"
+    pages = {name: browser.open(demo.http_url + "/") for name in ("Alice", "Bob", "Carol")}
+    for name, page in pages.items():
+        join_demo(page, name, room)
+    alice, bob, carol = pages.values()
+    bob.wait(f"() => ({has_user('Alice')})() && ({has_user('Carol')})()")
+    alice.evaluate(HOLD_TOKENS)
+
+    demo.stop()
+    carol.close()
+    demo.start()
+    bob.wait("() => document.querySelector('#messages li.notice[data-kind=\"not-recovered\"]')", timeout=30)
+    bob.wait(f"() => !({has_user('Alice')})()")  # Bob has the new list: Alice is not back yet
+    alice.evaluate("() => window.releaseTokens()")
+    bob.wait(has_user("Alice"), timeout=20)
+    bob.wait("() => document.querySelector('#messages li.notice[data-kind=leave]')", timeout=30)
+    assert notices_after_disconnect(bob, "join", "leave") == ["Carol left"]
+    assert online(bob) == ["Alice", "Bob"]
+
+    # Someone new still shows at once.
+    dave = browser.open(demo.http_url + "/")
+    join_demo(dave, "Dave", room)
+    wait_text(bob, "#messages li.notice[data-kind=join]", "Dave joined")
+    assert notices_after_disconnect(bob, "join", "leave") == ["Carol left", "Dave joined"]
+    wait_text(alice, "#messages li.notice[data-kind=join]", "Dave joined")
+    assert "Bob" not in " ".join(notices_after_disconnect(alice, "join", "leave"))
+    for page in (alice, bob, dave):
+        page.close()
 
 
 def test_publishes_made_offline_are_delivered_exactly_once_after_the_reconnect(
@@ -490,6 +584,128 @@ def local_connections(proc: ServerProcess) -> int:
     return count
 
 
+def test_with_the_demo_off_a_browser_gets_a_page_saying_how_to_turn_it_on(browser: Browser, tmp_path: Path) -> None:
+    proc = ServerProcess(tmp_path, server_config()).start()
+    try:
+        page = browser.open(proc.http_url + "/")
+        heading = page.evaluate("() => document.querySelector('h1').textContent")
+        assert heading == "The demo chat is off on this node"
+        page.wait("() => getComputedStyle(document.querySelector('.off-card')).borderRadius === '12px'")  # styled
+        assert page.evaluate("() => document.querySelector('a[href=\"/status\"]') !== null")
+        # Nothing refused by the Content-Security-Policy (the page's own 404 is the one error logged).
+        errors = [line for line in page.log() if line.startswith(("error", "pageerror"))]
+        assert errors == ["error: Failed to load resource: the server responded with a status of 404 (Not Found)"]
+        page.click("a[href='/status']")
+        wait_shown(page, "#api-key-form")
+        page.close()
+    finally:
+        proc.kill()
+
+
+# --- hubbub.js on a page of another origin ----------------------------------------------------------
+
+#: Run in a page of the application's origin: import hubbub.js from the node, connect, join, publish,
+#: and see the publication come back. Says which step failed, and how.
+CROSS_ORIGIN = """
+async ({ base, token, room }) => {
+  let hubbub;
+  try {
+    hubbub = await import(`${base}/hubbub.js`);
+  } catch (error) {
+    return { step: "import", error: String(error) };
+  }
+  const client = new hubbub.Client(base.replace("http://", "ws://") + "/ws", { token, backoffBase: 100 });
+  const errors = [];
+  client.on("connectError", (e) => errors.push(String(e.error)));
+  const connected = await Promise.race([
+    client.connect().then(() => true),
+    new Promise((resolve) => setTimeout(() => resolve(false), 5000)),
+  ]);
+  if (!connected) {
+    await client.close();
+    return { step: "connect", error: errors.join("; ") };
+  }
+  const joined = await client.join(room);
+  const back = new Promise((resolve) => joined.on("publication", (pub) => resolve(pub.data)));
+  await client.publish(room, { text: "from another origin" });
+  const data = await back;
+  await client.close();
+  return { step: "done", data };
+}
+"""
+
+#: A bare WebSocket from the page: how it ended.
+BARE_WEBSOCKET = """
+(url) => new Promise((resolve) => {
+  const ws = new WebSocket(url);
+  ws.onopen = () => { ws.close(); resolve({ opened: true }); };
+  ws.onclose = (event) => resolve({ opened: false, code: event.code });
+})
+"""
+
+
+def cross_origin(browser: Browser, app: AppOrigin, proc: ServerProcess) -> dict[str, Any]:
+    page = browser.open(app.url + "/")
+    try:
+        args = {"base": proc.http_url, "token": token("ada"), "room": f"chat:{uuid.uuid4().hex[:8]}"}
+        outcome: dict[str, Any] = page.evaluate(CROSS_ORIGIN, args)
+        return outcome
+    finally:
+        page.close()
+
+
+def wait_for_log(proc: ServerProcess, text: str, timeout: float = 5.0) -> str:
+    deadline = time.monotonic() + timeout
+    while text not in (log := proc.log()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{text!r} not in the server log:\n{log[-3000:]}")
+        time.sleep(0.05)
+    return log
+
+
+def test_a_page_of_an_allowed_origin_imports_hubbub_js_and_chats(browser: Browser, tmp_path: Path) -> None:
+    with AppOrigin() as app:
+        proc = ServerProcess(tmp_path, server_config(allowed_origins=[app.url])).start()
+        try:
+            assert cross_origin(browser, app, proc) == {"step": "done", "data": {"text": "from another origin"}}
+            assert "refused" not in proc.log()
+        finally:
+            proc.kill()
+
+
+def test_a_page_of_another_origin_is_refused_and_the_log_says_which_setting_to_change(
+    browser: Browser, tmp_path: Path
+) -> None:
+    with AppOrigin() as app:
+        proc = ServerProcess(tmp_path, server_config(allowed_origins=["https://app.example.com"])).start()
+        try:
+            outcome = cross_origin(browser, app, proc)
+            assert outcome["step"] == "import", outcome
+            wanted = f"""HUBBUB_ALLOWED_ORIGINS='["https://app.example.com", "{app.url}"]'"""
+            log = wait_for_log(proc, f'refused /hubbub.js from origin "{app.url}"')
+            assert wanted in log
+            # The WebSocket on its own is refused too (the browser sees only a failed handshake). From a
+            # third origin: an origin is logged once a minute, whatever it was refused.
+            with AppOrigin() as third:
+                page = browser.open(third.url + "/")
+                assert page.evaluate(BARE_WEBSOCKET, ws_url(proc.http_url)) == {"opened": False, "code": 1006}
+                page.close()
+                log = wait_for_log(proc, f'refused a WebSocket from origin "{third.url}"')
+            line = next(line for line in log.splitlines() if "refused a WebSocket" in line)
+            assert "WARNING" in line and f'add "{third.url}" to allowed_origins' in line
+        finally:
+            proc.kill()
+
+
+def test_a_page_of_any_origin_works_against_a_development_node(browser: Browser, tmp_path: Path) -> None:
+    with AppOrigin() as app:
+        proc = ServerProcess(tmp_path, server_config(mode="development")).start()
+        try:
+            assert cross_origin(browser, app, proc) == {"step": "done", "data": {"text": "from another origin"}}
+        finally:
+            proc.kill()
+
+
 # --- the status page --------------------------------------------------------------------------------
 
 
@@ -538,6 +754,29 @@ def test_status_page_asks_for_the_key_then_shows_live_figures_of_every_node(
     assert page.evaluate("() => document.querySelectorAll('#nodes tbody tr[data-node]').length") == 2
     for chat in chats.values():
         chat.close()
+    page.close()
+
+
+def test_status_page_keeps_a_refused_key_selected_for_retyping(browser: Browser, demo: ServerProcess) -> None:
+    page = browser.open(demo.http_url + "/status")
+    wait_shown(page, "#api-key-form")
+    page.fill("#api-key", "test-api-kez")
+    page.press("#api-key", "Enter")
+    wait_text(page, "#api-key-error", "refused this API key (401")
+    field = page.evaluate(
+        """() => { const input = document.querySelector('#api-key');
+            return { value: input.value, start: input.selectionStart, end: input.selectionEnd,
+                     focused: document.activeElement === input, invalid: input.getAttribute('aria-invalid') }; }"""
+    )
+    assert field == {"value": "test-api-kez", "start": 0, "end": 12, "focused": True, "invalid": "true"}
+    page.press("#api-key", "Backspace")  # the selection goes: the user types the key again
+    assert page.evaluate("() => document.querySelector('#api-key').value") == ""
+    page.fill("#api-key", "test-api-key")
+    page.press("#api-key", "Enter")
+    page.wait("() => document.querySelectorAll('#nodes tbody tr[data-node]').length === 1")
+    page.click("#forget-key")  # asking afresh starts from an empty field
+    wait_shown(page, "#api-key-form")
+    assert page.evaluate("() => document.querySelector('#api-key').value") == ""
     page.close()
 
 

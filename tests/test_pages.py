@@ -4,6 +4,7 @@ tests/test_browser.py."""
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 
@@ -13,6 +14,7 @@ import pytest
 
 from hubbub.loader import load_settings
 from hubbub.preflight import warnings
+from hubbub.refusals import OriginRefusals
 from tests.conftest import ServerFactory
 from tests.support.server import SECRET, TEST_NAMESPACES, ServerProcess
 from tests.support.wsclient import RawClient
@@ -68,6 +70,29 @@ def test_demo_is_off_in_production_unless_turned_on(server: ServerProcess) -> No
     assert page.status_code == 404
     assert "demo is off" in page.json()["error"]["reason"]
     assert httpx.post(server.http_url + "/demo/token", json={"name": "x"}).status_code == 404
+
+
+BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+
+
+def test_demo_off_page_tells_a_browser_how_to_turn_the_demo_on(server_factory: ServerFactory) -> None:
+    proc = server_factory(demo_namespace="lobby")
+    page = get(proc, "/", accept=BROWSER_ACCEPT)
+    assert page.status_code == 404
+    assert page.headers["content-type"].startswith("text/html")
+    assert page.headers["vary"] == "Accept"
+    csp = page.headers["content-security-policy"]
+    assert "default-src 'self'" in csp and "unsafe-inline" not in csp
+    text = page.text
+    assert "<script" not in text and "style=" not in text
+    for needed in ("demo: true", "HUBBUB_DEMO=true", "client_publish", "presence", "history_size", "jwt_secret"):
+        assert needed in text, needed
+    assert "<code>lobby</code>" in text and "{namespace}" not in text
+    assert 'href="/status"' in text and "docs/configuration.md" in text and "docs/browser-client.md" in text
+    # API clients (and the JSON they have always had) are unaffected.
+    for accept in ("application/json", "*/*"):
+        answer = get(proc, "/", accept=accept)
+        assert answer.status_code == 404 and "demo is off" in answer.json()["error"]["reason"]
 
 
 @pytest.fixture
@@ -198,3 +223,162 @@ async def test_status_api_reports_totals_rates_and_recent_disconnects(server_fac
     assert status["close_codes"]["4008"] == "slow consumer" and status["close_codes"]["1006"].startswith("connection")
     for watcher in watchers[1:]:
         await watcher.close()
+
+
+# --- the client library from other origins (CORS) ------------------------------------------------
+
+APP_ORIGIN = "http://localhost:3000"
+
+
+def wait_for_log(proc: ServerProcess, text: str, timeout: float = 5.0) -> str:
+    """The server log once it holds `text` (the log is written by another process)."""
+    deadline = time.monotonic() + timeout
+    while text not in (log := proc.log()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{text!r} not in the server log:\n{log[-3000:]}")
+        time.sleep(0.05)
+    return log
+
+
+@pytest.fixture
+def cors_server(server_factory: ServerFactory) -> ServerProcess:
+    return server_factory(allowed_origins=["https://*.example.com", APP_ORIGIN])
+
+
+@pytest.mark.parametrize("path", ["/hubbub.js", "/hubbub.d.ts"])
+def test_client_library_grants_cors_to_allowed_origins_and_keeps_it_on_304s(
+    cors_server: ServerProcess, path: str
+) -> None:
+    for origin in (APP_ORIGIN, "https://app.example.com"):
+        first = get(cors_server, path, origin=origin)
+        assert first.status_code == 200
+        assert first.headers["access-control-allow-origin"] == origin
+        assert first.headers["vary"] == "Origin"
+        again = get(cors_server, path, origin=origin, **{"if-none-match": first.headers["etag"]})
+        assert again.status_code == 304
+        assert again.headers["access-control-allow-origin"] == origin
+        assert again.headers["vary"] == "Origin"
+    # No Origin (a non-browser client, or a same-origin GET): no grant, but the answer still varies by Origin.
+    plain = get(cors_server, path)
+    assert "access-control-allow-origin" not in plain.headers and plain.headers["vary"] == "Origin"
+    assert "access-control-allow-credentials" not in plain.headers
+
+
+def test_client_library_grants_nothing_to_other_origins_and_logs_them_once(cors_server: ServerProcess) -> None:
+    for _ in range(5):
+        refused = get(cors_server, "/hubbub.js", origin="http://localhost:3001")
+        assert refused.status_code == 200  # the file is public; the browser withholds it without the grant
+        assert "access-control-allow-origin" not in refused.headers and refused.headers["vary"] == "Origin"
+    get(cors_server, "/hubbub.js", origin="https://example.com.evil.test")
+    log = wait_for_log(cors_server, '"https://example.com.evil.test"')
+    lines = [line for line in log.splitlines() if "localhost:3001" in line]
+    assert len(lines) == 1, lines
+    assert "WARNING" in lines[0] and "/hubbub.js" in lines[0]
+    expected = '["https://*.example.com", "http://localhost:3000", "http://localhost:3001"]'
+    assert f"""add "http://localhost:3001" to allowed_origins (HUBBUB_ALLOWED_ORIGINS='{expected}')""" in lines[0]
+
+
+def test_client_library_answers_the_cors_preflight_for_allowed_origins_only(cors_server: ServerProcess) -> None:
+    asked = {"origin": APP_ORIGIN, "access-control-request-method": "GET"}
+    answer = httpx.options(
+        cors_server.http_url + "/hubbub.js", headers={**asked, "access-control-request-headers": "authorization"}
+    )
+    assert answer.status_code == 204
+    assert answer.headers["access-control-allow-origin"] == APP_ORIGIN
+    assert answer.headers["access-control-allow-methods"] == "GET, HEAD"
+    assert answer.headers["access-control-allow-headers"] == "authorization"
+    assert int(answer.headers["access-control-max-age"]) > 0
+    assert "Origin" in answer.headers["vary"]
+    other = httpx.options(cors_server.http_url + "/hubbub.d.ts", headers={**asked, "origin": "https://evil.test"})
+    assert other.status_code == 204 and not any(h.startswith("access-control-") for h in other.headers)
+    assert httpx.options(cors_server.http_url + "/hubbub.txt", headers=asked).status_code in (404, 405)
+
+
+def test_development_mode_grants_every_origin_the_client_library(server_factory: ServerFactory) -> None:
+    dev = server_factory(mode="development")
+    answer = get(dev, "/hubbub.js", origin="http://localhost:5173")
+    assert answer.headers["access-control-allow-origin"] == "http://localhost:5173"
+    assert "Pages from any origin may connect" in dev.log()
+
+
+async def test_a_refused_websocket_origin_is_logged_with_the_setting_to_change_and_rate_limited(
+    cors_server: ServerProcess, server_factory: ServerFactory
+) -> None:
+    from websockets.exceptions import InvalidStatus
+
+    for _ in range(20):
+        with pytest.raises(InvalidStatus) as refused:
+            await RawClient.open(cors_server.ws_url, origin="http://127.0.0.1:3000")
+        assert refused.value.response.status_code == 403
+        assert b"allowed_origins" in refused.value.response.body
+    with pytest.raises(InvalidStatus):
+        await RawClient.open(cors_server.ws_url, origin="null")
+    log = wait_for_log(cors_server, 'origin "null"')
+    lines = [line for line in log.splitlines() if "refused a WebSocket" in line]
+    assert len(lines) == 2, lines  # 20 refusals of one origin: one line; the next origin's line counts them
+    assert '"http://127.0.0.1:3000"' in lines[0] and "WARNING" in lines[0]
+    assert 'add "http://127.0.0.1:3000" to allowed_origins' in lines[0]
+    assert "19 more refusal(s) not logged" in lines[1] and "file:// page or a sandboxed frame" in lines[1]
+    # Development mode lets the same page connect.
+    dev = server_factory(mode="development", jwt_secret=SECRET)
+    client = await RawClient.connected(dev.ws_url, open_kwargs={"origin": "http://127.0.0.1:3000"})
+    await client.close()
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_refused_origins_are_logged_once_per_origin_and_a_few_origins_per_interval(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = FakeClock()
+    refusals = OriginRefusals(interval=60, per_interval=3, clock=clock)
+    with caplog.at_level(logging.WARNING, logger="hubbub.origins"):
+        assert refusals.refused("http://a.test", "a WebSocket", ())
+        assert not any(refusals.refused("http://a.test", "a WebSocket", ()) for _ in range(100))
+        assert refusals.refused("http://b.test", "a WebSocket", ())
+        assert refusals.refused("http://c.test", "a WebSocket", ())
+        # A flood of made-up origins: no more lines this interval, whatever the origin.
+        assert not any(refusals.refused(f"http://{i}.test", "a WebSocket", ()) for i in range(1000))
+        assert len(caplog.records) == 3 and refusals.suppressed == 1000
+        clock.now += 61
+        assert refusals.refused("http://a.test", "/hubbub.js", ("https://app.example.com",))
+    last = caplog.records[-1].getMessage()
+    assert last.startswith('refused /hubbub.js from origin "http://a.test": add "http://a.test" to allowed_origins')
+    assert """HUBBUB_ALLOWED_ORIGINS='["https://app.example.com", "http://a.test"]'""" in last
+    assert "(100 more refusal(s) not logged since the previous warning)" in caplog.records[1].getMessage()
+    assert "(1000 more refusal(s) not logged since the previous warning)" in last
+    assert all(r.levelno == logging.WARNING for r in caplog.records)
+
+
+def test_the_memory_of_refused_origins_is_bounded() -> None:
+    refusals = OriginRefusals(per_interval=1000, memory=4, clock=FakeClock())
+    assert all(refusals.refused(f"http://{i}.test", "a WebSocket", ()) for i in range(10))
+    assert list(refusals._logged) == [f"http://{i}.test" for i in range(6, 10)]
+    assert not refusals.refused("http://9.test", "a WebSocket", ())
+
+
+@pytest.mark.parametrize(
+    ("origin", "shown", "advice"),
+    [
+        ("http://localhost:3000", '"http://localhost:3000"', 'add "http://localhost:3000" to allowed_origins'),
+        ("http://[::1]:8080", '"http://[::1]:8080"', 'add "http://[::1]:8080" to allowed_origins'),
+        ("null", '"null"', "serve it over http(s)"),
+        ("http://x.test'; rm -rf /", '"http://x.test\'; rm -rf /"', "not a browser origin"),
+        ("http://a\x1b[31m.test", '"http://a\\u001b[31m.test"', "not a browser origin"),
+        ("http://" + "a" * 500, '"http://' + "a" * 113 + '\\u2026"', "add "),
+    ],
+)
+def test_a_refused_origin_is_quoted_safely_and_advice_is_given_only_for_real_origins(
+    origin: str, shown: str, advice: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="hubbub.origins"):
+        OriginRefusals().refused(origin, "a WebSocket", ())
+    message = caplog.records[0].getMessage()
+    assert f"from origin {shown}:" in message and advice in message
+    assert "\x1b" not in message and "\n" not in message

@@ -21,7 +21,8 @@ def announce(settings: Settings) -> None:
     if settings.development:
         log.warning(
             "DEVELOPMENT MODE: no configuration given. Every namespace has history, presence, join/leave and "
-            "client publish on. JWT secret: %s. API key: %s. Never expose this node; start with a config "
+            "client publish on. Pages from any origin may connect and import /hubbub.js. JWT secret: %s. "
+            "API key: %s. Never expose this node; start with a config "
             "file or HUBBUB_MODE=production for real use.",
             "HUBBUB_JWT_SECRET" if settings.jwt_secret else repr(DEV_JWT_SECRET),
             "HUBBUB_API_KEY" if settings.api_key else repr(DEV_API_KEY),

@@ -22,6 +22,7 @@ from urllib.parse import parse_qs
 from hubbub import frames, protocol, rules
 from hubbub.auth import AuthError, Principal
 from hubbub.codes import CloseCode
+from hubbub.refusals import REFUSALS
 from hubbub.session import Session
 
 if TYPE_CHECKING:
@@ -187,8 +188,10 @@ class WebSocketConnection(asyncio.Protocol):
         key = headers.get("sec-websocket-key", "")
         if not frames.valid_key(key):
             return self._refuse(400, "missing or invalid Sec-WebSocket-Key")
-        if not rules.origin_allowed(headers.get("origin"), headers.get("host"), node.settings.allowed_origins):
-            return self._refuse(403, "origin not allowed")
+        origin = headers.get("origin")
+        if not rules.origin_permitted(origin, headers.get("host"), node.settings):
+            REFUSALS.refused(origin or "", "a WebSocket", node.settings.allowed_origins)
+            return self._refuse(403, "origin not allowed: add it to the allowed_origins setting")
         token = upgrade_token(headers, query)
         if token is None:
             self._accept(node, headers, key, None)

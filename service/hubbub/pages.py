@@ -3,12 +3,17 @@
 The files live in `hubbub/static/` and are read once per process. Pages carry a strict
 Content-Security-Policy: everything they load comes from this origin, nothing inline.
 `/status` is a shell without data; its figures come from `/api/status`, behind the API key.
+
+The client library (`/hubbub.js`, `/hubbub.d.ts`) is also for pages on other origins: browsers
+fetch ES modules in CORS mode, so it carries `Access-Control-Allow-Origin` for the origins the
+WebSocket check admits (`allowed_origins`; every origin in development mode).
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import html
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -19,10 +24,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from hubbub import api, protocol
+from hubbub import api, protocol, rules
 from hubbub.auth import mint_token
 from hubbub.codes import CommandError, ErrorCode
 from hubbub.node import Node
+from hubbub.refusals import REFUSALS
 
 MEDIA_TYPES: Final = {
     ".js": "text/javascript; charset=utf-8",
@@ -46,6 +52,9 @@ PAGE_HEADERS: Final = {
 }
 
 DEV_KEY_META: Final = '<meta name="hubbub-dev-api-key" content="">'
+DEMO_OFF: Final = "the demo is off (set `demo: true` to serve it)"
+#: How long a browser may cache a preflight answer (Chromium caps it at 2 h).
+PREFLIGHT_MAX_AGE: Final = "3600"
 MAX_DEMO_NAME: Final = 32
 DEMO_BODY_LIMIT: Final = 1024
 
@@ -69,9 +78,16 @@ def asset(name: str) -> Asset | None:
     )
 
 
-def serve(request: Request, found: Asset, *, body: bytes | None = None, page: bool = False) -> Response:
+def serve(
+    request: Request,
+    found: Asset,
+    *,
+    body: bytes | None = None,
+    page: bool = False,
+    extra: dict[str, str] | None = None,
+) -> Response:
     """A cacheable response that browsers revalidate (ETag), so a new release is picked up at once."""
-    headers = {"cache-control": "no-cache", "etag": found.etag, **(PAGE_HEADERS if page else {})}
+    headers = {"cache-control": "no-cache", "etag": found.etag, **(PAGE_HEADERS if page else {}), **(extra or {})}
     if body is None and request.headers.get("if-none-match") == found.etag:
         return Response(status_code=304, headers=headers)
     if body is not None:
@@ -88,9 +104,50 @@ def _node(request: Request) -> Node:
     return node
 
 
+def cors_headers(request: Request, what: str) -> dict[str, str]:
+    """CORS for a public, credential-free resource: the requesting origin echoed when it is admitted.
+
+    `Vary: Origin` goes on every answer (304s included), with or without the grant, so no cache
+    hands one origin's answer to another. A refused origin gets no grant and a WARNING in the log.
+    """
+    headers = {"vary": "Origin"}
+    origin = request.headers.get("origin")
+    if origin is None:
+        return headers
+    settings = _node(request).settings
+    if rules.origin_permitted(origin, request.headers.get("host"), settings):
+        headers["access-control-allow-origin"] = origin
+    else:
+        REFUSALS.refused(origin, what, settings.allowed_origins)
+    return headers
+
+
 async def client_library(request: Request) -> Response:
-    found = asset(request.url.path.removeprefix("/"))
-    return serve(request, found) if found else not_found()
+    name = request.url.path.removeprefix("/")
+    found = asset(name)
+    if found is None:
+        return not_found()
+    if request.method == "OPTIONS":
+        return preflight(request, f"/{name}")
+    return serve(request, found, extra=cors_headers(request, f"/{name}"))
+
+
+def preflight(request: Request, what: str) -> Response:
+    """The answer to OPTIONS: a CORS preflight (a `fetch()` with headers of its own) or a plain one.
+
+    A module import or a plain `fetch()` needs none; one that sends, say, `Authorization` asks first.
+    The headers it asks for are granted: the resource is the same, whatever they say.
+    """
+    headers = cors_headers(request, what)
+    headers["allow"] = "GET, HEAD, OPTIONS"
+    if "access-control-allow-origin" in headers and "access-control-request-method" in request.headers:
+        headers["vary"] = "Origin, Access-Control-Request-Method, Access-Control-Request-Headers"
+        headers["access-control-allow-methods"] = "GET, HEAD"
+        asked = request.headers.get("access-control-request-headers", "").strip()
+        if asked:
+            headers["access-control-allow-headers"] = asked
+        headers["access-control-max-age"] = PREFLIGHT_MAX_AGE
+    return Response(status_code=204, headers=headers)
 
 
 async def static(request: Request) -> Response:
@@ -100,10 +157,22 @@ async def static(request: Request) -> Response:
 
 
 async def demo_page(request: Request) -> Response:
-    if not _node(request).settings.demo_enabled:
-        return not_found("the demo is off (set `demo: true` to serve it)")
+    settings = _node(request).settings
+    if not settings.demo_enabled:
+        return demo_off(request, settings.demo_namespace)
     found = asset("demo.html")
     return serve(request, found, page=True) if found else not_found()
+
+
+def demo_off(request: Request, namespace: str) -> Response:
+    """404 either way: a page saying how to turn the demo on for browsers, the JSON error for the rest."""
+    found = asset("demo-off.html")
+    if found is None or "text/html" not in request.headers.get("accept", ""):
+        response = not_found(DEMO_OFF)
+        response.headers["vary"] = "Accept"
+        return response
+    body = found.body.replace(b"{namespace}", html.escape(namespace).encode())
+    return Response(body, status_code=404, media_type=found.media_type, headers={**PAGE_HEADERS, "vary": "Accept"})
 
 
 async def status_page(request: Request) -> Response:
@@ -135,7 +204,7 @@ async def demo_token(request: Request) -> Response:
     """Anyone may get a short-lived token for the demo namespace: that is what the demo is for."""
     settings = _node(request).settings
     if not settings.demo_enabled:
-        return not_found("the demo is off (set `demo: true` to serve it)")
+        return not_found(DEMO_OFF)
     secret = settings.effective_jwt_secret()
     if secret is None:
         return api.error_response(503, "the demo needs jwt_secret to sign its tokens")
@@ -164,8 +233,8 @@ def routes() -> list[BaseRoute]:
     return [
         Route("/", demo_page, methods=["GET"]),
         Route("/status", status_page, methods=["GET"]),
-        Route("/hubbub.js", client_library, methods=["GET"]),
-        Route("/hubbub.d.ts", client_library, methods=["GET"]),
+        Route("/hubbub.js", client_library, methods=["GET", "OPTIONS"]),
+        Route("/hubbub.d.ts", client_library, methods=["GET", "OPTIONS"]),
         Route("/static/{name}", static, methods=["GET"]),
         Route("/demo/token", demo_token, methods=["POST"]),
     ]

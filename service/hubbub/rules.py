@@ -107,3 +107,13 @@ def origin_allowed(origin: str | None, host: str | None, allowed: Sequence[str])
         if origin_host == host or (_port_less(host) and _strip_port(origin_host) == host):
             return True
     return matches_any(tuple(allowed), origin)
+
+
+def origin_permitted(origin: str | None, host: str | None, settings: Settings) -> bool:
+    """The origin check as configured: for WebSocket upgrades and for CORS on the client library.
+
+    Development mode admits every origin: its credentials are published at start-up, so the check
+    would protect nothing, and an application under development is usually served from another
+    port (`http://localhost:3000`) than the node it talks to.
+    """
+    return settings.development or origin_allowed(origin, host, settings.allowed_origins)

@@ -73,9 +73,10 @@ class Settings(BaseModel):
     allowed_origins: tuple[str, ...] = Field(
         (),
         description=(
-            "Origins (glob patterns such as `https://*.example.com`) allowed to open WebSockets. Requests "
-            "without an Origin header (non-browser clients) and same-origin requests are always allowed; "
-            "`*` allows every origin."
+            "Origins (glob patterns such as `https://*.example.com`) allowed to open WebSockets and to import "
+            "`/hubbub.js` (CORS). Requests without an Origin header (non-browser clients) and same-origin "
+            "requests are always allowed; `*` allows every origin, and so does development mode. Refused "
+            "origins are logged (WARNING)."
         ),
     )
 

@@ -12,6 +12,7 @@ import queue
 import shutil
 import subprocess
 import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -91,8 +92,19 @@ class Browser:
             raise BrowserError(answer["error"])
         return answer["ok"]
 
-    def open(self, url: str, *, width: int = 1280, height: int = 800, dark: bool = False) -> Page:
-        page_id = self.call("open", url=url, width=width, height=height, colorScheme="dark" if dark else "light")
+    def open(
+        self, url: str, *, width: int = 1280, height: int = 800, dark: bool = False, tab_of: Page | None = None
+    ) -> Page:
+        """A new page in a fresh browser profile, or with `tab_of` another tab of that page's browser
+        (shared storage and cookies; the viewport is that browser's)."""
+        page_id = self.call(
+            "open",
+            url=url,
+            width=width,
+            height=height,
+            colorScheme="dark" if dark else "light",
+            sameContextAs=tab_of.id if tab_of is not None else None,
+        )
         return Page(self, int(page_id))
 
     def close(self) -> None:
@@ -157,3 +169,38 @@ class Page:
 
     def close(self) -> None:
         self.browser.call("close", page=self.id)
+
+
+class _AppPage(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = b"<!doctype html><html><head><title>an application</title></head><body>app</body></html>"
+        self.send_response(200)
+        self.send_header("content-type", "text/html; charset=utf-8")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet: the test reports what matters
+        pass
+
+
+class AppOrigin:
+    """A second origin on 127.0.0.1: an empty page an application would serve, on a port of its own.
+
+    A page there that imports `http://127.0.0.1:<hubbub port>/hubbub.js` is cross-origin to hubbub
+    (another port is another origin), as an application on `http://localhost:3000` is.
+    """
+
+    def __init__(self) -> None:
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _AppPage)
+        self.url = f"http://127.0.0.1:{self._server.server_port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> AppOrigin:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)

@@ -20,8 +20,13 @@ function pageOf(request) {
 const call = ({ script, arg }) => `(${script})(${JSON.stringify(arg ?? null)})`;
 
 const ops = {
-  async open({ url, width = 1280, height = 800, colorScheme = "light" }) {
-    const context = await browser.newContext({ viewport: { width, height }, colorScheme });
+  // Each page gets a browser context (profile) of its own, or, with `sameContextAs`, shares that
+  // page's: its storage and cookies, as two tabs of one browser do.
+  async open({ url, width = 1280, height = 800, colorScheme = "light", sameContextAs = null }) {
+    const context =
+      sameContextAs === null
+        ? await browser.newContext({ viewport: { width, height }, colorScheme })
+        : pageOf({ page: sameContextAs }).context;
     const page = await context.newPage();
     page.setDefaultTimeout(10000);
     const id = nextPage++;
@@ -76,7 +81,9 @@ const ops = {
   async close(request) {
     const entry = pageOf(request);
     pages.delete(request.page);
-    await entry.context.close();
+    const shared = [...pages.values()].some((other) => other.context === entry.context);
+    if (shared) await entry.page.close();
+    else await entry.context.close();
     return null;
   },
 };

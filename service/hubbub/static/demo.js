@@ -25,7 +25,22 @@ const GROUP_WINDOW = 5 * 60 * 1000;
 /** A prefetched token is used for the first connect only if it has this long left. */
 const TOKEN_REUSE_MARGIN = 15000;
 const TOKEN_TIMEOUT = 8000;
+/**
+ * "X left" waits this long for X to come back. A restarted or drained node drops everyone at once,
+ * and they reconnect one by one: X's `leave` (or X missing from the list after our own re-join)
+ * is then followed within seconds by X's `join`, and "left"/"joined" would be noise. A peer that
+ * lost only its own connection is back within its first backoff or the drain jitter (5 s).
+ */
+const LEAVE_GRACE = 8000;
+/** After our own reconnect: those missing from the new list lost the same node and retry with
+ * their own backoff (at most 10 s on this page), after a restart that may itself take seconds. */
+const REJOIN_GRACE = 15000;
+/** The name is remembered per tab (sessionStorage: two tabs are two users), the room per browser. */
 const STORAGE = { name: "hubbub.demo.name", room: "hubbub.demo.room" };
+const NAME_WORDS = [
+  ["Amber", "Brave", "Calm", "Clever", "Eager", "Gentle", "Jolly", "Lucky", "Merry", "Nimble", "Quiet", "Swift"],
+  ["Badger", "Falcon", "Heron", "Koala", "Lynx", "Marten", "Otter", "Panda", "Puffin", "Raven", "Tapir", "Wombat"],
+];
 const WS_URL = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
 
 const $ = (selector) => document.querySelector(selector);
@@ -60,22 +75,27 @@ const ui = {
 
 // --- small helpers ---------------------------------------------------------------------------------
 
-const storage = {
-  get(key) {
-    try {
-      return localStorage.getItem(key);
-    } catch {
-      return null;
-    }
-  },
-  set(key, value) {
-    try {
-      localStorage.setItem(key, value);
-    } catch {
-      // private mode or storage full: remembering is a convenience only
-    }
-  },
-};
+/** `localStorage` (this browser) or `sessionStorage` (this tab), for conveniences only: failures pass. */
+function storageOf(area) {
+  return {
+    get(key) {
+      try {
+        return window[area].getItem(key);
+      } catch {
+        return null;
+      }
+    },
+    set(key, value) {
+      try {
+        window[area].setItem(key, value);
+      } catch {
+        // private mode or storage full: remembering is a convenience only
+      }
+    },
+  };
+}
+const browserStorage = storageOf("localStorage");
+const tabStorage = storageOf("sessionStorage");
 
 function make(tag, className, text) {
   const node = document.createElement(tag);
@@ -87,6 +107,13 @@ function make(tag, className, text) {
 function randomId() {
   const bytes = crypto.getRandomValues(new Uint8Array(8));
   return [...bytes].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/** A fresh display name such as "Calm Otter 42", so a new tab is a new user unless told otherwise. */
+function randomName() {
+  const [a, b, n] = crypto.getRandomValues(new Uint32Array(3));
+  const [adjectives, animals] = NAME_WORDS;
+  return `${adjectives[a % adjectives.length]} ${animals[b % animals.length]} ${10 + (n % 90)}`;
 }
 
 function hue(text) {
@@ -225,6 +252,7 @@ class ChatSession {
     this.presenceReady = false;
     this.presenceBuffer = [];
     this.ghosts = new Set(); // our own client ids of earlier connections
+    this.away = new Map(); // user → { name, timer } of a "left" notice held back (LEAVE_GRACE)
     this.retryAt = null;
     this.lastError = "";
     this.attempt = 0;
@@ -286,6 +314,7 @@ class ChatSession {
     if (this.ended) return;
     this.ended = true;
     clearInterval(this.ticker);
+    this.forgetAway();
     for (const off of this.unsubscribe) off();
     if (window.hubbubDemo?.client === this.client) window.hubbubDemo = null;
     const closing = this.client.close().catch(() => {});
@@ -310,6 +339,7 @@ class ChatSession {
     if (closed) {
       // Nobody's presence is known any more.
       this.presence.clear();
+      this.forgetAway();
       this.renderOnline();
       ui.onlineNote.textContent = "Not connected.";
       ui.onlineNote.hidden = false;
@@ -620,10 +650,41 @@ class ChatSession {
     const after = this.tabsOf(user);
     if (user !== this.user) {
       const name = displayName(info, user);
-      if (before === 0 && after > 0) this.notice("join", `${name} joined`);
-      else if (before > 0 && after === 0) this.notice("leave", `${name} left`);
+      if (before === 0 && after > 0) this.arrived(user, name);
+      else if (before > 0 && after === 0) this.holdLeave(user, name, LEAVE_GRACE);
     }
     this.renderOnline();
+  }
+
+  /** `user` is gone from the list: "left" is said only if they are not back within `grace`. */
+  holdLeave(user, name, grace) {
+    clearTimeout(this.away.get(user)?.timer);
+    this.away.set(user, { name, timer: setTimeout(() => this.leaveDue(user), grace) });
+  }
+
+  leaveDue(user) {
+    const held = this.away.get(user);
+    if (this.ended || !held) return;
+    // Offline ourselves (or reloading the list), we cannot tell: the list after our re-join decides.
+    if (this.client.state !== "connected" || !this.presenceReady) return;
+    this.away.delete(user);
+    if (this.tabsOf(user) === 0) this.notice("leave", `${held.name} left`);
+  }
+
+  /** `user` is in the list (again): back within the grace is no news; otherwise they joined. */
+  arrived(user, name) {
+    const held = this.away.get(user);
+    if (held) {
+      clearTimeout(held.timer);
+      this.away.delete(user);
+      return;
+    }
+    this.notice("join", `${name} joined`);
+  }
+
+  forgetAway() {
+    for (const { timer } of this.away.values()) clearTimeout(timer);
+    this.away.clear();
   }
 
   tabsOf(user) {
@@ -644,9 +705,12 @@ class ChatSession {
         Object.entries(snapshot.clients).map(([id, entry]) => [id, { user: entry.user, name: displayName(entry.info, entry.user) }]),
       );
       if (announce) {
+        // After our reconnect: who is new joined; who is missing may be reconnecting too (REJOIN_GRACE),
+        // and so may those whose "left" was already held back.
         const now = this.users();
-        for (const [user, name] of now) if (!previous.has(user) && user !== this.user) this.notice("join", `${name} joined`);
-        for (const [user, name] of previous) if (!now.has(user) && user !== this.user) this.notice("leave", `${name} left`);
+        for (const [user, name] of now) if (!previous.has(user) && user !== this.user) this.arrived(user, name);
+        for (const [user, name] of previous) if (!now.has(user) && user !== this.user) this.holdLeave(user, name, REJOIN_GRACE);
+        for (const [user, { name }] of this.away) if (!now.has(user)) this.holdLeave(user, name, REJOIN_GRACE);
       }
       ui.onlineNote.hidden = true;
     } catch (error) {
@@ -785,8 +849,8 @@ async function join(event) {
       room = checkRoom(ui.room.value, namespace);
       if (room.error) return showJoinError(room.error, ui.room);
     }
-    storage.set(STORAGE.name, name.name);
-    storage.set(STORAGE.room, room.room);
+    tabStorage.set(STORAGE.name, name.name);
+    browserStorage.set(STORAGE.room, room.room);
     ui.room.value = room.room;
     await enterRoom({
       name: name.name,
@@ -866,8 +930,9 @@ function sendMessage(event) {
 
 function init() {
   const wanted = new URLSearchParams(location.search).get("room");
-  ui.name.value = storage.get(STORAGE.name) ?? "";
-  ui.room.value = wanted ?? storage.get(STORAGE.room) ?? DEFAULT_ROOM;
+  const remembered = tabStorage.get(STORAGE.name);
+  ui.name.value = remembered ?? randomName();
+  ui.room.value = wanted ?? browserStorage.get(STORAGE.room) ?? DEFAULT_ROOM;
   ui.joinForm.addEventListener("submit", join);
   ui.composer.addEventListener("submit", sendMessage);
   ui.leave.addEventListener("click", leave);
@@ -882,7 +947,12 @@ function init() {
   const fold = () => (ui.onlinePanel.open = wide.matches);
   fold();
   wide.addEventListener("change", fold);
-  (ui.name.value ? ui.join : ui.name).focus();
+  if (remembered) {
+    ui.join.focus();
+  } else {
+    ui.name.focus();
+    ui.name.select(); // only a suggestion: typing replaces it
+  }
 }
 
 init();

@@ -216,9 +216,12 @@ function askForKey(message) {
   ui.form.hidden = false;
   ui.keyError.textContent = message;
   ui.keyError.hidden = !message;
-  ui.key.value = "";
   ui.key.setAttribute("aria-invalid", message ? "true" : "false");
   ui.key.focus();
+  // A refused key stays, selected: a typo is fixed in place, or typing replaces it. Asked afresh
+  // ("Use another API key"), the field starts empty.
+  if (message) ui.key.select();
+  else ui.key.value = "";
   renderFreshness();
 }
 
