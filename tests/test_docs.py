@@ -782,9 +782,8 @@ def is_bare_path(span: str) -> bool:
     return not path_tokens(span) and all(BARE_PATH.match(option) for option in expand(span))
 
 
-def named_paths(rel: str) -> list[tuple[str, str]]:
+def named_paths(doc: Document) -> list[tuple[str, str]]:
     """(where, path) for every repository path the document names that does not exist."""
-    doc = document(rel)
     absent: list[tuple[str, str]] = []
     for span in doc.code_spans():
         text = span.text.strip()
@@ -815,9 +814,10 @@ def anchors(rel: str) -> set[str]:
     return found
 
 
-def broken_links(rel: str) -> list[tuple[str, str]]:
+def broken_links(doc: Document) -> list[tuple[str, str]]:
+    rel = doc.path
     broken: list[tuple[str, str]] = []
-    for link in document(rel).links():
+    for link in doc.links():
         target = link.text
         if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:", target):
             continue  # http:, https:, mailto:: not a repository path
@@ -833,13 +833,13 @@ def broken_links(rel: str) -> list[tuple[str, str]]:
 
 @pytest.mark.parametrize("rel", all_markdown())
 def test_every_relative_link_resolves(rel: str) -> None:
-    broken = broken_links(rel)
+    broken = broken_links(document(rel))
     assert not broken, "broken links:\n" + "\n".join(f"  {where}: {what}" for where, what in broken)
 
 
 @pytest.mark.parametrize("rel", all_markdown())
 def test_every_repository_path_a_doc_names_exists(rel: str) -> None:
-    absent = named_paths(rel)
+    absent = named_paths(document(rel))
     assert not absent, "named but not in the repository:\n" + "\n".join(f"  {w}: {p}" for w, p in absent)
 
 
@@ -858,5 +858,140 @@ def test_the_path_rules_tell_repository_paths_from_other_code() -> None:
     assert path_tokens("helm install demo tests/fixtures/charts/mini") == ["tests/fixtures/charts/mini"]
     assert path_tokens('cluster.helm("install", "x", "charts/hubbub")') == ["charts/hubbub"]
     assert path_tokens("~/.cache/hubbub/k8s-bin/ and http://127.0.0.1:8000/docs/x") == []
+    doc = docblocks.parse(
+        "See [scaling](scaling.md#keys), [nothing](nothing.md), [a heading](protocol.md#no-such-heading),\n"
+        '[up](../README.md#quick-start), <img src="images/demo.png"> and [the web](https://example.com/x.md).\n'
+        "`[not a link](nowhere.md)`, `operator/crd.yaml`, `tests/js/`, `reactor.go`, `nothing.py`.\n"
+        "```python\ncluster.helm('install', 'x', 'charts/hubbub')\n```\n",
+        "docs/example.md",
+    )
+    assert [what.split(":")[0] for _, what in broken_links(doc)] == ["nothing.md", "protocol.md#no-such-heading"]
+    assert [path for _, path in named_paths(doc)] == ["operator/crd.yaml", "nothing.py", "charts/hubbub"]
     for other in ("hubbub.v1.json", "hubbub.yaml", "/hubbub.js", "hubbub.backends.redis_link", "k8s.io/kubernetes"):
         assert not is_bare_path(other), other
+
+
+# --- the runners themselves -----------------------------------------------------------------------
+
+
+def synthetic(lang: str, text: str) -> Block:
+    """A block as a doc would hold it, for checking that the runners tell working code from broken."""
+    return Block("tests/test_docs.py", 0, lang, text, None)
+
+
+def fails(check: Any) -> bool:
+    try:
+        check()
+    except pytest.fail.Exception:
+        return True
+    return False
+
+
+GOOD_PYTHON = """
+import asyncio
+import os
+
+from hubbub.client import Client
+
+
+async def main() -> None:
+    async with Client("ws://127.0.0.1:8000/ws", token=os.environ["TOKEN"]) as client:
+        await client.join("docs:runner")
+        await client.publish("docs:runner", {"text": "from a block"})
+
+
+asyncio.run(main())
+"""
+
+GOOD_NODE = """
+import { Client } from "./hubbub.js";
+if (!process.env.TOKEN || typeof Client !== "function") process.exit(1);
+"""
+
+GOOD_CONFIG = """
+mode: production
+jwt_secret: "0123456789abcdef0123456789abcdef"
+api_key: "docs-test"
+namespaces:
+  chat: {history_size: 10}
+"""
+
+
+@pytest.mark.slow
+def test_the_runners_pass_working_blocks_and_fail_broken_ones(nodes: Nodes) -> None:
+    node = nodes.default()
+    cwd = reader_dir(nodes.base, "_runners")
+    assert not fails(
+        lambda: run_shell(synthetic("sh", "curl -sS --fail-with-body http://127.0.0.1:8000/readyz\n"), node, cwd)
+    )
+    assert fails(lambda: run_shell(synthetic("sh", "false\necho unreachable\n"), node, cwd))
+    assert fails(lambda: run_shell(synthetic("sh", "echo $UNSET_VARIABLE\n"), node, cwd))
+    assert not fails(lambda: run_python(synthetic("python", GOOD_PYTHON), node, cwd))
+    assert fails(
+        lambda: run_python(synthetic("python", GOOD_PYTHON.replace('"docs:runner"', '"no such room!"')), node, cwd)
+    )
+    assert not fails(lambda: run_node(synthetic("js", GOOD_NODE), node, cwd))
+    assert fails(lambda: run_node(synthetic("js", 'import { Nope } from "./hubbub.js";\n'), node, cwd))
+    assert not fails(lambda: run_config(synthetic("yaml", GOOD_CONFIG), cwd))
+    assert fails(lambda: run_config(synthetic("yaml", GOOD_CONFIG.replace("mode: production", "mode: sideways")), cwd))
+    assert fails(lambda: run_config(synthetic("yaml", GOOD_CONFIG.replace("namespaces:", "nope:")), cwd))
+
+
+GOOD_BROWSER = """
+import { Client } from "/hubbub.js";
+
+const answer = await fetch("/demo/token", { method: "POST", body: JSON.stringify({ name: "Docs" }) });
+const client = new Client("/ws", { token: (await answer.json()).token });
+await client.connect();
+await client.join("demo:runner");
+await client.publish("demo:runner", { text: "from a page" });
+await client.close();
+"""
+
+
+GOOD_HTML = """
+<p id="said">hello</p>
+<script type="module">
+  if (document.getElementById("said")?.textContent !== "hello") throw new Error("no markup");
+</script>
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_the_browser_runner_passes_working_blocks_and_fails_broken_ones(
+    nodes: Nodes, browser_holder: list[Browser]
+) -> None:
+    node = nodes.default()
+    assert not fails(lambda: run_in_browser(synthetic("js", GOOD_BROWSER), node, browser_holder))
+    assert fails(
+        lambda: run_in_browser(
+            synthetic("js", GOOD_BROWSER.replace("demo:runner", "other:runner")), node, browser_holder
+        )
+    )
+    assert fails(
+        lambda: run_in_browser(
+            synthetic("js", 'import "/hubbub.js";\nthrow new Error("thrown");\n'), node, browser_holder
+        )
+    )
+    assert not fails(lambda: run_in_browser(synthetic("html", GOOD_HTML), node, browser_holder))
+    bye = GOOD_HTML.replace('"hello"', '"bye"')
+    assert fails(lambda: run_in_browser(synthetic("html", bye), node, browser_holder))
+
+
+def test_directives_are_read_strictly(tmp_path: Path) -> None:
+    """A mistyped directive must not silently turn a block back into one that runs (or vice versa)."""
+    doc = tmp_path / "doc.md"
+    doc.write_text("<!-- docs-test: skip (why not) -->\n\n```sh\nexit 1\n```\n")
+    (block,) = docblocks.load(doc).blocks
+    assert block.directive == docblocks.Directive("skip", "why not") and block.line == 3
+    for bad in (
+        "<!-- docs-test: skipp (typo) -->\n```sh\n```\n",  # unknown directive
+        "<!-- docs-test: skip -->\n```sh\n```\n",  # no reason
+        "<!-- docs-test: skip (x) -->\nprose\n```sh\n```\n",  # not right before the block
+        "<!-- docs-test skip (x) -->\n```sh\n```\n",  # malformed
+        "text\n<!-- docs-test: serves -->\n",  # no block at all
+    ):
+        doc.write_text(bad)
+        with pytest.raises(docblocks.DocError):
+            docblocks.load(doc)

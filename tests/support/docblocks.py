@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 FENCE = re.compile(r"^(?P<indent> {0,3})(?P<fence>`{3,}|~{3,})(?P<info>.*)$")
 DIRECTIVE = re.compile(r"^\s*<!--\s*docs-test:\s*(?P<kind>[\w-]+)\s*(?:\((?P<reason>.*)\))?\s*-->\s*$")
-ANY_DIRECTIVE = re.compile(r"<!--\s*docs-test:")
+ANY_DIRECTIVE = re.compile(r"<!--\s*docs-test", re.IGNORECASE)
 #: A code span: a run of backticks, content without a blank line, the same run (CommonMark 6.1).
 CODE_SPAN = re.compile(r"(?<!`)(?P<ticks>`+)(?!`)(?P<code>(?:(?!\n\s*\n).)+?)(?<!`)(?P=ticks)(?!`)", re.DOTALL)
 LINK = re.compile(r"!?\[(?:[^\[\]]|\[[^\]]*\])*\]\(\s*<?(?P<target>[^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
@@ -88,8 +88,14 @@ def _line_of(text: str, offset: int) -> int:
 
 
 def load(path: Path) -> Document:
-    rel = path.resolve().relative_to(ROOT).as_posix()
-    lines = path.read_text().split("\n")
+    resolved = path.resolve()
+    rel = resolved.relative_to(ROOT).as_posix() if resolved.is_relative_to(ROOT) else str(path)
+    return parse(path.read_text(), rel)
+
+
+def parse(source: str, rel: str) -> Document:
+    """The document `source`, as if it were at `rel` (relative to the repository root)."""
+    lines = source.split("\n")
     blocks: list[Block] = []
     prose = list(lines)
     pending: tuple[int, Directive] | None = None
