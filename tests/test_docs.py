@@ -681,21 +681,19 @@ def test_readme_wscat_session_and_curl_publish_go_as_the_readme_shows(nodes: Nod
 def test_readme_curl_publish_shows_up_in_the_demo_room_the_readme_names(
     nodes: Nodes, browser_holder: list[Browser]
 ) -> None:
-    """The room the README's curl publishes to is the demo's default room (its namespace prefix
-    plus the pre-filled name), and the demo shows the publication as one from the HTTP API."""
+    """The room the README's curl publishes to is the room the demo joins by default, and the demo
+    shows the publication as one from the HTTP API."""
     publish = readme_block("/api/publish")
     body = publish_body(publish)
     node = nodes.for_block(publish)
     page = get_browser(browser_holder).open(node.http_url + "/")
     try:
-        page.wait("() => document.querySelector('#room-prefix')?.textContent.endsWith(':')")
-        prefix, default = page.evaluate(
-            "() => [document.querySelector('#room-prefix').textContent, document.querySelector('#room').value]"
-        )
-        assert body["room"] == prefix + default, f"README publishes to {body['room']}, the demo opens {prefix}{default}"
+        page.wait("() => document.querySelector('#room')?.value")  # the demo's script filled in its default
         page.fill("#name", "Reader")
         page.click("#join")
         page.wait("() => document.querySelector('#status')?.dataset.state === 'connected' && window.hubbubDemo?.room")
+        joined = page.evaluate("() => window.hubbubDemo.room.name")
+        assert body["room"] == joined, f"the README publishes to {body['room']}, the demo opens {joined}"
         offset = run_publish(publish, node, reader_dir(nodes.base, publish.path))
         shown = page.wait(
             """(offset) => {
