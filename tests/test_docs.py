@@ -132,8 +132,6 @@ KNOWN_FAILING: dict[str, str] = {
     "a5667b449cb8bf72": "client.md:96: a fragment: top-level await, `client` is undefined",
     "9a243d859803cd58": "client.md:117: a fragment: top-level await, `client` is undefined",
     "b7642543c3768ae5": "client.md:139: a fragment: top-level await, `client` is undefined",
-    # docs/configuration.md
-    "958c660e9233cd08": "configuration.md:36: check-config refuses the placeholder jwt_secret (shorter than 32 bytes)",
 }
 
 

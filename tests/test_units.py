@@ -344,3 +344,9 @@ async def test_a_shared_prepared_frame_is_written_as_is_only_when_it_is_alone_in
 def test_a_pong_is_spotted_on_arrival_without_decoding_the_frame(frame: str, found: bool) -> None:
     """Pongs count when they arrive (hubbub.connection), even behind a long queue of commands."""
     assert _has_pong(frame) is found
+
+
+@pytest.mark.parametrize(("value", "wire"), [(25.0, "25"), (2.5, "2.5"), (300, "300"), (0.0, "0"), (1e-3, "0.001")])
+def test_whole_quantities_are_written_without_a_fraction(value: float, wire: str) -> None:
+    encoded = protocol.dumps({"v": protocol.wire_number(value)})
+    assert encoded == '{"v":' + wire + "}"

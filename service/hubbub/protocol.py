@@ -148,6 +148,8 @@ def decode_frame(text: str) -> list[Command]:
 def wire_number(value: float) -> int | float:
     """A quantity for the wire: whole values as integers (`25`, not `25.0`), so that a client decoding
     into an integer type (Go, Java) works for every default; fractional values stay fractional."""
+    if isinstance(value, int):  # typed float, but an int passes too, and int has no is_integer() before 3.12
+        return value
     return int(value) if value.is_integer() else value
 
 
