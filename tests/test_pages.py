@@ -140,6 +140,7 @@ async def test_a_demo_token_joins_and_publishes_in_the_demo_namespace_only(demo_
         ({"name": 7}, 400),
         ({}, 400),
         ([1, 2], 400),
+        ({"name": "ada", "nmae": "ada"}, 400),
         ({"name": "x" * 5000}, 413),
     ],
 )

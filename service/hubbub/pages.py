@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from hubbub import api, protocol, rules
+from hubbub import api, rules
 from hubbub.auth import mint_token
 from hubbub.codes import CommandError, ErrorCode
 from hubbub.node import Node
@@ -209,7 +209,9 @@ async def demo_token(request: Request) -> Response:
     if secret is None:
         return api.error_response(503, "the demo needs jwt_secret to sign its tokens")
     try:
-        name = demo_name((await api.json_body(request, DEMO_BODY_LIMIT)).get("name"))
+        body = await api.json_body(request, DEMO_BODY_LIMIT)
+        api.check_names(body, ("name",), "field")
+        name = demo_name(body.get("name"))
     except CommandError as exc:
         return api.error_response(int(exc.code), exc.reason)
     pattern = f"{settings.demo_namespace}:*"
@@ -224,9 +226,7 @@ async def demo_token(request: Request) -> Response:
         audience=settings.jwt_audience,
         issuer=settings.jwt_issuer,
     )
-    return api.json_response(
-        {"token": token, "user": name, "expires_in": protocol.wire_number(ttl), "namespace": settings.demo_namespace}
-    )
+    return api.json_response({"token": token, "user": name, "expires_in": ttl, "namespace": settings.demo_namespace})
 
 
 def routes() -> list[BaseRoute]:
