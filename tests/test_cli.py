@@ -196,3 +196,17 @@ def test_help_of_each_command_prints_and_exits_0(command: str, capsys: pytest.Ca
         main([command, "--help"])
     assert exited.value.code == 0
     assert f"usage: hubbub {command}" in capsys.readouterr().out
+
+
+def test_without_the_server_extra_the_command_says_what_to_install() -> None:
+    """`pip install hubbub[client]` installs the `hubbub` command too; without pydantic it explains itself."""
+    script = (
+        "import sys\nsys.modules['pydantic'] = None\nfrom hubbub.cli import main\nsys.exit(main(['check-config']))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=clean_env()
+    )
+    assert result.returncode == 2
+    assert result.stderr == (
+        "error: the hubbub command needs the server extra (pydantic is not installed): pip install 'hubbub[server]'\n"
+    )

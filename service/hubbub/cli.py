@@ -16,9 +16,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hubbub import __version__
-from hubbub.loader import load_settings
-from hubbub.preflight import preflight
-from hubbub.settings import Settings, SettingsError
+
+try:
+    from hubbub.loader import load_settings
+    from hubbub.preflight import preflight
+    from hubbub.settings import Settings, SettingsError
+except ModuleNotFoundError as exc:  # installed with the `client` extra only: say so instead of a traceback
+    _MISSING: ModuleNotFoundError | None = exc
+else:
+    _MISSING = None
 
 log = logging.getLogger("hubbub")
 
@@ -217,6 +223,13 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if _MISSING is not None:
+        print(
+            f"error: the hubbub command needs the server extra ({_MISSING.name} is not installed): "
+            "pip install 'hubbub[server]'",
+            file=sys.stderr,
+        )
+        return 2
     try:
         result: int = args.func(args)
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit

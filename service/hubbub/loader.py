@@ -19,7 +19,6 @@ from typing import Any, Final
 
 import yaml
 from pydantic import BaseModel, ValidationError
-from pydantic_core import ErrorDetails
 
 from hubbub.settings import ENV_PREFIX, NamespaceOptions, Settings, SettingsError
 
@@ -124,14 +123,14 @@ def load_settings(
     try:
         return Settings.model_validate(merged)
     except ValidationError as exc:
-        lines = [describe(error, sources, merged) for error in exc.errors(include_url=False)]
+        lines = [describe(error, sources) for error in exc.errors(include_url=False)]
         raise SettingsError("invalid configuration:\n" + "\n".join(lines)) from None
 
 
 _NOT_A_SETTING: Final = "not a setting: give the file with --config or HUBBUB_CONFIG"
 
 
-def describe(error: ErrorDetails, sources: Sources, given: Mapping[str, Any]) -> str:
+def describe(error: Mapping[str, Any], sources: Sources) -> str:
     """One validation error as `  <setting> (<source>): <what is wrong>`."""
     loc = [str(part) for part in error["loc"]]
     message = _message(error, loc)
@@ -145,7 +144,7 @@ def describe(error: ErrorDetails, sources: Sources, given: Mapping[str, Any]) ->
     return f"  {shown}{where}: {message}{got}"
 
 
-def _message(error: ErrorDetails, loc: list[str]) -> str:
+def _message(error: Mapping[str, Any], loc: list[str]) -> str:
     kind = error["type"]
     ctx = error.get("ctx") or {}
     if kind == "extra_forbidden":
