@@ -147,8 +147,9 @@ def decode_frame(text: str) -> list[Command]:
 
 def wire_number(value: float) -> int | float:
     """A quantity for the wire: whole values as integers (`25`, not `25.0`), so that a client decoding
-    into an integer type (Go, Java) works for every default; fractional values stay fractional."""
-    return int(value) if value.is_integer() else value
+    into an integer type (Go, Java) works for every default; fractional values stay fractional. An int
+    is welcome too (Python 3.11's int has no `is_integer`)."""
+    return int(value) if float(value).is_integer() else value
 
 
 def unknown_op_reason(op: JSON) -> str:
