@@ -118,20 +118,6 @@ BROWSER_JS = re.compile(
 #: Blocks that fail today in documents other helpers are rewriting, by the sha256 of their text:
 #: a changed block runs for real, and an unchanged one must still fail (strict xfail).
 KNOWN_FAILING: dict[str, str] = {
-    # docs/browser-client.md
-    "04e6fb168facbb96": "browser-client.md:23: its token callback fetches /my-app/hubbub-token, which does not exist",
-    "57d8e4299f0da75f": "browser-client.md:56: `token` is undefined, and `ws` is not installed at the top level",
-    "3d3862f46ff32860": "browser-client.md:103: a fragment: `client` and `showForbidden` are undefined",
-    "e808ffe03820e611": "browser-client.md:118: a fragment: `client`, `render`, ... are undefined",
-    "d5d25741f68087c4": "browser-client.md:140: a fragment: `client` and `resyncFromBackend` are undefined",
-    "4027919394367e91": "browser-client.md:167: a fragment: `client` is undefined",
-    # docs/client.md
-    "0fa2393e74b4abc5": "client.md:18: `my_jwt` is undefined",
-    "ba463a5c684f67bf": "client.md:51: a fragment: `Client` and `httpx` are not imported",
-    "f007133bc9365833": "client.md:80: a fragment: top-level await, `client` is undefined",
-    "a5667b449cb8bf72": "client.md:96: a fragment: top-level await, `client` is undefined",
-    "9a243d859803cd58": "client.md:117: a fragment: top-level await, `client` is undefined",
-    "b7642543c3768ae5": "client.md:139: a fragment: top-level await, `client` is undefined",
     # docs/configuration.md
     "958c660e9233cd08": "configuration.md:36: check-config refuses the placeholder jwt_secret (shorter than 32 bytes)",
 }
