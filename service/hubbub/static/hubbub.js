@@ -4,6 +4,7 @@
  *
  *     import { Client } from "/hubbub.js";
  *     const client = new Client("wss://rt.example.com/ws", { token: getToken });
+ *     await client.connect(); // rejects with ConnectFailed if it cannot (connectTimeout, 30 s)
  *     const room = await client.join("chat:lobby");
  *     room.on("publication", (pub) => render(pub));
  *
