@@ -495,7 +495,7 @@ def test_a_terminal_close_stops_reconnecting_and_surfaces_the_reason(browser: Br
         }""",
         ws_url(demo.http_url),
     )
-    assert outcome["name"] == "ClientClosed" and outcome["code"] == 4001
+    assert outcome["name"] == "ConnectFailed" and outcome["code"] == 4001
     assert outcome["reason"]
     time.sleep(1.5)  # long enough for several backoff attempts, had it kept trying
     final = page.evaluate("() => ({ state: bad.state, attempts: bad.attempts, final: bad.final, states: badStates })")
@@ -503,6 +503,47 @@ def test_a_terminal_close_stops_reconnecting_and_surfaces_the_reason(browser: Br
     assert final["final"]["code"] == 4001 and final["final"]["reconnect"] is False
     assert final["states"] == ["connecting", "closed"]
     page.close()
+
+
+def test_a_wrong_path_fails_the_first_connect_within_connect_timeout_saying_what_it_may_be(
+    browser: Browser, demo: ServerProcess
+) -> None:
+    """A browser sees no HTTP status for a refused upgrade: the client retries until connectTimeout,
+    warns once per attempt, then rejects with a ConnectFailed that names the URL and the likely causes,
+    and stops."""
+    page = browser.open(demo.http_url + "/status")
+    try:
+        outcome = page.evaluate(
+            """async (url) => {
+                const { Client } = await import('/hubbub.js');
+                const client = (window.lost = new Client(url, { token: 'x', connectTimeout: 2000 }));
+                const started = performance.now();
+                try { await client.connect(); return { connected: true }; }
+                catch (e) {
+                  return { name: e.name, message: e.message, attempts: e.attempts, url: e.url,
+                           took: performance.now() - started, state: client.state };
+                }
+            }""",
+            demo.http_url.replace("http://", "ws://") + "/chat",
+        )
+        url = demo.http_url.replace("http://", "ws://") + "/chat"
+        assert outcome["name"] == "ConnectFailed", outcome
+        assert 1900 <= outcome["took"] < 5000, outcome
+        assert outcome["state"] == "closed" and outcome["url"] == url
+        assert outcome["message"] == (
+            f"could not connect to {url} within 2000 ms ({outcome['attempts']} attempts); last error: could not"
+            " open the WebSocket (the server may be down, the path wrong, or this page's origin not allowed)"
+        )
+        warnings = [line for line in page.log() if line.startswith("warning: hubbub: ")]
+        attempts = [line for line in warnings if line.startswith("warning: hubbub: connect attempt ")]
+        assert outcome["attempts"] - 1 <= len(attempts) <= outcome["attempts"], warnings
+        assert warnings[-1] == f"warning: hubbub: giving up: {outcome['message']}"
+        # Stopped: no attempt after the rejection.
+        attempts_then = outcome["attempts"]
+        page.wait("() => new Promise((done) => setTimeout(() => done(true), 1000))")
+        assert page.evaluate("() => lost.attempts") == attempts_then
+    finally:
+        page.close()
 
 
 def test_a_draining_node_sends_its_browsers_to_another_node_after_a_random_delay(

@@ -40,9 +40,7 @@ exported as above"). Shell blocks get no token: they mint what they use.
   `compile`, `node --check`); the skip and its reason show in pytest's summary. For blocks that
   cannot run here (the whole test suite, the Kubernetes control plane, a 20-minute benchmark).
 
-A failure names the block (`file:line`), the script as run and its output. `KNOWN_FAILING` lists,
-by hash of their text, blocks that fail today in documents other changes are rewriting: each is a
-strict xfail until its text changes, then it runs for real.
+A failure names the block (`file:line`), the script as run and its output.
 
 **The README's example, end to end**: the wscat session of its Quick start goes as its transcripts
 show (with the transcript's `>` lines sent through `wscat -x`, as no one types here), the push
@@ -73,7 +71,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import json
 import os
 import re
@@ -114,26 +111,6 @@ TRANSCRIPT_LINE = re.compile(r"^(?:> |< |\$ )", re.MULTILINE)
 BROWSER_JS = re.compile(
     r"""from\s+["']/hubbub\.js["']|import\(\s*["']/hubbub\.js["']|\b(?:document|window|localStorage|sessionStorage)\b"""
 )
-
-#: Blocks that fail today in documents other helpers are rewriting, by the sha256 of their text:
-#: a changed block runs for real, and an unchanged one must still fail (strict xfail).
-KNOWN_FAILING: dict[str, str] = {
-    # docs/browser-client.md
-    "04e6fb168facbb96": "browser-client.md:23: its token callback fetches /my-app/hubbub-token, which does not exist",
-    "57d8e4299f0da75f": "browser-client.md:56: `token` is undefined, and `ws` is not installed at the top level",
-    "3d3862f46ff32860": "browser-client.md:103: a fragment: `client` and `showForbidden` are undefined",
-    "e808ffe03820e611": "browser-client.md:118: a fragment: `client`, `render`, ... are undefined",
-    "d5d25741f68087c4": "browser-client.md:140: a fragment: `client` and `resyncFromBackend` are undefined",
-    "4027919394367e91": "browser-client.md:167: a fragment: `client` is undefined",
-    # docs/client.md
-    "0fa2393e74b4abc5": "client.md:18: `my_jwt` is undefined",
-    "ba463a5c684f67bf": "client.md:51: a fragment: `Client` and `httpx` are not imported",
-    "f007133bc9365833": "client.md:80: a fragment: top-level await, `client` is undefined",
-    "a5667b449cb8bf72": "client.md:96: a fragment: top-level await, `client` is undefined",
-    "9a243d859803cd58": "client.md:117: a fragment: top-level await, `client` is undefined",
-    "b7642543c3768ae5": "client.md:139: a fragment: top-level await, `client` is undefined",
-}
-
 
 # --- documents ------------------------------------------------------------------------------------
 
@@ -178,17 +155,10 @@ def runnable_blocks() -> list[Any]:
             marks: list[Any] = [pytest.mark.slow]
             if block.directive is None and (block.lang == "html" or (block.lang in JS and is_browser_code(block))):
                 marks.append(pytest.mark.browser)
-            known = KNOWN_FAILING.get(block_hash(block))
-            if known is not None:
-                marks.append(pytest.mark.xfail(strict=True, reason=known))
             params.append(
                 pytest.param(block, None, id=f"{block.path}:{block.line}:{block.lang or 'plain'}", marks=marks)
             )
     return params
-
-
-def block_hash(block: Block) -> str:
-    return hashlib.sha256(block.text.encode()).hexdigest()[:16]
 
 
 def is_browser_code(block: Block) -> bool:

@@ -171,7 +171,7 @@ test("backoff grows with failures in a row, within [0, ceiling], and resets afte
   assert.deepEqual(errors.map((e) => e.attempt), [1, 2, 3, 4]);
   const ceilings = [10, 20, 40, 40];
   errors.forEach((e, i) => assert.ok(e.delay <= ceilings[i] && e.delay > ceilings[i] * 0.99, `${e.delay} vs ${ceilings[i]}`));
-  assert.match(errors[0].error.message, /could not open a WebSocket/);
+  assert.match(errors[0].error.message, /could not open the WebSocket/);
   assert.deepEqual(states.slice(0, 4), ["connecting", "reconnecting", "connecting", "reconnecting"]);
   assert.equal(client.attempts, 5);
   server.socket.drop();

@@ -9,6 +9,7 @@ import {
   CloseCodes,
   CommandError,
   CommandTimeout,
+  ConnectFailed,
   QueueFull,
   Room,
 } from "../../service/hubbub/static/hubbub.js";
@@ -22,6 +23,7 @@ import type {
   Disconnect,
   HistoryResult,
   JSONValue,
+  Logger,
   Presence,
   PresenceEvent,
   PresenceStats,
@@ -50,14 +52,22 @@ const options: ClientOptions = {
   publishBurst: 100,
   heartbeatGrace: 10000,
   openTimeout: 10000,
+  connectTimeout: 30000,
   maxFrameBytes: 65536,
   random: Math.random,
   WebSocket,
+  logger: console,
 };
 const client = new Client("wss://rt.example.com/ws", options);
 new Client("/ws", { token: "eyJ.fixed.jwt" });
 new Client("/ws", { token: null });
 new Client("/ws", { token: () => "sync-callback" });
+new Client("/ws", { token: null, connectTimeout: null, logger: null });
+const lines: string[] = [];
+const logger: Logger = { warn: (message) => lines.push(message), error: (message, error) => lines.push(`${message} ${error}`) };
+new Client("/ws", { token: null, connectTimeout: Infinity, logger });
+// @ts-expect-error a logger needs warn() and error()
+new Client("/ws", { token: null, logger: { warn: () => {} } });
 // @ts-expect-error the token is required
 new Client("/ws", {});
 // @ts-expect-error durations are numbers of ms
@@ -69,6 +79,7 @@ const clientId: string | null = client.clientId;
 const user: string | null = client.user;
 const queued: number = client.queued;
 const final: Disconnect | null = client.final;
+const failure: ConnectFailed | null = client.failure;
 const counters: number[] = [client.attempts, client.connects, client.pings];
 const rooms: ReadonlyMap<string, Room> = client.rooms;
 // @ts-expect-error read-only
@@ -103,7 +114,18 @@ client.on("disconnect", (d: string) => d);
 
 async function main(): Promise<void> {
   const connected: Connected = await client.connect();
-  console.log(connected.client, url, state, clientId, user, queued, final, counters, rooms.size);
+  console.log(connected.client, url, state, clientId, user, queued, final, failure, counters, rooms.size);
+  try {
+    await new Client("/ws", { token: null }).connect({ signal: AbortSignal.timeout(5000) });
+  } catch (error) {
+    if (error instanceof ConnectFailed) {
+      const attempts: number = error.attempts;
+      const code: number | null = error.disconnect.code;
+      console.log(error.message, error.url, attempts, error.cause, code);
+    }
+  }
+  // @ts-expect-error the signal is an AbortSignal
+  await client.connect({ signal: 5000 });
 
   const room: Room = await client.join("chat:lobby");
   const resumed = await client.join("chat:archive", { since: { epoch: "e1", offset: 41 } });

@@ -89,7 +89,7 @@ export interface Disconnect {
   delay: number | null;
 }
 
-/** An attempt failed before a `connect` reply (refused, timed out, token callback threw). */
+/** An attempt failed before the WebSocket opened (refused, timed out, token callback threw). */
 export interface ConnectError {
   /** Failures in a row, 1 for the first. */
   attempt: number;
@@ -170,14 +170,31 @@ export interface ClientOptions {
   publishBurst?: number;
   /** Silence beyond the server's ping interval before the connection is declared dead. Default 10000. */
   heartbeatGrace?: number;
-  /** Time allowed to open the WebSocket. Default 10000. */
+  /** Time allowed to open the WebSocket, per attempt. Default 10000. */
   openTimeout?: number;
+  /**
+   * Time the first connect may take, retries included, before `connect()` rejects with ConnectFailed
+   * and the client closes. Default 30000; `null` or `Infinity` retries until `close()`. Later
+   * reconnects are not bounded.
+   */
+  connectTimeout?: number | null;
   /** The server's inbound frame limit. Default 65536. */
   maxFrameBytes?: number;
   /** Returns a float in [0, 1); default Math.random. */
   random?: () => number;
   /** A WebSocket constructor, for environments without a global one. */
   WebSocket?: typeof WebSocket;
+  /**
+   * Where the client reports: `warn` for every failed connect attempt, giving up and a terminal close;
+   * `error` for a listener that threw or a frame it cannot read. Default `console`; `null` for silence.
+   */
+  logger?: Logger | null;
+}
+
+/** What the client writes its reports to (`console` is one). */
+export interface Logger {
+  warn(message: string): void;
+  error(message: string, error: unknown): void;
 }
 
 export class Client implements Emitter<ClientEvents> {
@@ -193,13 +210,20 @@ export class Client implements Emitter<ClientEvents> {
   readonly queued: number;
   /** The terminal Disconnect once the state is "closed". */
   readonly final: Disconnect | null;
+  /** Why the first connect failed, if it did (what `connect()` rejected with). */
+  readonly failure: ConnectFailed | null;
   /** Connection attempts, successful connects and server pings seen. */
   readonly attempts: number;
   readonly connects: number;
   readonly pings: number;
 
-  /** Resolves on the first `connect` reply (retrying with backoff meanwhile); rejects with ClientClosed on a terminal close. */
-  connect(): Promise<Connected>;
+  /**
+   * Starts the client and resolves with the first `connect` reply, retrying with backoff meanwhile.
+   * Rejects with ConnectFailed when the first connect fails for good (nothing within connectTimeout,
+   * or a terminal close code such as 4001), with ClientClosed after `close()`, and with
+   * `signal.reason` when `signal` aborts first, which closes the client.
+   */
+  connect(options?: { signal?: AbortSignal }): Promise<Connected>;
   /** Normal close (1000); pending commands and queued publishes reject with ClientClosed. Idempotent. */
   close(): Promise<void>;
   /** Resolves with the terminal Disconnect. */
@@ -270,6 +294,24 @@ export class QueueFull extends ClientError {}
 export class ClientClosed extends ClientError {
   constructor(disconnect?: Disconnect | null);
   readonly disconnect: Disconnect | null;
+}
+
+/**
+ * The first connect failed for good: `connectTimeout` passed, the server closed with a terminal code
+ * before the first `connect` reply, or the URL cannot be opened. The client is closed.
+ */
+export class ConnectFailed extends ClientClosed {
+  constructor(
+    message: string,
+    details: { url: string; disconnect: Disconnect; attempts: number; cause?: unknown },
+  );
+  /** The URL the client tried. */
+  readonly url: string;
+  /** Connection attempts made. */
+  readonly attempts: number;
+  /** The last attempt's error; null when the server closed with a close code (see `disconnect.code`). */
+  readonly cause: unknown;
+  readonly disconnect: Disconnect;
 }
 
 /** Protocol v1 close codes (docs/protocol.md). */

@@ -4,6 +4,7 @@
  *
  *     import { Client } from "/hubbub.js";
  *     const client = new Client("wss://rt.example.com/ws", { token: getToken });
+ *     await client.connect(); // rejects with ConnectFailed if it cannot (connectTimeout, 30 s)
  *     const room = await client.join("chat:lobby");
  *     room.on("publication", (pub) => render(pub));
  *
@@ -51,12 +52,15 @@ const DEFAULTS = Object.freeze({
   publishBurst: 100,
   heartbeatGrace: 10000,
   openTimeout: 10000,
+  connectTimeout: 30000,
   maxFrameBytes: 65536,
 });
-const OPTION_NAMES = new Set([...Object.keys(DEFAULTS), "token", "random", "WebSocket"]);
+const OPTION_NAMES = new Set([...Object.keys(DEFAULTS), "token", "random", "WebSocket", "logger"]);
 
 /** Connections shorter than this that end "reconnect at once" twice in a row get a backoff delay. */
 const MIN_STABLE_CONNECTION = 1000;
+/** Timers may fire up to a millisecond before performance.now() reaches their target. */
+const TIMER_SLACK = 1;
 /** How long the closing handshake may take before the connection is considered gone anyway. */
 const CLOSE_TIMEOUT = 2000;
 /** A re-join answered 503 changed nothing on the server: ask again on the same connection. */
@@ -101,6 +105,23 @@ export class ClientClosed extends ClientError {
   }
 }
 
+/**
+ * The client never connected and has given up: `connect()` rejects with it. Either `connectTimeout`
+ * passed while every attempt failed, or the server closed with a terminal code (4001 invalid token,
+ * 4003, ...) before the first `connect` reply, or the WebSocket constructor refused the URL. The
+ * client is closed. `message` says what happened in one line; `url`, `attempts`, `cause` (the last
+ * attempt's error, null when the server closed with a code: see `disconnect.code`).
+ */
+export class ConnectFailed extends ClientClosed {
+  constructor(message, { url, disconnect, attempts, cause = null }) {
+    super(disconnect);
+    this.message = message;
+    this.url = url;
+    this.attempts = attempts;
+    this.cause = cause;
+  }
+}
+
 /** Internal: the connection ended while a command was in flight (commands are retried on reconnect). */
 class ConnectionLost extends ClientError {}
 
@@ -117,6 +138,7 @@ for (const [cls, name] of [
   [CommandTimeout, "CommandTimeout"],
   [QueueFull, "QueueFull"],
   [ClientClosed, "ClientClosed"],
+  [ConnectFailed, "ConnectFailed"],
   [ConnectionLost, "ConnectionLost"],
   [ProtocolError, "ProtocolError"],
   [UnusableUrl, "UnusableUrl"],
@@ -175,16 +197,39 @@ function randomKey() {
   return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
 }
 
-function report(what, error) {
-  console.error(`hubbub: ${what}`, error);
+/**
+ * Where one client's reports go (options.logger, default console; null: nowhere): `warn` for
+ * connection trouble (each failed attempt, giving up, a terminal close), `error` for bugs (a listener
+ * that threw, a frame the client cannot read). A logger that throws must not break the client.
+ */
+class Log {
+  constructor(logger) {
+    this.logger = logger;
+  }
+
+  warn(message) {
+    try {
+      this.logger?.warn(`hubbub: ${message}`);
+    } catch {
+      // the application's logger failed: nothing better to report it to
+    }
+  }
+
+  error(what, error) {
+    try {
+      this.logger?.error(`hubbub: ${what}`, error);
+    } catch {
+      // as above
+    }
+  }
 }
 
 /** Calls `fn(value)`; a throw is reported, never propagated (a callback bug must not break the client). */
-function safely(what, fn, value) {
+function safely(log, what, fn, value) {
   try {
     fn(value);
   } catch (error) {
-    report(what, error);
+    log.error(what, error);
   }
 }
 
@@ -224,11 +269,13 @@ class Timers {
 
 class Emitter {
   #names;
+  #log;
   #listeners = new Map();
   #waiters = new Set();
 
-  constructor(names) {
+  constructor(names, log) {
     this.#names = new Set(names);
+    this.#log = log;
   }
 
   #check(event) {
@@ -272,9 +319,9 @@ class Emitter {
       try {
         const result = listener(value);
         // An async listener that fails must be as visible as a sync one, and never unhandled.
-        if (result && typeof result.then === "function") result.then(undefined, (e) => report(`a "${event}" listener failed`, e));
+        if (result && typeof result.then === "function") result.then(undefined, (e) => this.#log.error(`a "${event}" listener failed`, e));
       } catch (error) {
-        report(`a "${event}" listener threw`, error);
+        this.#log.error(`a "${event}" listener threw`, error);
       }
     }
     for (const waiter of [...this.#waiters]) {
@@ -412,13 +459,14 @@ class TokenSource {
 
   get refreshable() { return typeof this.#token === "function"; }
 
-  async get() {
+  /** `timeout` is shorter than openTimeout when the first connect's deadline is nearer. */
+  async get(timeout = this.#timeout) {
     if (typeof this.#token !== "function") return this.#token;
     let timer;
     const expired = new Promise((_, reject) => {
       timer = setTimeout(
-        () => reject(new Error(`the token callback did not answer within ${this.#timeout} ms`)),
-        this.#timeout,
+        () => reject(new Error(`the token callback did not answer within ${Math.round(timeout)} ms`)),
+        Math.max(0, timeout),
       );
     });
     let token;
@@ -443,14 +491,15 @@ class TokenRefresher {
   #stopped = false;
   #timers = new Timers();
 
-  constructor(tokens, refresh, onRefresh) {
+  constructor(tokens, refresh, onRefresh, log) {
     this.tokens = tokens;
     this.refresh = refresh;
     this.onRefresh = onRefresh;
+    this.log = log;
   }
 
   start(expiresIn) {
-    this.#run(expiresIn).catch((error) => report("token refresh failed", error));
+    this.#run(expiresIn).catch((error) => this.log.error("token refresh failed", error));
   }
 
   stop() {
@@ -596,6 +645,17 @@ function splitFrame(text) {
   return objects;
 }
 
+/**
+ * Why a WebSocket did not open. A browser gives scripts no HTTP status for a refused upgrade, only an
+ * error event and close code 1006, so a server that is down, a wrong path and a refused origin look
+ * the same here (the browser's own console line may name the status); Node's `ws` says more.
+ */
+function notOpened(event) {
+  const detail = typeof event?.message === "string" ? event.message.trim() : "";
+  if (detail) return `could not open the WebSocket: ${detail}`;
+  return "could not open the WebSocket (the server may be down, the path wrong, or this page's origin not allowed)";
+}
+
 // --- one connection --------------------------------------------------------------------------------
 
 /**
@@ -620,13 +680,14 @@ class Connection {
   #disconnectPush = null;
   #resolveClosed;
 
-  constructor({ WebSocket, url, maxFrameBytes, onPush, onClose, onPing }) {
+  constructor({ WebSocket, url, maxFrameBytes, onPush, onClose, onPing, log }) {
     this.WebSocket = WebSocket;
     this.url = url;
     this.maxFrameBytes = maxFrameBytes;
     this.onPush = onPush;
     this.onClose = onClose;
     this.onPing = onPing;
+    this.log = log;
     this.closed = new Promise((resolve) => (this.#resolveClosed = resolve));
   }
 
@@ -647,7 +708,9 @@ class Connection {
         return;
       }
       const ws = this.#ws;
-      const timer = this.#timers.after(timeout, () => fail(new ClientError(`no WebSocket connection within ${timeout} ms`)));
+      const timer = this.#timers.after(timeout, () =>
+        fail(new ClientError(`no WebSocket connection within ${Math.round(timeout)} ms`)),
+      );
       ws.addEventListener("open", () => {
         if (this.#done) return;
         this.#timers.cancel(timer);
@@ -655,12 +718,11 @@ class Connection {
         this.#lastReceived = now();
         resolve();
       });
-      // Browsers say nothing about why an upgrade failed (refused, 403, TLS): there is only 1006.
-      ws.addEventListener("error", () => {
-        if (!this.#opened) fail(new ClientError(`could not open a WebSocket to ${this.url}`));
+      ws.addEventListener("error", (event) => {
+        if (!this.#opened) fail(new ClientError(notOpened(event)));
       });
       ws.addEventListener("close", (event) => {
-        if (!this.#opened) fail(new ClientError(`could not open a WebSocket to ${this.url} (close code ${event.code})`));
+        if (!this.#opened) fail(new ClientError(notOpened(event)));
         else this.#onSocketClose(event);
       });
       ws.addEventListener("message", (event) => this.#onMessage(event));
@@ -758,7 +820,7 @@ class Connection {
     try {
       objects = splitFrame(event.data);
     } catch (error) {
-      report("invalid frame from the server", error);
+      this.log.error("invalid frame from the server", error);
       this.abort(`invalid frame from the server: ${error.message}`);
       return;
     }
@@ -769,7 +831,7 @@ class Connection {
       } catch (error) {
         // A bad push, or a bug in the client: never leave a half-dead connection behind.
         const what = error instanceof ProtocolError ? "invalid message from the server" : "client error";
-        report(what, error);
+        this.log.error(what, error);
         this.abort(`${what}: ${error?.message ?? error}`);
         return;
       }
@@ -821,7 +883,7 @@ class Connection {
 
   /** A browser cannot drop TCP without a close frame; a normal close tells the server the truth. */
   #drop(reason) {
-    safely("closing the WebSocket failed", (ws) => ws?.close(1000, closeReason(reason)), this.#ws);
+    safely(this.log, "closing the WebSocket failed", (ws) => ws?.close(1000, closeReason(reason)), this.#ws);
   }
 
   #onSocketClose(event) {
@@ -848,8 +910,8 @@ class Connection {
     const pending = [...this.#pending.values()];
     this.#pending.clear();
     const lost = new ConnectionLost(`connection closed: ${closure.reason}`);
-    for (const callback of pending) safely("a reply callback threw", callback, lost);
-    if (this.#opened) safely("the close callback threw", this.onClose, this);
+    for (const callback of pending) safely(this.log, "a reply callback threw", callback, lost);
+    if (this.#opened) safely(this.log, "the close callback threw", this.onClose, this);
     this.#resolveClosed(closure);
   }
 }
@@ -870,13 +932,14 @@ class RoomCore {
   #held = [];
   #releaseTimer = null;
 
-  constructor(name, clientEvents, leave) {
+  constructor(name, clientEvents, leave, log) {
     this.name = name;
     this.epoch = null;
     this.offset = 0;
     this.recovered = false;
     this.active = true;
-    this.events = new Emitter(ROOM_EVENTS);
+    this.log = log;
+    this.events = new Emitter(ROOM_EVENTS, log);
     this.leave = leave;
     this.#clientEvents = clientEvents;
     this.handle = new Room(this);
@@ -915,7 +978,7 @@ class RoomCore {
       if (pub.offset > this.offset) this.#deliver(pub);
     }
     if (result.offset > this.offset) {
-      console.warn(`hubbub: room ${this.name}: recovery stopped at ${this.offset}, room offset ${result.offset}`);
+      this.log.warn(`room ${this.name}: recovery stopped at ${this.offset}, room offset ${result.offset}`);
       this.offset = result.offset;
     }
     return event;
@@ -926,7 +989,7 @@ class RoomCore {
     const pub = parsePublication(this.name, this.epoch, obj);
     if (pub.offset <= this.offset) return true;
     if (pub.offset !== this.offset + 1) {
-      console.warn(`hubbub: room ${this.name}: gap, expected offset ${this.offset + 1}, got ${pub.offset}`);
+      this.log.warn(`room ${this.name}: gap, expected offset ${this.offset + 1}, got ${pub.offset}`);
       return false;
     }
     this.#deliver(pub);
@@ -1020,9 +1083,10 @@ class Membership {
   #rooms = new Map();
   #timers = new Timers();
 
-  constructor({ request, backoff }) {
+  constructor({ request, backoff, log }) {
     this.request = request;
     this.backoff = backoff;
+    this.log = log;
   }
 
   has(name) {
@@ -1079,7 +1143,7 @@ class Membership {
     }
     const error = commandError(raw.error);
     if (error.code === UNAVAILABLE) {
-      this.#retryRejoin(conn, core).catch((e) => report("re-join retry failed", e));
+      this.#retryRejoin(conn, core).catch((e) => this.log.error("re-join retry failed", e));
       return;
     }
     this.#rooms.delete(core.name);
@@ -1283,12 +1347,19 @@ function readOptions(options) {
   check("publishBurst", (v) => Number.isSafeInteger(v) && v >= 1, "an integer >= 1");
   check("heartbeatGrace", nonNegative, "a number of ms >= 0");
   check("openTimeout", positive, "a positive number of ms");
+  // null or Infinity: the first connect retries until close() (or the connect() signal aborts).
+  check("connectTimeout", (v) => v === null || v === Infinity || positive(v), "a positive number of ms, Infinity or null");
+  if (o.connectTimeout === null) o.connectTimeout = Infinity;
   check("maxFrameBytes", (v) => Number.isSafeInteger(v) && v >= 256, "an integer >= 256");
   if (o.random === undefined) o.random = Math.random;
   if (typeof o.random !== "function") throw new TypeError("options.random must be a function returning [0, 1)");
   if (o.WebSocket === undefined) o.WebSocket = globalThis.WebSocket;
   if (typeof o.WebSocket !== "function") {
     throw new TypeError("no WebSocket here: pass options.WebSocket (Node 20 needs --experimental-websocket, or the ws package)");
+  }
+  if (o.logger === undefined) o.logger = console;
+  if (o.logger !== null && (typeof o.logger?.warn !== "function" || typeof o.logger?.error !== "function")) {
+    throw new TypeError("options.logger must have warn() and error() methods (console does), or be null");
   }
   return o;
 }
@@ -1312,10 +1383,22 @@ function resolveUrl(url) {
 
 const disconnect = (code, reason, reconnect, delay) => ({ code, reason, reconnect, delay });
 
+/** A closure in a few words: "4029 too many connections", or the reason when there is no code. */
+const closureText = (closure) => (closure.code == null ? closure.reason : `${closure.code} ${closure.reason}`.trimEnd());
+
+/** A failed attempt in a few words; a token callback's own error says nothing of where it came from. */
+function describe(error, stage) {
+  const text = error?.message || String(error);
+  return stage === "token" && !text.startsWith("the token callback") ? `the token callback failed: ${text}` : text;
+}
+
+const isAbortSignal = (value) => typeof value?.aborted === "boolean" && typeof value?.addEventListener === "function";
+
 export class Client {
   #url;
   #options;
-  #events = new Emitter(CLIENT_EVENTS);
+  #log;
+  #events;
   #timers = new Timers(); // the runner's sleeps
   #tokens;
   #backoff;
@@ -1332,6 +1415,7 @@ export class Client {
   #connectedAt = -Infinity;
   #info = null;
   #final = null;
+  #failure = null; // the ConnectFailed, when the first connect failed
   #closed;
   #resolveClosed;
   #clientId = null;
@@ -1343,9 +1427,11 @@ export class Client {
   constructor(url, options) {
     this.#url = resolveUrl(url);
     const o = (this.#options = readOptions(options));
+    this.#log = new Log(o.logger);
+    this.#events = new Emitter(CLIENT_EVENTS, this.#log);
     this.#tokens = new TokenSource(o.token, o.openTimeout);
     this.#backoff = new Backoff(o.backoffBase, o.backoffCap, o.random);
-    this.#membership = new Membership({ request: (...args) => this.#request(...args), backoff: this.#backoff });
+    this.#membership = new Membership({ request: (...args) => this.#request(...args), backoff: this.#backoff, log: this.#log });
     this.#publisher = new Publisher({ maxQueue: o.maxQueue, rate: o.publishRate, burst: o.publishBurst, commandTimeout: o.commandTimeout });
     this.#closed = new Promise((resolve) => (this.#resolveClosed = resolve));
   }
@@ -1357,6 +1443,7 @@ export class Client {
   get rooms() { return this.#membership.handles(); }
   get queued() { return this.#publisher.queued; }
   get final() { return this.#final; }
+  get failure() { return this.#failure; }
   get attempts() { return this.#attempts; }
   get connects() { return this.#connects; }
   get pings() { return this.#pings; }
@@ -1367,24 +1454,64 @@ export class Client {
 
   // --- lifecycle
 
-  async connect() {
-    if (this.#state === "closed") throw new ClientClosed(this.#final);
+  /**
+   * Starts the client (once) and resolves with the first `connect` reply. Rejects with ConnectFailed
+   * when the first connect fails for good (connectTimeout, a terminal close code), with ClientClosed
+   * after close(), and with `signal.reason` when `signal` aborts first, which closes the client: a
+   * caller that stops waiting must not leave a client retrying in the background.
+   */
+  async connect(options = {}) {
+    const signal = options?.signal ?? null;
+    if (signal !== null && !isAbortSignal(signal)) throw new TypeError("connect({ signal }): signal must be an AbortSignal");
+    if (this.#state === "closed") throw this.#closedError();
+    const abortReason = () => signal.reason ?? new DOMException("connect() was aborted", "AbortError");
+    if (signal?.aborted) {
+      await this.#stop("connect() was aborted");
+      throw abortReason();
+    }
     this.#runner ??= this.#run();
-    if (this.#state !== "connected") await this.#waitFor((s) => s === "connected" || s === "closed");
-    if (this.#state === "closed") throw new ClientClosed(this.#final);
+    if (this.#state !== "connected") {
+      const settled = this.#waitFor((s) => s === "connected" || s === "closed");
+      if (signal === null) await settled;
+      else {
+        let onAbort;
+        const aborted = new Promise((resolve) => {
+          onAbort = () => resolve("aborted");
+          signal.addEventListener("abort", onAbort, { once: true });
+        });
+        try {
+          if ((await Promise.race([settled, aborted])) === "aborted") {
+            await this.#stop("connect() was aborted");
+            throw abortReason();
+          }
+        } finally {
+          signal.removeEventListener("abort", onAbort);
+        }
+      }
+    }
+    if (this.#state === "closed") throw this.#closedError();
     return this.#info;
   }
 
   close() {
+    return this.#stop("closed by the client");
+  }
+
+  #stop(reason) {
     if (this.#state === "closed") return Promise.resolve();
     this.#closingDone ??= (async () => {
       this.#closing = true;
       this.#timers.clear(); // wakes a runner waiting to reconnect
       const current = this.#current;
-      if (current) await current.close(1000, "closed by the client");
-      this.#finish(disconnect(1000, "closed by the client", false, null));
+      if (current) await current.close(1000, reason);
+      this.#finish(disconnect(1000, reason, false, null));
     })();
     return this.#closingDone;
+  }
+
+  /** What a closed client throws: the first connect's failure if that is how it ended. */
+  #closedError() {
+    return this.#failure ?? new ClientClosed(this.#final);
   }
 
   closed() { return this.#closed; }
@@ -1395,7 +1522,7 @@ export class Client {
     checkRoom(room);
     const since = options?.since == null ? null : positionParam(options.since);
     if (this.#membership.has(room)) throw new CommandError(409, "already joined");
-    const core = new RoomCore(room, this.#events, (name) => this.leave(name));
+    const core = new RoomCore(room, this.#events, (name) => this.leave(name), this.#log);
     const params = { room };
     if (since) params.since = since;
     let abandoned = false;
@@ -1421,7 +1548,7 @@ export class Client {
 
   async leave(room) {
     checkRoom(room);
-    if (this.#state === "closed") throw new ClientClosed(this.#final);
+    if (this.#state === "closed") throw this.#closedError();
     const core = this.#membership.remove(room);
     core?.close(null);
     const conn = this.#conn;
@@ -1438,7 +1565,7 @@ export class Client {
 
   async publish(room, data, options = {}) {
     checkRoom(room);
-    if (this.#state === "closed") throw new ClientClosed(this.#final);
+    if (this.#state === "closed") throw this.#closedError();
     const key = options?.idempotencyKey ?? randomKey();
     if (typeof key !== "string" || !key) throw new TypeError("idempotencyKey must be a non-empty string");
     let encoded;
@@ -1493,7 +1620,7 @@ export class Client {
 
   async #connection(op, deadline) {
     for (;;) {
-      if (this.#state === "closed") throw new ClientClosed(this.#final);
+      if (this.#state === "closed") throw this.#closedError();
       if (this.#conn) return this.#conn;
       const remaining = deadline - now();
       if (remaining <= 0) throw new CommandTimeout(`${op}: no connection within ${this.#options.commandTimeout} ms`);
@@ -1554,7 +1681,7 @@ export class Client {
     try {
       final = await this.#loop();
     } catch (error) {
-      report("the client runner failed", error); // a bug: never leave the application waiting
+      this.#log.error("the client runner failed", error); // a bug: never leave the application waiting
       final = disconnect(null, `client error: ${error?.message ?? error}`, false, null);
     } finally {
       this.#current?.abort("client closed");
@@ -1562,33 +1689,56 @@ export class Client {
     if (final) this.#finish(final);
   }
 
+  /**
+   * Connect, serve, and reconnect until a terminal close (returned) or close() (null).
+   *
+   * Until the first `connect` reply every step runs against the connectTimeout deadline, and a
+   * terminal close code ends the client at once with a ConnectFailed (which connect() rejects with).
+   * Once connected, the client reconnects whatever happens short of a terminal code: a rollout behind
+   * an ingress may fail for a while, and a client that was working should come back on its own.
+   */
   async #loop() {
+    const deadline = now() + this.#options.connectTimeout; // Infinity: no deadline
+    let everConnected = false;
+    let lastError = null; // the last failed attempt, for ConnectFailed
+    let lastCause = "no attempt finished";
     let override = null; // the new token of a 4001 retry
     let authRetried = false;
     let quick = 0; // "at once" reconnects in a row after connections shorter than MIN_STABLE_CONNECTION
-    let failures = 0;
+    let failures = 0; // failed attempts in a row
     while (!this.#closing) {
+      const limit = everConnected ? Infinity : deadline;
+      if (limit - now() < TIMER_SLACK) return this.#timedOut(lastError, lastCause);
       this.#setState("connecting");
       let token = null;
       let conn;
+      let stage = "token";
       try {
-        token = override ?? (await this.#tokens.get());
+        token = override ?? (await this.#tokens.get(this.#bounded(this.#options.openTimeout, limit)));
         override = null;
         if (this.#closing) break;
-        conn = await this.#open();
+        stage = "open";
+        conn = await this.#open(this.#bounded(this.#options.openTimeout, limit));
       } catch (error) {
         if (this.#closing) break;
-        if (error instanceof UnusableUrl) return disconnect(null, error.message, false, null);
+        if (error instanceof UnusableUrl) return this.#giveUp(error.message, error);
+        const cut = limit - now() < TIMER_SLACK;
+        // An attempt cut short by the deadline says less than the failure before it.
+        if (cut && failures > 0) return this.#timedOut(lastError, lastCause);
         failures += 1;
+        lastError = error;
+        lastCause = describe(error, stage);
+        if (cut) return this.#timedOut(lastError, lastCause);
         const delay = this.#backoff.next();
         this.#setState("reconnecting");
         if (!this.#closing) this.#events.emit("connectError", { attempt: failures, error, delay });
-        await this.#pause(delay);
+        await this.#retryAfter(failures, lastCause, delay, limit);
         continue;
       }
-      const { closure, connected } = await this.#serve(conn, token);
+      const { closure, connected } = await this.#serve(conn, token, limit);
       if (this.#closing) break;
       if (connected) {
+        everConnected = true;
         failures = 0;
         authRetried = false;
       }
@@ -1604,7 +1754,8 @@ export class Client {
       } else if (action === Action.AT_ONCE || action === Action.FRESH_TOKEN) {
         // At once; but when short-lived connections keep ending this way, back off (growing with
         // each one in a row) so that a server repeating the close cannot cause a tight loop.
-        quick = now() - this.#connectedAt < MIN_STABLE_CONNECTION ? quick + 1 : 0;
+        const lived = connected ? now() - this.#connectedAt : 0; // closed before the reply: no time at all
+        quick = lived < MIN_STABLE_CONNECTION ? quick + 1 : 0;
         delay = quick <= 1 ? 0 : this.#backoff.jitter(this.#backoff.ceiling(quick - 2));
       } else if (action === Action.DRAIN_DELAY) {
         delay = this.#backoff.jitter(this.#options.drainJitter);
@@ -1612,12 +1763,65 @@ export class Client {
         delay = this.#backoff.next();
       }
       const event = disconnect(closure.code, closure.reason, action !== Action.STOP, delay);
-      if (action === Action.STOP) return event;
+      if (action === Action.STOP) {
+        if (!everConnected) return this.#giveUp(this.#closureMessage(closure), null, event);
+        this.#log.warn(`connection to ${this.#url} ended for good: ${closureText(closure)}`);
+        return event;
+      }
+      if (!connected && failures > 0 && limit - now() < TIMER_SLACK) return this.#timedOut(lastError, lastCause); // as above
       this.#setState("reconnecting");
       if (!this.#closing) this.#events.emit("disconnect", event);
-      await this.#pause(delay);
+      if (connected) {
+        await this.#pause(delay);
+      } else {
+        // The server closed before answering `connect` (1013 overloaded, 4029, ...): a failed attempt.
+        failures += 1;
+        lastError = null;
+        lastCause = closureText(closure);
+        await this.#retryAfter(failures, lastCause, delay, limit);
+      }
     }
     return null;
+  }
+
+  /** `ms`, or less when the deadline `limit` is nearer: an attempt must not outlive connectTimeout. */
+  #bounded(ms, limit) {
+    return Math.max(TIMER_SLACK, Math.min(ms, limit - now()));
+  }
+
+  /**
+   * Reports a failed attempt and waits before the next one, or only until the first connect's
+   * deadline. One line per attempt: the backoff bounds the rate during a long outage (on average
+   * one per backoffCap / 2 once the backoff reaches its cap).
+   */
+  async #retryAfter(attempt, cause, delay, limit) {
+    const what = `connect attempt ${attempt} to ${this.#url} failed: ${cause}`;
+    if (now() + delay >= limit) {
+      delay = Math.max(0, limit - now());
+      this.#log.warn(`${what}; giving up in ${Math.round(delay)} ms (connectTimeout ${this.#options.connectTimeout} ms)`);
+    } else {
+      this.#log.warn(`${what}; retrying in ${Math.round(delay)} ms`);
+    }
+    await this.#pause(delay);
+  }
+
+  /** Ends the first connect for good: records the ConnectFailed for connect() and returns the final Disconnect. */
+  #giveUp(message, cause, final = null) {
+    final ??= disconnect(null, message, false, null);
+    this.#failure = new ConnectFailed(message, { url: this.#url, disconnect: final, attempts: this.#attempts, cause });
+    this.#log.warn(`giving up: ${message}`);
+    return final;
+  }
+
+  #timedOut(error, cause) {
+    const attempts = `${this.#attempts} attempt${this.#attempts === 1 ? "" : "s"}`;
+    const within = `within ${this.#options.connectTimeout} ms (${attempts})`;
+    return this.#giveUp(`could not connect to ${this.#url} ${within}; last error: ${cause}`, error);
+  }
+
+  #closureMessage(closure) {
+    if (closure.code == null) return `connecting to ${this.#url} failed: ${closure.reason}`;
+    return `close code ${closure.code} from ${this.#url}: ${closure.reason}`;
   }
 
   /** A listener may have called close(): a closed client must not leave a timer behind. */
@@ -1629,12 +1833,12 @@ export class Client {
     try {
       return await this.#tokens.get();
     } catch (error) {
-      report("the token callback failed", error);
+      this.#log.error("the token callback failed", error);
       return null;
     }
   }
 
-  async #open() {
+  async #open(timeout) {
     const o = this.#options;
     const conn = new Connection({
       WebSocket: o.WebSocket,
@@ -1643,11 +1847,12 @@ export class Client {
       onPush: (c, obj) => this.#membership.push(c, obj),
       onClose: (c) => this.#onClose(c),
       onPing: () => (this.#pings += 1),
+      log: this.#log,
     });
     this.#attempts += 1;
     this.#current = conn; // so that close() can stop an open in progress
     try {
-      await conn.open(o.openTimeout);
+      await conn.open(timeout);
     } catch (error) {
       if (this.#current === conn) this.#current = null;
       throw error;
@@ -1655,18 +1860,20 @@ export class Client {
     return conn;
   }
 
-  /** Sends `connect` (re-joining every room with its position), then waits for the end. */
-  async #serve(conn, token) {
+  /** Sends `connect` (re-joining every room with its position), then waits for the end. The reply is
+   * awaited for commandTimeout, or until `limit` (the first connect's deadline) if sooner. */
+  async #serve(conn, token, limit) {
     const sent = this.#membership.positions();
     const params = {};
     if (token !== null) params.token = token;
     if (sent.size) params.rooms = Membership.connectRooms(sent);
     let connected = false;
+    const timeout = this.#bounded(this.#options.commandTimeout, limit);
     try {
       await this.#request(conn, "connect", params, (ok) => {
         this.#connected(conn, parseConnected(ok), ok.rooms, sent);
         connected = true;
-      });
+      }, timeout);
     } catch (error) {
       if (error instanceof CommandError) {
         // Never expected: this client sends well-formed connects. Retrying would repeat it.
@@ -1674,7 +1881,8 @@ export class Client {
         if (this.#current === conn) this.#current = null;
         return { closure: { code: null, reason: `connect refused: ${error.message}`, terminal: true }, connected };
       }
-      if (!(error instanceof ConnectionLost)) conn.abort(`connect failed: ${error.message}`);
+      if (error instanceof CommandTimeout) conn.abort(`no reply to connect within ${Math.round(timeout)} ms`);
+      else if (!(error instanceof ConnectionLost)) conn.abort(`connect failed: ${error.message}`);
     }
     const closure = await conn.closed;
     if (this.#current === conn) this.#current = null;
@@ -1698,6 +1906,7 @@ export class Client {
         this.#tokens,
         (token) => this.#request(conn, "refresh", { token }),
         (event) => this.#events.emit("refresh", event),
+        this.#log,
       );
       this.#refresher.start(info.expiresIn);
     }
@@ -1728,7 +1937,7 @@ export class Client {
     this.#refresher?.stop();
     this.#refresher = null;
     this.#timers.clear();
-    const error = new ClientClosed(final);
+    const error = this.#failure ?? new ClientClosed(final);
     this.#publisher.failAll(error);
     this.#membership.closeAll(this.#closing ? null : error);
     this.#setState("closed");
