@@ -48,31 +48,12 @@ carries the offset its curl printed, and the demo chat, opened on its default ro
 publication as one from the HTTP API (so the README's room is the demo's).
 
 Running blocks and nodes takes a while: those tests are marked `slow`; the path checks are quick.
-
-**Repository paths.** Every relative link (markdown `[..](target)`, HTML `src`/`href`) of every
-markdown file in the repository resolves to a file or directory, and its `#fragment` to a heading.
-A code span (inline code) names a repository path, and the path must exist, when:
-
-(a) any whitespace-separated token of it starts with `<top>/`, where `<top>` is a top-level
-    directory of the repository or one the project reserves for what it does not have yet
-    (`charts`, `operator`); this also applies to tokens in fenced blocks; or
-(b) the whole span is one relative path (no leading `/`, `.` or `~`, no `:`) whose file name has a
-    source extension (`.py .mjs .js .ts .go .sh .md .html .css .png`): it must be the end of an
-    existing path, component by component (`connection.py`, `backends/redis_link.py`).
-    Configuration extensions (`.yaml`, `.json`, `.toml`) are left out: docs name files the reader
-    writes (`hubbub.yaml`) and protocol names (`hubbub.v1.json`).
-
-`{a,b}` expands as in the shell. A component holding a placeholder (`<…>`, `*`, `...`, `…`)
-ends the path: the directory before it must exist. A path git ignores (`bench/results/…`) is an
-output, not a repository path, and is not checked.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
-import os
 import re
 import shlex
 import signal
@@ -80,65 +61,41 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from hubbub.auth import mint_token
-from hubbub.settings import DEV_JWT_SECRET
 from tests.support import docblocks
-from tests.support.browser import Browser, Page
-from tests.support.browser import missing as browser_missing
-from tests.support.docblocks import Block, Document
-from tests.support.procs import free_port
-
-ROOT = docblocks.ROOT
-#: Documents whose code blocks run.
-RUN_DOCS = ("README.md", *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md")))
-
-SHELL = {"sh", "bash", "shell"}
-PYTHON = {"python", "py"}
-JS = {"js", "javascript"}
-CONFIG = {"yaml", "yml", "json", "toml"}
-NOT_RUN = {"", "text", "console"}
-BLOCK_TIMEOUT = 60.0
-NODE_TIMEOUT = 30.0
-ADDRESS = re.compile(r"\b(?:127\.0\.0\.1|localhost):8000\b")
-TRANSCRIPT_LINE = re.compile(r"^(?:> |< |\$ )", re.MULTILINE)
-BROWSER_JS = re.compile(
-    r"""from\s+["']/hubbub\.js["']|import\(\s*["']/hubbub\.js["']|\b(?:document|window|localStorage|sessionStorage)\b"""
+from tests.support.browser import Browser
+from tests.support.docblocks import ROOT, Block, document
+from tests.support.docrunner import (
+    CONFIG,
+    JS,
+    NOT_RUN,
+    PYTHON,
+    SHELL,
+    TRANSCRIPT_LINE,
+    Node,
+    Nodes,
+    base_env,
+    check_syntax,
+    failure,
+    get_browser,
+    is_browser_code,
+    reader_dir,
+    rewrite,
+    run,
+    run_config,
+    run_in_browser,
+    run_node,
+    run_python,
+    run_shell,
+    stop_group,
 )
 
-# --- documents ------------------------------------------------------------------------------------
-
-
-@functools.cache
-def document(rel: str) -> Document:
-    return docblocks.load(ROOT / rel)
-
-
-def all_markdown() -> list[str]:
-    return sorted(p for p in repository_files() if p.endswith(".md"))
-
-
-@functools.cache
-def repository_files() -> frozenset[str]:
-    """Tracked files and new files git does not ignore, relative to the root."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        check=True,
-    ).stdout.decode()
-    return frozenset(p for p in listed.split("\0") if p and (ROOT / p).exists())
-
-
-@functools.cache
-def repository_dirs() -> frozenset[str]:
-    return frozenset(str(Path(p).parents[i]) for p in repository_files() for i in range(len(Path(p).parents) - 1))
+#: Documents whose code blocks run.
+RUN_DOCS = ("README.md", *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md")))
 
 
 def runnable_blocks() -> list[Any]:
@@ -161,161 +118,6 @@ def runnable_blocks() -> list[Any]:
     return params
 
 
-def is_browser_code(block: Block) -> bool:
-    return BROWSER_JS.search(block.text) is not None
-
-
-def rewrite(text: str, port: int) -> str:
-    return ADDRESS.sub(f"127.0.0.1:{port}", text)
-
-
-# --- processes ------------------------------------------------------------------------------------
-
-
-@dataclass
-class Ran:
-    returncode: int | None  # None: timed out
-    output: str
-
-
-def run(argv: list[str], *, cwd: Path, env: dict[str, str], timeout: float = BLOCK_TIMEOUT) -> Ran:
-    """Run to completion in its own process group; on timeout the whole group is killed."""
-    proc = subprocess.Popen(
-        argv,
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-        return Ran(proc.returncode, out.decode(errors="replace"))
-    except subprocess.TimeoutExpired:
-        stop_group(proc, signal.SIGKILL)
-        out, _ = proc.communicate()
-        return Ran(None, out.decode(errors="replace") + f"\n[timed out after {timeout:.0f} s]")
-
-
-def stop_group(proc: subprocess.Popen[Any], sig: signal.Signals, wait: float = 10.0) -> None:
-    """Signal the process group a test started (its pgid is its leader's pid), then SIGKILL what is left."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(wait)
-        except subprocess.TimeoutExpired:
-            pass
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(10)
-
-
-def reader_dir(base: Path, rel: str) -> Path:
-    """A directory for one document's blocks that looks like a checkout: the repository's top-level
-    entries as symlinks, and hubbub.js with its declarations for Node blocks."""
-    where = base / rel.replace("/", "_")
-    if not where.exists():
-        where.mkdir(parents=True)
-        for entry in ROOT.iterdir():
-            if entry.name not in (".git", ".mypy_cache", ".ruff_cache", ".pytest_cache"):
-                (where / entry.name).symlink_to(entry)
-        for name in ("hubbub.js", "hubbub.d.ts"):
-            (where / name).symlink_to(ROOT / "service" / "hubbub" / "static" / name)
-    return where
-
-
-def base_env(port: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HUBBUB_") and k != "TOKEN"}
-    env.update(HUBBUB_HOST="127.0.0.1", HUBBUB_PORT=str(port))
-    return env
-
-
-def reader_token() -> str:
-    return mint_token(DEV_JWT_SECRET, sub="docs-reader", rooms=["*"], publish=["*"], ttl=600)
-
-
-@dataclass
-class Node:
-    port: int
-    proc: subprocess.Popen[bytes]
-    log: Path
-    started_by: str
-
-    @property
-    def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
-@dataclass
-class Nodes:
-    """The live nodes blocks run against: the harness's development node, and one per `serves`
-    block, each started on first use and stopped (SIGINT) when the module ends."""
-
-    base: Path
-    started: dict[str, Node] = field(default_factory=dict)
-
-    def start(self, key: str, script: str, cwd: Path) -> Node:
-        if key in self.started:
-            return self.started[key]
-        port = free_port()
-        log = self.base / f"node-{port}.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                ["bash", "-c", "set -euo pipefail\n" + rewrite(script, port)],
-                cwd=cwd,
-                env=base_env(port),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        node = self.started[key] = Node(port, proc, log, key)
-        deadline = time.monotonic() + NODE_TIMEOUT
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"{key}: exited with {proc.returncode} before serving:\n{node.output()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(node.http_url + "/readyz", timeout=1).status_code == 200:
-                    return node
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"{key}: no ready node on port {port} within {NODE_TIMEOUT:.0f} s:\n{node.output()}"
-                )
-            time.sleep(0.1)
-
-    def default(self) -> Node:
-        return self.start(
-            "the harness's development node", "exec .venv/bin/hubbub serve", reader_dir(self.base, "_harness")
-        )
-
-    def for_block(self, block: Block) -> Node:
-        """The node of the latest `serves` block before `block` in its document, or the default."""
-        serving = [b for b in document(block.path).blocks if b.line < block.line and is_serves(b)]
-        if not serving:
-            return self.default()
-        return self.serve(serving[-1])
-
-    def serve(self, block: Block) -> Node:
-        return self.start(block.where, block.text, reader_dir(self.base, block.path))
-
-    def stop_all(self) -> list[str]:
-        problems: list[str] = []
-        for node in reversed(self.started.values()):
-            stop_group(node.proc, signal.SIGINT)
-            if "Traceback" in node.output():
-                problems.append(f"{node.started_by}: a traceback in its log:\n{node.output()[-4000:]}")
-        return problems
-
-
-def is_serves(block: Block) -> bool:
-    return block.directive is not None and block.directive.kind == "serves"
-
-
 @pytest.fixture(scope="module")
 def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nodes]:
     registry = Nodes(tmp_path_factory.mktemp("docs"))
@@ -331,128 +133,6 @@ def browser_holder() -> Iterator[list[Browser]]:
     yield holder
     for chromium in holder:
         chromium.close()
-
-
-def get_browser(holder: list[Browser]) -> Browser:
-    if not holder:
-        problem = browser_missing()
-        if problem:
-            pytest.skip(problem)
-        holder.append(Browser())
-    return holder[0]
-
-
-# --- running one block ----------------------------------------------------------------------------
-
-
-def failure(block: Block, what: str, script: str, ran: Ran | None = None) -> str:
-    shown = "\n".join(f"    {line}" for line in script.rstrip("\n").split("\n"))
-    message = f"{block.where} ({block.info or 'no info string'}): {what}\n--- as run ---\n{shown}"
-    if ran is not None:
-        message += f"\n--- exit {ran.returncode}, output ---\n{ran.output.rstrip()}"
-    return message
-
-
-def check_syntax(block: Block, cwd: Path) -> None:
-    if block.lang in SHELL:
-        ran = run(["bash", "-n", "-c", block.text], cwd=cwd, env=dict(os.environ))
-    elif block.lang in PYTHON:
-        try:
-            compile(block.text, block.where, "exec")
-        except SyntaxError as exc:
-            pytest.fail(failure(block, f"not valid Python: {exc}", block.text), pytrace=False)
-        return
-    elif block.lang in JS:
-        path = cwd / f"block-{block.line}.mjs"
-        path.write_text(block.text)
-        ran = run(["node", "--check", path.name], cwd=cwd, env=dict(os.environ))
-    else:
-        return
-    if ran.returncode != 0:
-        pytest.fail(failure(block, "syntax check failed", block.text, ran), pytrace=False)
-
-
-def run_shell(block: Block, node: Node, cwd: Path) -> None:
-    script = "set -euo pipefail\n" + rewrite(block.text, node.port)
-    ran = run(["bash", "-c", script], cwd=cwd, env=base_env(node.port))
-    if ran.returncode != 0:
-        pytest.fail(failure(block, "failed", script, ran), pytrace=False)
-
-
-def run_python(block: Block, node: Node, cwd: Path) -> None:
-    script = rewrite(block.text, node.port)
-    path = cwd / f"block-{block.line}.py"
-    path.write_text(script)
-    env = {**base_env(node.port), "TOKEN": reader_token()}
-    ran = run([str(ROOT / ".venv" / "bin" / "python"), path.name], cwd=cwd, env=env)
-    if ran.returncode != 0:
-        pytest.fail(failure(block, "failed", script, ran), pytrace=False)
-
-
-def run_node(block: Block, node: Node, cwd: Path) -> None:
-    script = rewrite(block.text, node.port)
-    path = cwd / f"block-{block.line}.mjs"
-    path.write_text(script)
-    env = {**base_env(node.port), "TOKEN": reader_token()}
-    ran = run(["node", path.name], cwd=cwd, env=env)
-    if ran.returncode != 0:
-        pytest.fail(failure(block, "failed in Node", script, ran), pytrace=False)
-
-
-#: Runs module scripts in the page in order; `window.__docs` counts those that ran to the end.
-INJECT = """
-({ scripts, body }) => {
-  const state = (window.__docs = { done: 0, errors: [] });
-  addEventListener("error", (e) => state.errors.push(String(e.error?.stack ?? e.message)));
-  addEventListener("unhandledrejection", (e) => state.errors.push(String(e.reason?.stack ?? e.reason)));
-  if (body !== null) document.body.innerHTML = body;
-  for (const source of scripts) {
-    const script = document.createElement("script");
-    script.type = "module";
-    script.textContent = source + "\\n;window.__docs.done += 1;\\n";
-    document.head.append(script);
-  }
-  return scripts.length;
-}
-"""
-
-
-def run_in_browser(block: Block, node: Node, holder: list[Browser]) -> None:
-    text = rewrite(block.text, node.port)
-    body: str | None = None
-    if block.lang == "html":
-        scripts = re.findall(r"<script\s+type=\"module\"\s*>(.*?)</script>", text, re.DOTALL)
-        body = re.sub(r"<script\b.*?</script>", "", text, flags=re.DOTALL).strip()
-        if re.search(r"<script(?![^>]*type=\"module\")", text):
-            pytest.fail(failure(block, 'only <script type="module"> elements can run here', text), pytrace=False)
-    else:
-        scripts = [text]
-    page: Page = get_browser(holder).open(node.http_url + "/healthz")
-    try:
-        count = page.evaluate(INJECT, {"scripts": scripts, "body": body})
-        try:
-            state = page.wait(
-                "(n) => (window.__docs.errors.length || window.__docs.done === n) && window.__docs", count, timeout=10
-            )
-        except Exception as exc:  # the bridge's timeout, with the page's log
-            pytest.fail(failure(block, f"did not finish in the browser: {exc}", text), pytrace=False)
-        if state["errors"]:
-            log = "\n".join(page.log())
-            pytest.fail(
-                failure(block, "failed in the browser", text, Ran(1, "\n".join(state["errors"]) + "\n" + log)),
-                pytrace=False,
-            )
-    finally:
-        page.close()
-
-
-def run_config(block: Block, cwd: Path) -> None:
-    path = cwd / f"block-{block.line}.{'yaml' if block.lang == 'yml' else block.lang}"
-    path.write_text(block.text)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HUBBUB_")}
-    ran = run([str(ROOT / ".venv" / "bin" / "hubbub"), "check-config", "--config", path.name], cwd=cwd, env=env)
-    if ran.returncode != 0:
-        pytest.fail(failure(block, "hubbub check-config refused it", block.text, ran), pytrace=False)
 
 
 @pytest.mark.parametrize(("block", "problem"), runnable_blocks())
@@ -674,167 +354,6 @@ def test_readme_curl_publish_shows_up_in_the_demo_room_the_readme_names(
         assert shown == {"author": "server", "text": body["data"]["text"], "badge": "HTTP API"}
     finally:
         page.close()
-
-
-# --- repository paths -----------------------------------------------------------------------------
-
-PLANNED_DIRS = ("charts", "operator")
-SOURCE_EXTENSIONS = ("py", "mjs", "js", "ts", "go", "sh", "md", "html", "css", "png")
-PLACEHOLDER = re.compile(r"<|\*|\.\.\.|…|\$")
-BRACES = re.compile(r"\{([^{}]*)\}")
-BARE_PATH = re.compile(rf"^(?![./~])[\w.-]+(?:/[\w.-]+)*\.(?:{'|'.join(SOURCE_EXTENSIONS)})$")
-
-
-@functools.cache
-def top_dirs() -> tuple[str, ...]:
-    tracked = {p.split("/", 1)[0] for p in repository_files() if "/" in p}
-    return tuple(sorted(tracked | set(PLANNED_DIRS)))
-
-
-def path_tokens(text: str) -> list[str]:
-    """Rule (a): tokens of `text` that start with a top-level directory."""
-    tops = "|".join(re.escape(t) for t in top_dirs())
-    pattern = rf"(?<![\w.~/$-])(?:{tops})/(?:[\w.*<>…$-]|/|\{{[\w.,-]*\}})*"
-    return [m[0].rstrip(".") for m in re.finditer(pattern, text)]
-
-
-def expand(path: str) -> list[str]:
-    found = BRACES.search(path)
-    if not found:
-        return [path]
-    return [p for option in found[1].split(",") for p in expand(path[: found.start()] + option + path[found.end() :])]
-
-
-def concrete(path: str) -> str:
-    """The part of `path` before its first placeholder component (ending in `/`), or all of it."""
-    found = PLACEHOLDER.search(path)
-    return path if found is None else path[: path.rfind("/", 0, found.start()) + 1]
-
-
-def ignored(path: str) -> bool:
-    # Both spellings: a pattern for a directory (`bench/results/`) matches a path only as a
-    # directory, and git cannot know that of a path that does not exist here.
-    stem = path.rstrip("/")
-    listed = subprocess.run(["git", "check-ignore", stem, stem + "/"], cwd=ROOT, capture_output=True, check=False)
-    return bool(listed.stdout.strip())
-
-
-def exists(path: str) -> bool:
-    path = path.rstrip("/")
-    return path in repository_files() or path in repository_dirs()
-
-
-def missing_rooted(path: str) -> list[str]:
-    """Rule (a): the expansions of `path` that name nothing in the repository."""
-    absent = []
-    for option in expand(path):
-        part = concrete(option)
-        if part and not exists(part) and not ignored(part):
-            absent.append(part)
-    return absent
-
-
-def missing_bare(span: str) -> list[str]:
-    """Rule (b): the expansions of a bare relative path that end no repository path."""
-    return [
-        option
-        for option in expand(span)
-        if not any(f == option or f.endswith("/" + option) for f in repository_files())
-    ]
-
-
-def is_bare_path(span: str) -> bool:
-    """Rule (b): the whole span is a relative path with a source extension (each `{,}` expansion)."""
-    return not path_tokens(span) and all(BARE_PATH.match(option) for option in expand(span))
-
-
-def named_paths(doc: Document) -> list[tuple[str, str]]:
-    """(where, path) for every repository path the document names that does not exist."""
-    absent: list[tuple[str, str]] = []
-    for span in doc.code_spans():
-        text = span.text.strip()
-        for token in path_tokens(text):
-            absent += [(span.where, p) for p in missing_rooted(token)]
-        if is_bare_path(text):
-            absent += [(span.where, p) for p in missing_bare(text)]
-    for block in doc.blocks:
-        for token in path_tokens(block.text):
-            absent += [(f"{block.where} (code block)", p) for p in missing_rooted(token)]
-    return absent
-
-
-def slug(heading: str) -> str:
-    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
-    text = re.sub(r"[`*_]|\[([^\]]*)\]\([^)]*\)", r"\1", heading).strip().lower()
-    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
-
-
-def anchors(rel: str) -> set[str]:
-    seen: dict[str, int] = {}
-    found: set[str] = set()
-    for heading in document(rel).headings():
-        base = slug(heading)
-        n = seen.get(base, 0)
-        seen[base] = n + 1
-        found.add(base if n == 0 else f"{base}-{n}")
-    return found
-
-
-def broken_links(doc: Document) -> list[tuple[str, str]]:
-    rel = doc.path
-    broken: list[tuple[str, str]] = []
-    for link in doc.links():
-        target = link.text
-        if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:", target):
-            continue  # http:, https:, mailto:: not a repository path
-        path, _, fragment = target.partition("#")
-        resolved = (ROOT / path.lstrip("/")) if path.startswith("/") else (ROOT / rel).parent / path
-        resolved_rel = os.path.relpath(resolved, ROOT) if path else rel
-        if path and (resolved_rel.startswith("..") or not exists(Path(resolved_rel).as_posix())):
-            broken.append((link.where, f"{target}: no {resolved_rel} in the repository"))
-        elif fragment and resolved_rel.endswith(".md") and fragment not in anchors(resolved_rel):
-            broken.append((link.where, f"{target}: {resolved_rel} has no heading with the anchor #{fragment}"))
-    return broken
-
-
-@pytest.mark.parametrize("rel", all_markdown())
-def test_every_relative_link_resolves(rel: str) -> None:
-    broken = broken_links(document(rel))
-    assert not broken, "broken links:\n" + "\n".join(f"  {where}: {what}" for where, what in broken)
-
-
-@pytest.mark.parametrize("rel", all_markdown())
-def test_every_repository_path_a_doc_names_exists(rel: str) -> None:
-    absent = named_paths(document(rel))
-    assert not absent, "named but not in the repository:\n" + "\n".join(f"  {w}: {p}" for w, p in absent)
-
-
-def test_the_path_rules_tell_repository_paths_from_other_code() -> None:
-    """Examples of each rule, so that a loosened heuristic cannot pass silently."""
-    assert missing_rooted("charts/hubbub") == ["charts/hubbub"]
-    assert missing_rooted("operator/") == ["operator/"]
-    assert missing_rooted("service/hubbub/static/demo.{html,js}") == []
-    assert missing_rooted("service/hubbub/static/demo.{html,jsx}") == ["service/hubbub/static/demo.jsx"]
-    assert missing_rooted("bench/results/<UTC stamp>.json") == []  # ignored output
-    assert missing_rooted("tests/js/") == []
-    assert missing_bare("backends/redis_link.py") == []
-    assert missing_bare("shared/design/protocol-v1.md") == ["shared/design/protocol-v1.md"]
-    assert is_bare_path("status.{html,js}") and missing_bare("status.{html,js}") == []
-    assert is_bare_path("connection.py") and not is_bare_path("service/hubbub/connection.py")  # that is rule (a)
-    assert path_tokens("helm install demo tests/fixtures/charts/mini") == ["tests/fixtures/charts/mini"]
-    assert path_tokens('cluster.helm("install", "x", "charts/hubbub")') == ["charts/hubbub"]
-    assert path_tokens("~/.cache/hubbub/k8s-bin/ and http://127.0.0.1:8000/docs/x") == []
-    doc = docblocks.parse(
-        "See [scaling](scaling.md#keys), [nothing](nothing.md), [a heading](protocol.md#no-such-heading),\n"
-        '[up](../README.md#quick-start), <img src="images/demo.png"> and [the web](https://example.com/x.md).\n'
-        "`[not a link](nowhere.md)`, `operator/crd.yaml`, `tests/js/`, `reactor.go`, `nothing.py`.\n"
-        "```python\ncluster.helm('install', 'x', 'charts/hubbub')\n```\n",
-        "docs/example.md",
-    )
-    assert [what.split(":")[0] for _, what in broken_links(doc)] == ["nothing.md", "protocol.md#no-such-heading"]
-    assert [path for _, path in named_paths(doc)] == ["operator/crd.yaml", "nothing.py", "charts/hubbub"]
-    for other in ("hubbub.v1.json", "hubbub.yaml", "/hubbub.js", "hubbub.backends.redis_link", "k8s.io/kubernetes"):
-        assert not is_bare_path(other), other
 
 
 # --- the runners themselves -----------------------------------------------------------------------

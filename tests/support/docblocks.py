@@ -8,7 +8,9 @@ last non-blank line before a fence is that block's directive (see tests/test_doc
 
 from __future__ import annotations
 
+import functools
 import re
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,3 +138,32 @@ def parse(source: str, rel: str) -> Document:
     if pending is not None:
         raise DocError(f"{rel}:{pending[0]}: a docs-test directive must come right before a code block")
     return Document(rel, "\n".join(lines), tuple(blocks), "\n".join(prose))
+
+
+# --- the repository -------------------------------------------------------------------------------
+
+
+@functools.cache
+def document(rel: str) -> Document:
+    return load(ROOT / rel)
+
+
+def all_markdown() -> list[str]:
+    return sorted(p for p in repository_files() if p.endswith(".md"))
+
+
+@functools.cache
+def repository_files() -> frozenset[str]:
+    """Tracked files and new files git does not ignore, relative to the root."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    return frozenset(p for p in listed.split("\0") if p and (ROOT / p).exists())
+
+
+@functools.cache
+def repository_dirs() -> frozenset[str]:
+    return frozenset(str(Path(p).parents[i]) for p in repository_files() for i in range(len(Path(p).parents) - 1))
