@@ -196,7 +196,12 @@ async def test_silent_server_fails_after_connect_timeout_not_open_timeout() -> N
     ("url_tail", "options", "status", "said"),
     [
         ("/", {}, 404, "WebSocket endpoint is /ws"),  # the wrong path
-        ("/ws", {"connect_options": {"origin": "https://elsewhere.example"}}, 403, "origin not allowed"),
+        (
+            "/ws",
+            {"connect_options": {"origin": "https://elsewhere.example"}},
+            403,
+            "origin not allowed: add it to the allowed_origins setting",
+        ),
         ("/ws?token=not-a-jwt", {}, 401, None),  # a bad token on the upgrade itself
     ],
     ids=["wrong-path-404", "origin-403", "upgrade-token-401"],
