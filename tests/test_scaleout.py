@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.polling import until
 from tests.support.redis_server import RedisServer
 from tests.support.server import API_KEY, ServerProcess, server_config
 from tests.support.wsclient import Closed, RawClient, cancel_and_wait, publish_burst
@@ -183,14 +184,6 @@ async def receivers(urls: list[str], name: str, count: int) -> AsyncIterator[lis
             await r.stop()
 
 
-async def until(check: Any, timeout: float = 15.0) -> None:
-    for _ in range(int(timeout / 0.05)):
-        if check():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not reached in time")
-
-
 # --- cross-node behaviour ---------------------------------------------------------------------------
 
 
@@ -253,11 +246,17 @@ async def test_status_on_any_node_shows_every_node_with_its_own_deliveries(nodes
     def by_name() -> dict[str, dict[str, Any]]:
         return {n["name"]: n for n in nodes[1].api("GET", "/api/status").json()["nodes"]}
 
-    # Node 2's figures reach node 1 with node 2's next heartbeat.
-    await until(lambda: by_name().get("node2", {}).get("totals", {}).get("deliveries") == 10, timeout=10)
-    status = by_name()
-    assert sorted(status) == ["node0", "node1", "node2"]
-    assert status["node0"]["totals"]["publications"] == 10 and status["node0"]["totals"]["deliveries"] == 0
+    def every_nodes_figures() -> dict[str, dict[str, Any]]:
+        # Node 1 knows another node's figures from that node's latest heartbeat; node 0's and node 2's
+        # come with their own heartbeats, in no particular order, so await both before asserting either.
+        status = by_name()
+        assert sorted(status) == ["node0", "node1", "node2"], status
+        assert status["node0"]["totals"]["publications"] == 10, status["node0"]
+        assert status["node2"]["totals"]["deliveries"] == 10, status["node2"]
+        return status
+
+    status = await until(every_nodes_figures, what="node 0's publications and node 2's deliveries on node 1")
+    assert status["node0"]["totals"]["deliveries"] == 0
     assert status["node2"]["connections"] == 1 and status["node2"]["backend"] == "redis"
     await watcher.close()
 
