@@ -38,9 +38,10 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from hubbub.backends.redis_pool import POOL_SIZE
+from tests.support.receiver import CloseSeen, Event, JoinReply, PubPush, Receiver
 from tests.support.redis_server import REDIS_SERVER, RedisServer, SentinelGroup
 from tests.support.server import API_KEY, ServerProcess, server_config
-from tests.support.wsclient import Closed, RawClient, cancel_and_wait, token
+from tests.support.wsclient import RawClient
 
 pytestmark = pytest.mark.redis
 
@@ -372,99 +373,12 @@ async def test_rediss_url_with_sentinels_reaches_the_discovered_master_over_tls(
 
 
 @dataclass(frozen=True)
-class JoinReply:
-    epoch: str
-    offset: int
-    #: None on the first join (no position to recover from).
-    recovered: bool | None
-    publications: tuple[tuple[int, Any], ...]
-
-
-@dataclass(frozen=True)
-class PubPush:
-    offset: int
-    data: Any
-
-
-@dataclass(frozen=True)
-class CloseSeen:
-    code: int | None
-
-
-@dataclass(frozen=True)
-class JoinFailed:
-    reply: dict[str, Any]
-
-
-Event = JoinReply | PubPush | CloseSeen | JoinFailed
-
-
-@dataclass(frozen=True)
 class Ack:
     """One acknowledged publish: the `index`-th message of the stream and where the service put it."""
 
     index: int
     epoch: str
     offset: int
-
-
-class Receiver:
-    """A client in one room recording everything it is told, reconnecting (alternating nodes) with its position."""
-
-    def __init__(self, urls: list[str], name: str, user: str) -> None:
-        self.urls = urls
-        self.room = name
-        self.user = user
-        self.events: list[Event] = []
-        self.position: dict[str, Any] | None = None
-        self.joined = asyncio.Event()
-        self.task: asyncio.Task[None] | None = None
-
-    async def run(self) -> None:
-        attempt = 0
-        while True:
-            url = self.urls[attempt % len(self.urls)]
-            attempt += 1
-            client: RawClient | None = None
-            try:
-                client = await RawClient.open(url)
-                spec = {"since": self.position} if self.position is not None else {}
-                reply = await client.call("connect", token=token(self.user), rooms={self.room: spec})
-                result = reply.get("ok", {}).get("rooms", {}).get(self.room)
-                if result is None or "error" in result:
-                    self.events.append(JoinFailed(reply))
-                    await asyncio.sleep(0.2)
-                    continue
-                pubs = tuple((int(p["offset"]), p["data"]) for p in result["publications"])
-                recovered = None if self.position is None else bool(result["recovered"])
-                self.events.append(JoinReply(result["epoch"], int(result["offset"]), recovered, pubs))
-                self.position = {"epoch": result["epoch"], "offset": int(result["offset"])}
-                self.joined.set()
-                while True:
-                    message = await client.recv(timeout=60)
-                    if message.get("push") == "pub" and message.get("room") == self.room:
-                        self.events.append(PubPush(int(message["offset"]), message["data"]))
-                        self.position = {"epoch": self.position["epoch"], "offset": int(message["offset"])}
-                    elif message.get("push") == "ping":
-                        await client.send({"op": "pong"})
-            except Closed as closed:
-                self.events.append(CloseSeen(closed.code))
-            except (TimeoutError, OSError):
-                self.events.append(CloseSeen(None))
-            finally:
-                if client is not None:
-                    client.ws.transport.abort()
-            await asyncio.sleep(0.05)
-
-    def at(self, epoch: str, offset: int) -> bool:
-        return self.position == {"epoch": epoch, "offset": offset}
-
-    def start(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(self.run())
-
-    async def stop(self) -> None:
-        if self.task is not None:
-            await cancel_and_wait(self.task)
 
 
 @dataclass

@@ -19,9 +19,10 @@ import httpx
 import pytest
 
 from tests.support.polling import until
+from tests.support.receiver import Receiver
 from tests.support.redis_server import RedisServer
 from tests.support.server import API_KEY, ServerProcess, server_config
-from tests.support.wsclient import Closed, RawClient, cancel_and_wait, publish_burst
+from tests.support.wsclient import RawClient, publish_burst, token
 
 pytestmark = pytest.mark.redis
 
@@ -77,77 +78,6 @@ async def wait_ready(proc: ServerProcess, timeout: float = 10) -> None:
 
 def room() -> str:
     return f"chat:{uuid.uuid4().hex[:10]}"
-
-
-class Receiver:
-    """A raw client that joins a room and records every pub push it gets, reconnecting on its own."""
-
-    def __init__(self, urls: list[str], name: str, user: str) -> None:
-        self.urls = urls
-        self.room = name
-        self.user = user
-        self.offsets: list[int] = []
-        self.epochs: set[str] = set()
-        self.closes: list[int | None] = []
-        self.recovered: list[bool] = []
-        self.position: dict[str, Any] | None = None
-        self.task: asyncio.Task[None] | None = None
-        self.joined = asyncio.Event()
-
-    async def run(self) -> None:
-        attempt = 0
-        while True:
-            url = self.urls[attempt % len(self.urls)]
-            attempt += 1
-            client: RawClient | None = None
-            try:
-                client = await RawClient.open(url)
-                since = {self.room: {"since": self.position}} if self.position else {self.room: {}}
-                reply = await client.call("connect", token=_token(self.user), rooms=since)
-                result = reply["ok"]["rooms"][self.room]
-                if "error" in result:
-                    await asyncio.sleep(0.2)
-                    continue
-                if self.position is not None:
-                    self.recovered.append(result["recovered"])
-                self.epochs.add(result["epoch"])
-                for pub in result["publications"]:
-                    self._take(result["epoch"], pub["offset"])
-                if self.position is None or result["epoch"] != self.position["epoch"]:
-                    self.position = {"epoch": result["epoch"], "offset": result["offset"]}
-                self.joined.set()
-                while True:
-                    message = await client.recv(timeout=60)
-                    if message.get("push") == "pub":
-                        self._take(self.position["epoch"], message["offset"])
-                    elif message.get("push") == "ping":
-                        await client.send({"op": "pong"})
-            except Closed as closed:
-                self.closes.append(closed.code)
-            except (TimeoutError, OSError):
-                self.closes.append(None)
-            finally:
-                if client is not None:
-                    # No closing handshake: a cancelled receiver must not wait on its peer.
-                    client.ws.transport.abort()
-            await asyncio.sleep(0.05)
-
-    def _take(self, epoch: str, offset: int) -> None:
-        self.offsets.append(offset)
-        self.position = {"epoch": epoch, "offset": offset}
-
-    def start(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(self.run())
-
-    async def stop(self) -> None:
-        if self.task is not None:
-            await cancel_and_wait(self.task)
-
-
-def _token(user: str) -> str:
-    from tests.support.wsclient import token
-
-    return token(user)
 
 
 async def publish_series(url: str, name: str, count: int, rate: float = 200.0) -> list[int]:
@@ -392,7 +322,7 @@ async def test_slow_consumer_is_closed_4008_others_unaffected_and_it_recovers(
     try:
         name = f"big:{uuid.uuid4().hex[:8]}"
         slow = await RawClient.open(group_nodes[0].ws_url, max_queue=1)
-        joined = await slow.call("connect", token=_token("slow"), rooms={name: {}})
+        joined = await slow.call("connect", token=token("slow"), rooms={name: {}})
         epoch = joined["ok"]["rooms"][name]["epoch"]
         async with receivers([group_nodes[1].ws_url], name, 2) as fast:
             publisher = await RawClient.connected(group_nodes[1].ws_url, "publisher")
