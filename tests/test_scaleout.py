@@ -112,7 +112,7 @@ async def receivers(urls: list[str], name: str, count: int) -> AsyncIterator[lis
     for r in group:
         r.start()
     try:
-        await asyncio.wait_for(asyncio.gather(*(r.joined.wait() for r in group)), 15)
+        await asyncio.wait_for(asyncio.gather(*(r.joined.wait() for r in group)), 30)
         yield group
     finally:
         for r in group:
