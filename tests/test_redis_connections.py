@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import datetime
 import ipaddress
+import logging
 import os
 import signal
 import subprocess
@@ -37,12 +38,15 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from hubbub.backends import create_backends
 from hubbub.backends.redis_pool import POOL_SIZE
+from hubbub.settings import load_settings
 from tests.support.polling import until
 from tests.support.receiver import CloseSeen, Event, JoinReply, PubPush, Receiver
 from tests.support.redis_server import REDIS_SERVER, RedisServer, SentinelGroup
 from tests.support.server import API_KEY, ServerProcess, server_config
 from tests.support.wsclient import RawClient
+from tests.test_backends import Recorder
 
 pytestmark = pytest.mark.redis
 
@@ -159,6 +163,31 @@ async def test_password_in_the_url_works_and_a_wrong_or_missing_one_leaves_the_n
         for proc in (*good, wrong, missing):
             log = proc.log()
             assert password not in log and quote(password, safe="") not in log, "a Redis password was logged"
+
+
+async def test_the_log_names_the_cause_even_when_the_first_attempt_timed_out(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A node that starts while Redis is too slow to answer logs a timeout first (what a loaded machine does
+    to a TLS handshake). Once Redis answers and refuses the password, the log must name that cause too: it
+    is the one an operator has to fix."""
+    with contextlib.ExitStack() as stack:
+        server = redis_server(stack, RedisServer(tmp_path / "redis", password="right"))
+        os.kill(server.pid, signal.SIGSTOP)
+        stack.callback(os.kill, server.pid, signal.SIGCONT)  # before the server is stopped
+        url = f"redis://:wrong@127.0.0.1:{server.port}/0"
+        backends = create_backends(load_settings(env={}, overrides={"redis_url": url, "redis_timeout": 0.5}))
+        with caplog.at_level(logging.WARNING, logger="hubbub.redis"):
+            await backends.broker.start(Recorder())
+            try:
+                await until(lambda: "redis unreachable: redis did not answer" in caplog.text, what="the timeout")
+                os.kill(server.pid, signal.SIGCONT)
+                await until(
+                    lambda: "redis unreachable: invalid username-password pair" in caplog.text,
+                    what="the password refusal in the log",
+                )
+            finally:
+                await backends.aclose()
 
 
 # --- 2. ACL user -----------------------------------------------------------------------------------------
