@@ -48,8 +48,12 @@ class Nodes:
         ]
 
     def start(self) -> Nodes:
-        for proc in self.procs:
-            proc.start()
+        try:
+            for proc in self.procs:
+                proc.start()
+        except BaseException:
+            self.stop()  # the nodes started so far would outlive the test
+            raise
         return self
 
     def stop(self) -> None:
