@@ -113,6 +113,7 @@ class ServerProcess:
             except httpx.HTTPError:
                 pass
             time.sleep(0.05)
+        self.kill()  # nobody else would: the caller gets no server to stop
         raise RuntimeError(f"server did not become healthy in {timeout}s:\n{self.log()}")
 
     def log(self) -> str:
