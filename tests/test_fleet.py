@@ -126,11 +126,12 @@ async def test_fleet_behind_nginx_loses_nothing_through_kill_subscriber_loss_and
             # How many members each node had depends on where nginx's hash put their sids.
             assert m.rejoins or not m.disconnects, m.disconnects
         killed = [m for m in members if any(d.code is None for d in m.disconnects)]
-        print(f"{len(killed)} members lost their node, {sum(map(len, (m.drained_at for m in members)))} were drained")
+        # When each member of the drained node was let go (later 1012s refused its reconnects to that node).
+        drained = sorted(m.drained_at[0] - drain_started for m in members if m.drained_at)
+        print(f"{len(killed)} members lost their node, {len(drained)} were drained")
         assert len(killed) >= CLIENTS // 10, "the SIGKILLed node had almost no members"
-        # The drained node's clients were let go evenly over drain_period (2 s after a 0.5 s delay), not at once.
-        drained = sorted(t - drain_started for m in members for t in m.drained_at)
-        assert len(drained) >= CLIENTS // 10, len(drained)
+        assert len(drained) >= CLIENTS // 10, "the drained node had almost no members"
+        # They were let go evenly over drain_period (2 s after a 0.5 s delay), not at once.
         assert drained[0] >= 0.4 and drained[-1] - drained[0] >= 1.2, (drained[0], drained[-1])
     finally:
         await asyncio.gather(*(m.client.close() for m in members), return_exceptions=True)
