@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import gc
+import inspect
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -9,8 +11,26 @@ import pytest
 
 from tests.support.cluster import Cluster
 from tests.support.server import ServerProcess, server_config
+from tests.support.wsclient import RawClient
 
 ServerFactory = Callable[..., ServerProcess]
+
+
+@pytest.fixture(autouse=True)
+def _leaks_are_reported_by_the_test_that_made_them(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A socket or transport left open is only noticed when the garbage collector frees it, which may be
+    in any later test or at the very end of the run (a warning, which fails the run). Collecting after
+    each test that ran an event loop makes the test that leaked it fail, with the leak in its report.
+    Torn down last, after the test's event loop is closed."""
+    yield
+    if inspect.iscoroutinefunction(getattr(request, "function", None)):
+        gc.collect()
+
+
+@pytest.fixture(autouse=True)
+async def _no_raw_client_outlives_its_test() -> AsyncIterator[None]:
+    yield
+    await RawClient.close_leftovers()
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ from hubbub.backends.memory import MemoryEngine, MemoryPresence
 from hubbub.loader import load_settings
 from hubbub.protocol import Publication
 from hubbub.types import ClientId, JSONObject, Room
+from tests.support.polling import until
 from tests.support.redis_server import RedisServer
 
 OPTIONS = StreamOptions(history_size=5, history_ttl=60, idempotency_window=60, meta_ttl=600)
@@ -65,20 +66,27 @@ async def backends(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Backen
     made = memory_backends() if request.param == "memory" else redis_backends(request.getfixturevalue("redis_url"))
     recorder = Recorder()
     await made.broker.start(recorder)
-    await eventually(lambda: made.broker.available, timeout=5)
+    await until(lambda: made.broker.available, what="the broker to be available")
     yield made, recorder
     await made.aclose()
 
 
-async def eventually(check: object, timeout: float = 2.0) -> None:
-    assert callable(check)
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
-
-
 ROOM = Room("chat:conformance")
+#: A second subscribed room whose publication, once delivered, shows that everything published before it was.
+MARKER = Room("chat:marker")
+
+
+async def delivered_so_far(b: Backends, rec: Recorder) -> list[tuple[Room, str, Publication]]:
+    """What the handler got for every room but MARKER, once a MARKER publication made after it all arrived.
+
+    One node's subscription delivers in publish order, so nothing published earlier can still be on its
+    way: a check that something was *not* delivered needs no sleep.
+    """
+    await b.broker.subscribe(MARKER)
+    marked = len([p for p in rec.pubs if p[0] == MARKER])
+    await b.broker.publish(MARKER, "marker", info=None, idempotency_key=None, options=OPTIONS)
+    await until(lambda: len([p for p in rec.pubs if p[0] == MARKER]) > marked, what="the marker publication")
+    return [p for p in rec.pubs if p[0] != MARKER]
 
 
 async def test_offsets_start_at_one_and_grow_by_one_within_an_epoch(backends: tuple[Backends, Recorder]) -> None:
@@ -119,13 +127,12 @@ async def test_subscribed_rooms_receive_publications_in_order_and_unsubscribed_d
     for i in range(3):
         await b.broker.publish(ROOM, i, info={"user": "u", "client": "c"}, idempotency_key=None, options=OPTIONS)
     await b.broker.publish(Room("elsewhere"), "x", info=None, idempotency_key=None, options=OPTIONS)
-    await eventually(lambda: len(rec.pubs) == 3)
+    await until(lambda: len(rec.pubs) == 3, what="3 publications")
     assert [(r, p.offset, p.data) for r, _, p in rec.pubs] == [(ROOM, 1, 0), (ROOM, 2, 1), (ROOM, 3, 2)]
     assert rec.pubs[0][2].info == {"user": "u", "client": "c"}
     await b.broker.unsubscribe(ROOM)
     await b.broker.publish(ROOM, "late", info=None, idempotency_key=None, options=OPTIONS)
-    await asyncio.sleep(0.05)
-    assert len(rec.pubs) == 3
+    assert len(await delivered_so_far(b, rec)) == 3
 
 
 async def test_idempotency_key_returns_the_first_result_and_publishes_nothing(
@@ -136,9 +143,7 @@ async def test_idempotency_key_returns_the_first_result_and_publishes_nothing(
     first = await b.broker.publish(ROOM, "x", info=None, idempotency_key="k", options=OPTIONS)
     again = await b.broker.publish(ROOM, "x", info=None, idempotency_key="k", options=OPTIONS)
     assert (again.epoch, again.offset, again.duplicate) == (first.epoch, first.offset, True)
-    await eventually(lambda: len(rec.pubs) == 1)
-    await asyncio.sleep(0.05)
-    assert len(rec.pubs) == 1
+    assert len(await delivered_so_far(b, rec)) == 1
     history = await b.history.read(ROOM, since=None, limit=10, options=OPTIONS)
     assert len(history.publications) == 1
 
@@ -147,7 +152,7 @@ async def test_idempotency_keys_expire_after_the_window(backends: tuple[Backends
     b, _ = backends
     short = StreamOptions(history_size=5, history_ttl=60, idempotency_window=0.2, meta_ttl=600)
     await b.broker.publish(ROOM, "x", info=None, idempotency_key="k", options=short)
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.3)  # the subject is time passing: the key's 0.2 s window ends
     again = await b.broker.publish(ROOM, "x", info=None, idempotency_key="k", options=short)
     assert again.offset == 2 and not again.duplicate
 
@@ -179,7 +184,7 @@ async def test_history_drops_publications_older_than_history_ttl(backends: tuple
     b, _ = backends
     short = StreamOptions(history_size=5, history_ttl=0.2, idempotency_window=60, meta_ttl=600)
     await b.broker.publish(ROOM, 1, info=None, idempotency_key=None, options=short)
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.3)  # the subject is time passing: the first publication outlives history_ttl
     await b.broker.publish(ROOM, 2, info=None, idempotency_key=None, options=short)
     found = await b.history.read(ROOM, since=0, limit=10, options=short)
     assert [p.offset for p in found.publications] == [2]
@@ -200,7 +205,7 @@ async def test_join_and_leave_events_reach_subscribed_nodes(backends: tuple[Back
     await b.broker.subscribe(ROOM)
     await b.broker.publish_join(ROOM, {"user": "u", "client": "c"})
     await b.broker.publish_leave(ROOM, {"user": "u", "client": "c"})
-    await eventually(lambda: len(rec.joins) == 1 and len(rec.leaves) == 1)
+    await until(lambda: len(rec.joins) == 1 and len(rec.leaves) == 1, what="the join and the leave")
     assert rec.joins == [(ROOM, {"user": "u", "client": "c"})]
 
 

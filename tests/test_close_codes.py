@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import httpx
 import pytest
 from websockets.exceptions import InvalidStatus
 
 from tests.conftest import ServerFactory
+from tests.support.polling import until
 from tests.support.server import API_KEY, ServerProcess
-from tests.support.wsclient import Closed, RawClient, token
+from tests.support.wsclient import WAIT, Closed, RawClient, token
+
+#: Seconds within which a close driven by a short test timeout (connect_timeout, pong_timeout, a 1 s token)
+#: must come. Generous for a loaded machine, yet below the defaults (10 s connect and pong timeouts), so a
+#: server that ignored the test's setting would still fail.
+TIMED_CLOSE = 8.0
 
 
-async def assert_closed(client: RawClient, code: int, *, push: bool = True, timeout: float = 5.0) -> None:
+async def assert_closed(client: RawClient, code: int, *, push: bool = True, timeout: float = WAIT) -> None:
     closed = await client.closed(timeout)
     assert closed.code == code, f"closed with {closed.code}, expected {code}"
     if push:
@@ -65,7 +72,7 @@ async def test_connect_without_any_token_closes_4001(server: ServerProcess) -> N
 async def test_no_connect_within_connect_timeout_closes_4001(server_factory: ServerFactory) -> None:
     srv = server_factory(connect_timeout=0.5)
     client = await RawClient.open(srv.ws_url)
-    await assert_closed(client, 4001, timeout=3)
+    await assert_closed(client, 4001, timeout=TIMED_CLOSE)
 
 
 @pytest.mark.parametrize("where", ["header", "query"])
@@ -203,7 +210,9 @@ async def test_room_limit_answers_429_and_leaving_frees_a_slot(server_factory: S
 
 
 async def test_command_flood_gets_429_then_closes_4029(server_factory: ServerFactory) -> None:
-    srv = server_factory(command_rate=1, command_burst=5)
+    # A token refills every 10 s: however slowly a loaded machine runs the test, no refill turns the 429
+    # below into an "ok".
+    srv = server_factory(command_rate=0.1, command_burst=5)
     client = await RawClient.connected(srv.ws_url)
     await client.send(*({"id": 10 + i, "op": "presence_stats", "room": "chat:x"} for i in range(5)))
     assert all(["ok" in await client.reply(10 + i) for i in range(5)])
@@ -216,7 +225,7 @@ async def test_command_flood_gets_429_then_closes_4029(server_factory: ServerFac
 async def test_a_pipelined_publish_burst_closed_4029_publishes_nothing_after_the_limit(
     server_factory: ServerFactory,
 ) -> None:
-    srv = server_factory(command_rate=1, command_burst=5)
+    srv = server_factory(command_rate=0.1, command_burst=5)  # a token every 10 s: no refill to speak of
     client = await RawClient.connected(srv.ws_url)
     assert "ok" in await client.call("join", room="chat:flood")  # one token spent: 4 left
     await client.send(*({"id": 100 + i, "op": "publish", "room": "chat:flood", "data": i} for i in range(30)))
@@ -263,7 +272,7 @@ async def test_slow_consumer_is_closed_4008_and_others_are_unaffected(server_fac
     async def read_fast() -> None:
         nonlocal received
         while received < 2000:
-            if (await fast.recv(10)).get("push") == "pub":
+            if (await fast.recv()).get("push") == "pub":
                 received += 1
 
     reader = asyncio.create_task(read_fast())
@@ -271,9 +280,9 @@ async def test_slow_consumer_is_closed_4008_and_others_are_unaffected(server_fac
         for i in range(2000):
             response = await http.post(srv.http_url + "/api/publish", json={"room": "chat:firehose", "data": payload})
             assert response.status_code == 200, i
-    await asyncio.wait_for(reader, 20)
+    await asyncio.wait_for(reader, WAIT)
     assert received == 2000
-    closed = await slow.closed(10)
+    closed = await slow.closed()
     assert closed.code in (4008, 1006)  # 1006 if the server had to abort a transport that never drained
     metrics = httpx.get(srv.http_url + "/metrics").text
     assert "hubbub_slow_consumer_disconnects_total" in metrics
@@ -294,8 +303,8 @@ async def test_slow_consumer_that_resumes_reading_sees_4008(server_factory: Serv
                 for i in range(25)
             )
         )
-    await publisher.reply(1000 + 150 * 25 - 1, timeout=20)
-    await assert_closed(slow, 4008, timeout=10)
+    await publisher.reply(1000 + 150 * 25 - 1)
+    await assert_closed(slow, 4008)
     assert slow.disconnect is not None and slow.disconnect["reconnect"] is True
     await publisher.close()
 
@@ -312,23 +321,31 @@ def _metric(text: str, name: str, labels: str = "") -> float:
 
 async def test_token_expiry_without_refresh_closes_4009(server: ServerProcess) -> None:
     client = await RawClient.connected(server.ws_url, token=token("short", ttl=1))
-    await assert_closed(client, 4009, timeout=4)
+    await assert_closed(client, 4009, timeout=TIMED_CLOSE)
     assert client.disconnect is not None and client.disconnect["reconnect"] is True
 
 
 async def test_refresh_before_expiry_keeps_the_connection(server: ServerProcess) -> None:
-    client = await RawClient.connected(server.ws_url, token=token("short", ttl=1))
+    # `exp` is whole seconds: a 1 s token may have only milliseconds left, too few to refresh in on a
+    # loaded machine. This one has 2 to 3 s.
+    issued = time.time()
+    expires = int(issued + 3)
+    client = await RawClient.connected(server.ws_url, token=token("short", ttl=3, now=issued))
     assert "ok" in await client.call("refresh", token=token("short", ttl=60))
-    await asyncio.sleep(1.5)
+    # The subject is the passing of time: the connection outlives the first token's expiry.
+    await asyncio.sleep(max(0.0, expires - time.time()) + 0.5)
     assert "ok" in await client.call("presence_stats", room="chat:x")
     await client.close()
 
 
 async def test_unanswered_pings_close_4010_and_answered_pings_keep_alive(server_factory: ServerFactory) -> None:
-    srv = server_factory(ping_interval=0.5, pong_timeout=0.3)
+    # A pong must reach the server within pong_timeout of its ping: 1.5 s leaves room for a test process
+    # that a loaded machine did not schedule for a while (0.3 s did not), and the close still comes well
+    # before the defaults' 35 s.
+    srv = server_factory(ping_interval=0.5, pong_timeout=1.5)
     silent = await RawClient.connected(srv.ws_url, "silent")
     assert (await silent.recv())["push"] == "ping"
-    await assert_closed(silent, 4010, timeout=3)
+    await assert_closed(silent, 4010, timeout=TIMED_CLOSE)
     polite = await RawClient.connected(srv.ws_url, "polite")
     for _ in range(4):
         await polite.push("ping")  # waits for the next ping; `push` answers the others
@@ -350,8 +367,7 @@ async def test_node_full_closes_1013_and_readyz_reports_503(server_factory: Serv
     third = await RawClient.open(srv.ws_url)
     await assert_closed(third, 1013)
     await second.close()
-    await asyncio.sleep(0.2)
-    assert httpx.get(srv.http_url + "/readyz").status_code == 200
+    await until(lambda: httpx.get(srv.http_url + "/readyz").status_code == 200, what="/readyz 200 with a slot free")
     await first.close()
 
 

@@ -9,6 +9,7 @@ inside the history window recovered.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 import uuid
@@ -17,9 +18,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from hubbub.client import Client, Rejoin
+from hubbub.client import Client, Disconnect, Rejoin
 from hubbub.client.models import Publication
 from tests.support.nginx import Nginx
+from tests.support.polling import until
 from tests.support.redis_server import RedisServer
 from tests.support.server import API_KEY
 from tests.support.wsclient import token
@@ -37,6 +39,7 @@ class Member:
         self.room = room
         self.offsets: list[int] = []
         self.rejoins: list[Rejoin] = []
+        self.disconnects: list[Disconnect] = []
         self.drained_at: list[float] = []
         user = f"fleet-{index}"
 
@@ -44,7 +47,12 @@ class Member:
             return token(user)
 
         self.client = Client(f"{url}?sid={index}", token=fresh, **FAST)  # type: ignore[arg-type]
-        self.client.on_disconnect(lambda d: self.drained_at.append(time.monotonic()) if d.code == 1012 else None)
+        self.client.on_disconnect(self._disconnected)
+
+    def _disconnected(self, disconnect: Disconnect) -> None:
+        self.disconnects.append(disconnect)
+        if disconnect.code == 1012:
+            self.drained_at.append(time.monotonic())
 
     async def start(self) -> None:
         await self.client.connect()
@@ -107,18 +115,23 @@ async def test_fleet_behind_nginx_loses_nothing_through_kill_subscriber_loss_and
         def complete() -> bool:
             return all(m.offsets[-1:] == [newest[m.room]] for m in members)
 
-        deadline = time.monotonic() + 30
-        while not complete() and time.monotonic() < deadline:
-            await asyncio.sleep(0.2)
+        with contextlib.suppress(AssertionError):  # judged just below, where the record says what went wrong
+            await until(complete, interval=0.2, what="every member to hold its room's newest publication")
         behind = [(m.room, m.offsets[-3:], newest[m.room]) for m in members if m.offsets[-1:] != [newest[m.room]]]
         assert not behind, behind[:5]
         for m in members:
             assert m.offsets == list(range(1, newest[m.room] + 1)), (m.room, m.rejoins)
             assert all(r.recovered for r in m.rejoins), m.rejoins
-        assert sum(len(m.rejoins) for m in members) >= CLIENTS // 3  # the killed and drained nodes' clients
-        # The drained node's clients were let go evenly over drain_period (2 s after a 0.5 s delay), not at once.
-        drained = sorted(t - drain_started for m in members for t in m.drained_at)
-        assert len(drained) >= CLIENTS // 6, len(drained)
+            # A member that lost its connection (the killed node's) or was let go (the drained node's) re-joined.
+            # How many members each node had depends on where nginx's hash put their sids.
+            assert m.rejoins or not m.disconnects, m.disconnects
+        killed = [m for m in members if any(d.code is None for d in m.disconnects)]
+        # When each member of the drained node was let go (later 1012s refused its reconnects to that node).
+        drained = sorted(m.drained_at[0] - drain_started for m in members if m.drained_at)
+        print(f"{len(killed)} members lost their node, {len(drained)} were drained")
+        assert len(killed) >= CLIENTS // 10, "the SIGKILLed node had almost no members"
+        assert len(drained) >= CLIENTS // 10, "the drained node had almost no members"
+        # They were let go evenly over drain_period (2 s after a 0.5 s delay), not at once.
         assert drained[0] >= 0.4 and drained[-1] - drained[0] >= 1.2, (drained[0], drained[-1])
     finally:
         await asyncio.gather(*(m.client.close() for m in members), return_exceptions=True)

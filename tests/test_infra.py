@@ -50,7 +50,7 @@ def no_leaked_processes() -> Iterator[None]:
     """Set up first, torn down last: every process started by the test (and its fixtures) is gone."""
     before = _live_children()
     yield
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 15
     while (leaked := _live_children() - before) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not leaked, f"processes left running: {[psutil.Process(pid).cmdline() for pid in leaked]}"
@@ -176,7 +176,7 @@ async def test_client_kill_disconnects_named_clients_and_they_notice(redis_facto
     pubsub = subscriber.pubsub()
     try:
         await pubsub.subscribe("room")
-        assert (await pubsub.get_message(timeout=1))["type"] == "subscribe"
+        assert (await pubsub.get_message(timeout=10))["type"] == "subscribe"
         assert await commander.ping() is True
         assert await bystander.ping() is True
         assert sorted(server.client_names()) == ["hubbub-node-a", "hubbub-node-b", "other-client"]
@@ -184,7 +184,7 @@ async def test_client_kill_disconnects_named_clients_and_they_notice(redis_facto
         assert server.client_kill("hubbub-") == 2
 
         with pytest.raises(redis.ConnectionError):  # a subscriber notices without sending anything
-            await asyncio.wait_for(pubsub.get_message(timeout=2), 5)
+            await asyncio.wait_for(pubsub.get_message(timeout=10), 15)
         with pytest.raises(redis.ConnectionError):
             await commander.ping()
         assert await bystander.ping() is True
@@ -247,7 +247,7 @@ async def test_sentinel_failover_promotes_the_replica_and_clients_follow(sentine
         assert group.master.role() == "master"
         assert await sentinel.discover_master(group.service) == new_master
         # The same client object reconnects through the sentinels to the promoted replica.
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 30
         while True:
             try:
                 await client.set("after", "2")

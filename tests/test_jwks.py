@@ -20,8 +20,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
+from hubbub import jwks
 from hubbub.auth import AuthError
 from hubbub.jwks import Authenticator, JwksCache
+from tests.support.polling import until
 
 KEY_1 = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 KEY_2 = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -113,11 +115,25 @@ def unused_port() -> int:
     return port
 
 
-async def wait_for(condition: Callable[[], bool], timeout: float = 2.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
+class Clock:
+    """The monotonic clock hubbub.jwks reads, moved by the test: refresh and refetch intervals are crossed
+    exactly when the test says, however slowly a loaded machine runs the steps in between."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(jwks, "time", fake)  # hubbub.jwks's own reference only; asyncio keeps the real clock
+    return fake
 
 
 async def test_keys_are_fetched_once_and_cached(idp: FakeIdp, make_authenticator: AuthFactory) -> None:
@@ -140,14 +156,14 @@ async def test_concurrent_first_authentications_share_one_fetch(idp: FakeIdp, ma
 
 
 async def test_rotated_key_is_accepted_after_an_automatic_refetch(
-    idp: FakeIdp, make_authenticator: AuthFactory
+    idp: FakeIdp, make_authenticator: AuthFactory, clock: Clock
 ) -> None:
     idp.publish(k1=KEY_1)
     auth = make_authenticator(jwks_url=idp.url)
     assert (await auth.authenticate(token(KEY_1, "k1"))).user == "alice"
 
     idp.publish(k2=KEY_2)  # the IdP rotates: new kid, old key withdrawn
-    await asyncio.sleep(0.25)  # past min_refetch_interval since the first fetch
+    clock.advance(0.25)  # past min_refetch_interval since the first fetch
     assert (await auth.authenticate(token(KEY_2, "k2", sub="bob"))).user == "bob"
     assert auth.jwks is not None
     assert auth.jwks.fetch_count == 2
@@ -158,12 +174,12 @@ async def test_rotated_key_is_accepted_after_an_automatic_refetch(
 
 
 async def test_random_unknown_kids_trigger_at_most_one_refetch_per_interval(
-    idp: FakeIdp, make_authenticator: AuthFactory
+    idp: FakeIdp, make_authenticator: AuthFactory, clock: Clock
 ) -> None:
     idp.publish(k1=KEY_1)
     auth = make_authenticator(jwks_url=idp.url, jwks_min_refetch_interval=0.5)
     await auth.authenticate(token(KEY_1, "k1"))
-    await asyncio.sleep(0.55)
+    clock.advance(0.55)
 
     async def spam(tokens: list[str]) -> None:
         for forged in tokens:
@@ -171,13 +187,14 @@ async def test_random_unknown_kids_trigger_at_most_one_refetch_per_interval(
                 await auth.authenticate(forged)
             assert caught.value.reason == "unknown_key"
 
-    def random_kid_tokens() -> list[str]:  # minted up front so the burst fits well inside the interval
+    def random_kid_tokens() -> list[str]:
         return [token(KEY_1, uuid.uuid4().hex) for _ in range(30)]
 
+    # The whole burst inside one interval (the clock stands still), however long it takes to run.
     await asyncio.gather(*(spam(random_kid_tokens()) for _ in range(3)))
     assert idp.requests == 2  # the initial fetch plus exactly one refetch for the whole burst
 
-    await asyncio.sleep(0.55)
+    clock.advance(0.55)
     await spam(random_kid_tokens())
     assert idp.requests == 3
     assert (await auth.authenticate(token(KEY_1, "k1"))).user == "alice"
@@ -194,19 +211,25 @@ async def test_random_unknown_kids_trigger_at_most_one_refetch_per_interval(
     ],
 )
 async def test_idp_failures_keep_serving_the_last_good_keys(
-    idp: FakeIdp, make_authenticator: AuthFactory, caplog: pytest.LogCaptureFixture, status: int, body: bytes
+    idp: FakeIdp,
+    make_authenticator: AuthFactory,
+    caplog: pytest.LogCaptureFixture,
+    clock: Clock,
+    status: int,
+    body: bytes,
 ) -> None:
     idp.publish(k1=KEY_1)
     auth = make_authenticator(jwks_url=idp.url, jwks_refresh_interval=0.1, jwks_min_refetch_interval=0.1)
     assert (await auth.authenticate(token(KEY_1, "k1"))).user == "alice"
 
     idp.respond(status, body)
-    await asyncio.sleep(0.15)
+    clock.advance(0.15)
     with caplog.at_level(logging.WARNING, logger="hubbub.auth"):
         assert (await auth.authenticate(token(KEY_1, "k1"))).user == "alice"  # starts a background refresh
-        await wait_for(lambda: idp.requests == 2 and "keeping the previous keys" in caplog.text)
+        await until(lambda: idp.requests == 2 and "keeping the previous keys" in caplog.text, what="the failed refresh")
+        # Within min_refetch_interval of that attempt: served from the cache, no new fetch.
         assert (await auth.authenticate(token(KEY_1, "k1"))).user == "alice"
-        await asyncio.sleep(0.15)
+        clock.advance(0.15)
         with pytest.raises(AuthError) as caught:  # an unknown kid forces a foreground refetch, which fails too
             await auth.authenticate(token(KEY_2, "k2"))
     assert caught.value.reason == "unknown_key"
@@ -216,21 +239,23 @@ async def test_idp_failures_keep_serving_the_last_good_keys(
 
 
 async def test_keys_are_refreshed_in_the_background_after_the_refresh_interval(
-    idp: FakeIdp, make_authenticator: AuthFactory
+    idp: FakeIdp, make_authenticator: AuthFactory, clock: Clock
 ) -> None:
     idp.publish(k1=KEY_1)
     auth = make_authenticator(jwks_url=idp.url, jwks_refresh_interval=0.1, jwks_min_refetch_interval=0.05)
-    assert auth.jwks is not None
+    jwks_cache = auth.jwks
+    assert jwks_cache is not None
     await auth.authenticate(token(KEY_1, "k1"))
     idp.publish(k1=KEY_1, k2=KEY_2)
-    await asyncio.sleep(0.15)
+    clock.advance(0.15)
     assert (await auth.authenticate(token(KEY_1, "k1"))).user == "alice"  # served from cache while refreshing
-    deadline = time.monotonic() + 2
-    while "k2" not in await auth.jwks.keys():
-        assert time.monotonic() < deadline, "background refresh did not pick up k2"
-        await asyncio.sleep(0.01)
+
+    async def refreshed() -> bool:
+        return "k2" in await jwks_cache.keys()
+
+    await until(refreshed, what="the background refresh to pick up k2")
     assert (await auth.authenticate(token(KEY_2, "k2", sub="bob"))).user == "bob"
-    assert auth.jwks.fetch_count == 2  # k2 came from the periodic refresh, not from an unknown-kid refetch
+    assert jwks_cache.fetch_count == 2  # k2 came from the periodic refresh, not from an unknown-kid refetch
 
 
 async def test_idp_down_from_the_start_is_unknown_key(make_authenticator: AuthFactory) -> None:
@@ -244,14 +269,14 @@ async def test_idp_down_from_the_start_is_unknown_key(make_authenticator: AuthFa
 
 
 async def test_idp_recovering_after_a_failed_first_fetch_serves_keys(
-    idp: FakeIdp, make_authenticator: AuthFactory
+    idp: FakeIdp, make_authenticator: AuthFactory, clock: Clock
 ) -> None:
     idp.respond(503, b"starting up")
     auth = make_authenticator(jwks_url=idp.url, jwks_min_refetch_interval=0.1)
     with pytest.raises(AuthError):
         await auth.authenticate(token(KEY_1, "k1"))
     idp.publish(k1=KEY_1)
-    await asyncio.sleep(0.15)
+    clock.advance(0.15)
     assert (await auth.authenticate(token(KEY_1, "k1"))).user == "alice"
 
 

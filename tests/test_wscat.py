@@ -24,7 +24,9 @@ from tests.support.server import ServerProcess
 from tests.support.wsclient import token
 
 WSCAT = Path(__file__).resolve().parents[1] / "node_modules" / ".bin" / "wscat"
-TIMEOUT = 10.0
+#: Seconds any one wait may take (only a failing test waits this long: node and wscat start slowly on a
+#: loaded machine).
+TIMEOUT = 30.0
 #: Terminal control sequences wscat and readline write around every line in a terminal.
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 

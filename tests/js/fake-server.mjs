@@ -34,8 +34,9 @@ const TERMINAL = [1000, 1003, 1009, 4000, 4001, 4003, 4004];
 
 export const tick = (ms = 0) => new Promise((resolve) => setTimeout(resolve, ms));
 
-/** Polls `predicate` until it returns something truthy (returned), failing after `timeout` ms. */
-export async function until(predicate, timeout = 2000, what = String(predicate)) {
+/** Polls `predicate` until it returns something truthy (returned), failing after `timeout` ms (a bound for
+ * a failure only: a busy machine may take a while). */
+export async function until(predicate, timeout = 10000, what = String(predicate)) {
   const deadline = performance.now() + timeout;
   for (;;) {
     const value = predicate();

@@ -222,7 +222,7 @@ test("close() while waiting to reconnect stops at once", async () => {
   await client.once("state", { filter: (s) => s === "reconnecting" });
   const started = performance.now();
   await client.close();
-  assert.ok(performance.now() - started < 100);
+  assert.ok(performance.now() - started < 1000); // not after the 5 s backoff (room for a busy machine)
   assert.equal(server.sockets.length, 1);
   await assertNoTimers();
 });

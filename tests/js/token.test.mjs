@@ -26,12 +26,13 @@ test("the token is refreshed a margin before it expires, with a fresh one from t
   const socket = server.socket;
   const refresh = await socket.take("refresh");
   const waited = performance.now() - start;
-  assert.ok(waited >= 490 && waited < 800, `refreshed after ${waited} ms`);
+  // Not before the margin; the upper bound (room for a busy machine) is still well before the expiry at 1.5 s.
+  assert.ok(waited >= 490 && waited < 1000, `refreshed after ${waited} ms`);
   assert.deepEqual(refresh, { id: refresh.id, op: "refresh", token: "t2" });
   socket.reply(refresh, { expires_in: 1.2 }); // the next one 0.2 s later
   const second = await socket.take("refresh");
   const between = performance.now() - start - waited;
-  assert.ok(between >= 190 && between < 500, `second refresh after ${between} ms`);
+  assert.ok(between >= 190 && between < 800, `second refresh after ${between} ms`); // expiry: 1.2 s
   assert.equal(second.token, "t3");
   socket.reply(second, { expires_in: null }); // a token without expiry: nothing more to do
   await tick(20);

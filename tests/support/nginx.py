@@ -259,14 +259,20 @@ http {{
             if time.monotonic() >= deadline:
                 raise NginxError(f"nginx did not switch workers within {timeout:g}s of SIGHUP\n{self.log()}")
             time.sleep(0.05)
-        time.sleep(0.05)  # the old workers log before they close their listeners
 
     def _retired(self, workers: set[int]) -> bool:
-        """Every one of `workers` has exited or has closed its listener (it logs "gracefully
-        shutting down" when the master tells it to), so new connections reach new workers only."""
-        log = tail(self.error_log, 400)
-        live = set(self.worker_pids())
-        return all(pid not in live or f"{pid}#{pid}: gracefully shutting down" in log for pid in workers)
+        """Every one of `workers` has exited or closed its listening socket, so new connections reach new
+        workers only. (Its "gracefully shutting down" log line comes before it closes the socket: on a
+        loaded machine an old worker can still accept connections for a while after it.)"""
+        return not any(self._listening(pid) for pid in workers)
+
+    def _listening(self, pid: int) -> bool:
+        """Whether process `pid` holds a socket listening on this nginx's port."""
+        try:
+            sockets = psutil.Process(pid).net_connections(kind="tcp")
+        except psutil.Error:  # gone (or a zombie): it accepts nothing
+            return False
+        return any(s.status == psutil.CONN_LISTEN and s.laddr and s.laddr.port == self._port for s in sockets)
 
     def stop(self) -> None:
         """SIGQUIT (graceful, bounded by `worker_shutdown_timeout 2s`), SIGKILL the whole process

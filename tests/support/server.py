@@ -42,16 +42,26 @@ def server_config(**overrides: Any) -> dict[str, Any]:
     return config
 
 
+class PortTaken(RuntimeError):
+    """The server could not bind its port: something else took it after it was found free."""
+
+
 class ServerProcess:
     """`python -m hubbub serve` in a subprocess, with its config written to `workdir`."""
 
     def __init__(self, workdir: Path, config: dict[str, Any] | None = None, *, port: int | None = None) -> None:
         self.workdir = workdir
         self.config = config if config is not None else server_config()
-        self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = workdir / f"server-{self.port}.log"
-        self.config_path = workdir / f"config-{self.port}.json"
+        #: Whether start() may move to another port when this one is taken before the server binds it.
+        self._port_chosen_here = port is None
+        self._started = False
+        self._use_port(port or free_port())
+
+    def _use_port(self, port: int) -> None:
+        self.port = port
+        self.log_path = self.workdir / f"server-{port}.log"
+        self.config_path = self.workdir / f"config-{port}.json"
 
     @property
     def http_url(self) -> str:
@@ -61,8 +71,25 @@ class ServerProcess:
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ws"
 
-    def start(self, timeout: float = 20.0) -> ServerProcess:
+    def start(self, timeout: float = 30.0) -> ServerProcess:
+        """Start the server and wait until `/healthz` answers.
+
+        A free port is only free when it is probed: another process on the machine (any outgoing connection
+        takes a port from the same range) can bind it before this server does. Then the first start moves to
+        another port; a restart keeps its port, which its clients reconnect to.
+        """
+        for _attempt in range(5):
+            try:
+                return self._start_once(timeout)
+            except PortTaken:
+                if self._started or not self._port_chosen_here:
+                    raise
+                self._use_port(free_port())
+        raise RuntimeError(f"no free port found for the server in 5 attempts:\n{self.log()}")
+
+    def _start_once(self, timeout: float) -> ServerProcess:
         self.config_path.write_text(json.dumps(self.config))
+        log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         env = {k: v for k, v in os.environ.items() if not k.startswith("HUBBUB_")}
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
@@ -76,13 +103,17 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                if "address already in use" in self.log()[log_start:]:
+                    raise PortTaken(self.port)
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                if httpx.get(self.http_url + "/healthz", timeout=0.5).status_code == 200:
+                if httpx.get(self.http_url + "/healthz", timeout=2).status_code == 200:
+                    self._started = True
                     return self
             except httpx.HTTPError:
                 pass
             time.sleep(0.05)
+        self.kill()  # nobody else would: the caller gets no server to stop
         raise RuntimeError(f"server did not become healthy in {timeout}s:\n{self.log()}")
 
     def log(self) -> str:

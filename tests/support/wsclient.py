@@ -13,6 +13,10 @@ from websockets.exceptions import ConnectionClosed
 from hubbub.auth import mint_token
 from tests.support.server import SECRET
 
+#: Seconds to wait for an expected frame or close by default. Only a failing test waits this long, so it
+#: leaves room for a loaded machine; a test whose subject is a time bound passes its own timeout.
+WAIT = 20.0
+
 
 def token(sub: str = "alice", *, rooms: tuple[str, ...] = ("*",), publish: tuple[str, ...] = ("*",), **kw: Any) -> str:
     return mint_token(SECRET, sub=sub, rooms=rooms, publish=publish, **kw)
@@ -26,6 +30,10 @@ class Closed(Exception):
 
 
 class RawClient:
+    #: Every client opened and not yet closed by the test: `close_leftovers()` closes them when a test ends,
+    #: so one that fails half-way leaves no socket to warn about in a later test.
+    opened: set[RawClient] = set()
+
     def __init__(self, ws: ClientConnection) -> None:
         self.ws = ws
         self.inbox: deque[dict[str, Any]] = deque()
@@ -36,8 +44,10 @@ class RawClient:
     @classmethod
     async def open(cls, url: str, **kwargs: Any) -> RawClient:
         kwargs.setdefault("max_size", None)
-        kwargs.setdefault("open_timeout", 5)
-        return cls(await connect(url, **kwargs))
+        kwargs.setdefault("open_timeout", WAIT)
+        client = cls(await connect(url, **kwargs))
+        cls.opened.add(client)
+        return client
 
     @classmethod
     async def connected(
@@ -59,7 +69,7 @@ class RawClient:
     async def send_raw(self, data: str | bytes) -> None:
         await self.ws.send(data)
 
-    async def recv(self, timeout: float = 5.0) -> dict[str, Any]:
+    async def recv(self, timeout: float = WAIT) -> dict[str, Any]:
         while not self.inbox:
             try:
                 frame = await asyncio.wait_for(self.ws.recv(), timeout)
@@ -80,7 +90,7 @@ class RawClient:
         await self.send({"id": command_id, "op": op, **params})
         return await self.reply(command_id)
 
-    async def reply(self, command_id: int, timeout: float = 5.0) -> dict[str, Any]:
+    async def reply(self, command_id: int, timeout: float = WAIT) -> dict[str, Any]:
         held: list[dict[str, Any]] = []
         try:
             while True:
@@ -91,7 +101,7 @@ class RawClient:
         finally:
             self.inbox.extendleft(reversed(held))
 
-    async def push(self, kind: str, timeout: float = 5.0) -> dict[str, Any]:
+    async def push(self, kind: str, timeout: float = WAIT) -> dict[str, Any]:
         """The next push of `kind`, skipping pings (answered) and dropping nothing else silently."""
         while True:
             obj = await self.recv(timeout)
@@ -102,7 +112,7 @@ class RawClient:
                 return obj
             raise AssertionError(f"expected a {kind} push, got {obj}")
 
-    async def closed(self, timeout: float = 5.0) -> Closed:
+    async def closed(self, timeout: float = WAIT) -> Closed:
         """Wait for the server to close; returns the close code and the disconnect push seen."""
         try:
             while True:
@@ -112,6 +122,16 @@ class RawClient:
 
     async def close(self) -> None:
         await self.ws.close()
+        RawClient.opened.discard(self)
+
+    @classmethod
+    async def close_leftovers(cls) -> None:
+        """Drop every client a test left open (its peer may be gone: no closing handshake) and wait until
+        their sockets are closed."""
+        leftovers, cls.opened = list(cls.opened), set()
+        for client in leftovers:
+            client.ws.transport.abort()
+        await asyncio.gather(*(client.ws.wait_closed() for client in leftovers))
 
 
 async def publish_burst(url: str, name: str) -> None:

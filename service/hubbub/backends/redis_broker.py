@@ -194,6 +194,8 @@ class RedisEngine:
         self._handler: BrokerEventHandler | None = None
         self._subscriber_up = False
         self._commands_up = True
+        #: Why Redis is unreachable, as last logged (None while it is reachable).
+        self._down_reason: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._reconnected = asyncio.Event()
 
@@ -254,10 +256,14 @@ class RedisEngine:
                 if not self._commands_up:
                     log.warning("redis reachable again")
                 self._commands_up = True
+                self._down_reason = None
             except (TimeoutError, RedisError, OSError) as exc:
-                if self._commands_up:
+                # Once per outage, and again when the reason changes: a first attempt that merely timed out
+                # (a slow start) must not hide the cause an operator has to fix (a certificate, a password).
+                if self._commands_up or str(exc) != self._down_reason:
                     log.warning("redis unreachable: %s", exc)
                 self._commands_up = False
+                self._down_reason = str(exc)
             await asyncio.sleep(1.0)
 
     # --- Broker -----------------------------------------------------------------------------------
