@@ -40,7 +40,7 @@ from redis.retry import Retry
 
 from hubbub.backends import create_backends
 from hubbub.backends.redis_pool import POOL_SIZE
-from hubbub.settings import load_settings
+from hubbub.loader import load_settings
 from tests.support.polling import until
 from tests.support.receiver import CloseSeen, Event, JoinReply, PubPush, Receiver
 from tests.support.redis_server import REDIS_SERVER, RedisServer, SentinelGroup
