@@ -1,11 +1,11 @@
-"""Helpers for the hubbub.client tests (no tests here): fast client settings, waiting, event recording,
-and a TCP relay that can black-hole or cut the connection between a client and a real server."""
+"""Helpers for the hubbub.client tests (no tests here): fast client settings, event recording, and a TCP
+relay that can black-hole or cut the connection between a client and a real server. Waiting on a condition:
+`tests.support.polling.until`."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -14,8 +14,10 @@ from hubbub.client import Client, ConnectError, ConnectionState, Disconnect, Pre
 from hubbub.client.room import Room, RoomEvent
 from tests.support.wsclient import token
 
-#: Reconnect quickly in tests; the schedule itself is unit-tested with the defaults.
-FAST: dict[str, Any] = {"backoff_base": 0.05, "backoff_cap": 0.3, "drain_jitter": 0.1}
+#: Reconnect quickly in tests; the schedule itself is unit-tested with the defaults. The command timeout
+#: counts the wait for a connection, which on a loaded machine may include a server's restart (several
+#: seconds): generous, as it only bounds a failure. A test of the timeout sets its own.
+FAST: dict[str, Any] = {"backoff_base": 0.05, "backoff_cap": 0.3, "drain_jitter": 0.1, "command_timeout": 30.0}
 
 
 def http_answer(status: int, body: str) -> bytes:
@@ -41,16 +43,9 @@ def client_for(url: str, user: str | None = None, **options: Any) -> Client:
     return Client(url, **{**FAST, **options})
 
 
-async def until(predicate: Callable[[], object], timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
-async def take(room: Room, count: int, timeout: float = 5.0) -> list[RoomEvent]:
-    """The next `count` events of a room (publications, re-joins, presence), in order."""
+async def take(room: Room, count: int, timeout: float = 20.0) -> list[RoomEvent]:
+    """The next `count` events of a room (publications, re-joins, presence), in order. The timeout only
+    bounds a failure."""
     events: list[RoomEvent] = []
 
     async def collect() -> None:
