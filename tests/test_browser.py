@@ -714,15 +714,6 @@ def cross_origin(browser: Browser, app: AppOrigin, proc: ServerProcess) -> dict[
         page.close()
 
 
-def wait_for_log(proc: ServerProcess, text: str, timeout: float = 30.0) -> str:
-    deadline = time.monotonic() + timeout
-    while text not in (log := proc.log()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{text!r} not in the server log:\n{log[-3000:]}")
-        time.sleep(0.05)
-    return log
-
-
 def test_a_page_of_an_allowed_origin_imports_hubbub_js_and_chats(browser: Browser, tmp_path: Path) -> None:
     with AppOrigin() as app:
         proc = ServerProcess(tmp_path, server_config(allowed_origins=[app.url])).start()
@@ -742,7 +733,7 @@ def test_a_page_of_another_origin_is_refused_and_the_log_says_which_setting_to_c
             outcome = cross_origin(browser, app, proc)
             assert outcome["step"] == "import", outcome
             wanted = f"""HUBBUB_ALLOWED_ORIGINS='["https://app.example.com", "{app.url}"]'"""
-            log = wait_for_log(proc, f'refused /hubbub.js from origin "{app.url}"')
+            log = proc.wait_for_log(f'refused /hubbub.js from origin "{app.url}"')
             assert wanted in log
             # The WebSocket on its own is refused too (the browser sees only a failed handshake). From a
             # third origin: an origin is logged once a minute, whatever it was refused.
@@ -750,7 +741,7 @@ def test_a_page_of_another_origin_is_refused_and_the_log_says_which_setting_to_c
                 page = browser.open(third.url + "/")
                 assert page.evaluate(BARE_WEBSOCKET, ws_url(proc.http_url)) == {"opened": False, "code": 1006}
                 page.close()
-                log = wait_for_log(proc, f'refused a WebSocket from origin "{third.url}"')
+                log = proc.wait_for_log(f'refused a WebSocket from origin "{third.url}"')
             line = next(line for line in log.splitlines() if "refused a WebSocket" in line)
             assert "WARNING" in line and f'add "{third.url}" to allowed_origins' in line
         finally:

@@ -237,16 +237,6 @@ async def test_status_api_reports_totals_rates_and_recent_disconnects(server_fac
 APP_ORIGIN = "http://localhost:3000"
 
 
-def wait_for_log(proc: ServerProcess, text: str, timeout: float = 30.0) -> str:
-    """The server log once it holds `text` (the log is written by another process)."""
-    deadline = time.monotonic() + timeout
-    while text not in (log := proc.log()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{text!r} not in the server log:\n{log[-3000:]}")
-        time.sleep(0.05)
-    return log
-
-
 @pytest.fixture
 def cors_server(server_factory: ServerFactory) -> ServerProcess:
     return server_factory(allowed_origins=["https://*.example.com", APP_ORIGIN])
@@ -277,7 +267,7 @@ def test_client_library_grants_nothing_to_other_origins_and_logs_them_once(cors_
         assert refused.status_code == 200  # the file is public; the browser withholds it without the grant
         assert "access-control-allow-origin" not in refused.headers and refused.headers["vary"] == "Origin"
     get(cors_server, "/hubbub.js", origin="https://example.com.evil.test")
-    log = wait_for_log(cors_server, '"https://example.com.evil.test"')
+    log = cors_server.wait_for_log('"https://example.com.evil.test"')
     lines = [line for line in log.splitlines() if "localhost:3001" in line]
     assert len(lines) == 1, lines
     assert "WARNING" in lines[0] and "/hubbub.js" in lines[0]
