@@ -258,6 +258,30 @@ def test_tampered_signature_is_rejected(alg: str, key: str | PrivateKey) -> None
     assert rejected(f"{head}.{body}.", keys) == "bad_signature"
 
 
+@pytest.mark.parametrize(("alg", "key"), [("HS256", SECRET), ("RS256", RSA_KEY), ("ES256", EC_KEY), ("EdDSA", ED_KEY)])
+def test_a_token_spelled_with_base64_padding_or_the_standard_alphabet_is_malformed(
+    alg: str, key: str | PrivateKey
+) -> None:
+    # The same signature in another spelling: a deny-list or cache keyed on the token string would miss it.
+    keys = KeySet.from_config(hmac_secret=SECRET, public_key_pem=RSA_PEM + public_pem(EC_KEY) + public_pem(ED_KEY))
+    token = sign(claims(), key, alg)
+    assert verify_token(token, keys, now=NOW).user == "alice"
+    head, body, sig = token.split(".")
+    raw_sig = base64.urlsafe_b64decode(sig + "=" * (-len(sig) % 4))
+    padded_sig = base64.urlsafe_b64encode(raw_sig).decode()
+    assert padded_sig.endswith("="), "every algorithm's signature length here needs padding"
+    standard_body = base64.b64encode(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))).decode().rstrip("=")
+    for spelling in (
+        f"{head}.{body}.{padded_sig}",
+        f"{head}.{body}.{padded_sig.rstrip('=')}=",
+        f"{head}.{body}=.{sig}" if len(body) % 4 else f"{head}.{body}====.{sig}",
+        f"{head}==.{body}.{sig}",
+    ):
+        assert rejected(spelling, keys) == "malformed", spelling
+    if standard_body != body:
+        assert rejected(f"{head}.{standard_body}.{sig}", keys) == "malformed"
+
+
 # --- kid and JWKS keys --------------------------------------------------------------------------------------
 
 

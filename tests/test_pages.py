@@ -153,6 +153,19 @@ def test_demo_token_rejects_bad_names_with_a_reason(demo_server: ServerProcess, 
     assert answer.json()["error"]["reason"]
 
 
+def test_demo_tokens_are_rate_limited_per_address_with_retry_after(server_factory: ServerFactory) -> None:
+    proc = server_factory(demo=True, namespaces=DEMO_NS, demo_tokens_per_minute=3)
+    url = proc.http_url + "/demo/token"
+    answers = [httpx.post(url, json={"name": f"ada{n}"}) for n in range(4)]
+    assert [a.status_code for a in answers] == [200, 200, 200, 429]
+    refused = answers[-1]
+    assert 1 <= int(refused.headers["retry-after"]) <= 20
+    assert "demo_tokens_per_minute" in refused.json()["error"]["reason"]
+    # Another client address (uvicorn trusts X-Forwarded-For from 127.0.0.1, as from a local proxy).
+    other = httpx.post(url, json={"name": "bob"}, headers={"x-forwarded-for": "192.0.2.7"})
+    assert other.status_code == 200 and other.json()["user"] == "bob"
+
+
 def test_demo_token_without_a_signing_secret_is_503_with_the_reason(server_factory: ServerFactory) -> None:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec

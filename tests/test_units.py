@@ -13,7 +13,7 @@ from hubbub.codes import CLOSE_TABLE, TERMINAL_CLOSE_CODES, CloseCode, CommandEr
 from hubbub.connection import _has_pong
 from hubbub.outbox import MAX_BATCH_CHARS, Flusher, Outbox, _batches
 from hubbub.protocol import Publication, StreamPosition
-from hubbub.ratelimit import TokenBucket, Verdict
+from hubbub.ratelimit import AddressLimiter, TokenBucket, Verdict
 from hubbub.session import recover
 from hubbub.settings import NamespaceOptions
 from hubbub.timers import DeadlineHeap, FixedDelayQueue
@@ -201,6 +201,37 @@ def test_token_bucket_refills_at_the_rate() -> None:
     assert bucket.take(0) is Verdict.ALLOW
     assert bucket.take(0.05) is Verdict.REJECT
     assert bucket.take(0.3) is Verdict.ALLOW
+
+
+def test_address_limiter_refuses_past_the_burst_and_says_how_long_to_wait() -> None:
+    limiter = AddressLimiter(rate=0.5, burst=3)
+    assert [limiter.acquire("a", 0) for _ in range(3)] == [0, 0, 0]
+    assert limiter.acquire("a", 0) == pytest.approx(2.0)
+    assert limiter.acquire("b", 0) == 0, "another address has its own share"
+    assert limiter.acquire("a", 1.0) == pytest.approx(1.0)
+    assert limiter.acquire("a", 2.0) == 0
+
+
+def test_address_limiter_does_not_charge_refused_requests() -> None:
+    limiter = AddressLimiter(rate=1, burst=1)
+    assert limiter.acquire("a", 0) == 0
+    for _ in range(100):
+        assert limiter.acquire("a", 0.5) > 0
+    assert limiter.acquire("a", 1.0) == 0, "hammering while refused must not push the next allowed request back"
+
+
+def test_address_limiter_caps_all_addresses_together() -> None:
+    limiter = AddressLimiter(rate=1, burst=2, shared_factor=5)
+    allowed = sum(limiter.acquire(f"10.0.0.{n}", 0) == 0 for n in range(50))
+    assert allowed == 10
+    assert limiter.acquire("10.0.1.1", 0) == pytest.approx(1 / 5)
+
+
+def test_address_limiter_remembers_a_bounded_number_of_addresses() -> None:
+    limiter = AddressLimiter(rate=1000, burst=1, max_addresses=100)
+    for n in range(10_000):
+        limiter.acquire(f"addr-{n}", n)
+    assert len(limiter._buckets) == 100
 
 
 def test_fixed_delay_queue_pops_in_deadline_order() -> None:

@@ -41,6 +41,7 @@ class HubbubApp:
         #: Why start-up failed, in one line (None while it has not).
         self.failure: str | None = None
         self.http = Starlette(routes=api.routes() + pages.routes())
+        self.http.state.demo_tokens = pages.demo_token_limiter(settings)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":

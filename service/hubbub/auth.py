@@ -62,6 +62,10 @@ _JWS: Final = jwt.PyJWS()
 _HMAC_DIGESTS: Final = {"HS256": hashlib.sha256, "HS384": hashlib.sha384, "HS512": hashlib.sha512}
 
 
+#: Header and payload are never empty; the signature may be (a forgery, refused as bad_signature).
+_COMPACT_JWS: Final = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+
+
 def _b64url(segment: str) -> bytes:
     """Strict base64url without padding, as JWS requires (RFC 7515 §2)."""
     if "=" in segment:
@@ -181,6 +185,11 @@ def read_header(token: str) -> tuple[str, str | None]:
         raise AuthError("malformed", f"token is longer than {MAX_TOKEN_LENGTH} characters")
     if token.count(".") != 2 or not token.isascii():
         raise AuthError("malformed", "token is not three dot-separated base64url parts")
+    if _COMPACT_JWS.fullmatch(token) is None:
+        # JWS compact serialization is unpadded base64url (RFC 7515 §2, §7.1). Checked here, for every
+        # algorithm: PyJWT, which verifies RS/ES/EdDSA signatures, tolerates padding, and a token that
+        # verifies in two spellings is a token a cache or a deny-list keyed on the string can miss.
+        raise AuthError("malformed", "token parts must be unpadded base64url (A-Z a-z 0-9 - _)")
     try:
         header = _json_object(_b64url(token.partition(".")[0]))
     except (ValueError, binascii.Error):

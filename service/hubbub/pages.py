@@ -14,7 +14,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import html
+import math
 import re
+import time
 import unicodedata
 from dataclasses import dataclass
 from importlib import resources
@@ -28,7 +30,9 @@ from hubbub import api, rules
 from hubbub.auth import mint_token
 from hubbub.codes import CommandError, ErrorCode
 from hubbub.node import Node
+from hubbub.ratelimit import AddressLimiter
 from hubbub.refusals import REFUSALS
+from hubbub.settings import Settings
 
 MEDIA_TYPES: Final = {
     ".js": "text/javascript; charset=utf-8",
@@ -208,6 +212,15 @@ async def demo_token(request: Request) -> Response:
     secret = settings.effective_jwt_secret()
     if secret is None:
         return api.error_response(503, "the demo needs jwt_secret to sign its tokens")
+    limiter: AddressLimiter = request.app.state.demo_tokens
+    wait = limiter.acquire(request.client.host if request.client else "", time.monotonic())
+    if wait:
+        retry_after = max(1, math.ceil(wait))
+        refused = api.error_response(
+            429, f"too many demo tokens from your address; try again in {retry_after} s (demo_tokens_per_minute)"
+        )
+        refused.headers["retry-after"] = str(retry_after)
+        return refused
     try:
         body = await api.json_body(request, DEMO_BODY_LIMIT)
         api.check_names(body, ("name",), "field")
@@ -227,6 +240,12 @@ async def demo_token(request: Request) -> Response:
         issuer=settings.jwt_issuer,
     )
     return api.json_response({"token": token, "user": name, "expires_in": ttl, "namespace": settings.demo_namespace})
+
+
+def demo_token_limiter(settings: Settings) -> AddressLimiter:
+    """Anyone may ask for a demo token, so each address gets a share: a page load or a reconnect
+    takes one, a refresh every demo_token_ttl another; a script minting tokens in a loop gets 429s."""
+    return AddressLimiter(settings.demo_tokens_per_minute / 60, settings.demo_tokens_per_minute)
 
 
 def routes() -> list[BaseRoute]:

@@ -138,6 +138,15 @@ class Settings(BaseModel):
         "demo", pattern=r"^[A-Za-z0-9_\-.=@]{1,64}$", description="The namespace demo tokens may join and publish to."
     )
     demo_token_ttl: float = Field(300.0, ge=2, le=86400, description="Lifetime of a demo token, seconds.")
+    demo_tokens_per_minute: int = Field(
+        30,
+        ge=1,
+        le=100_000,
+        description=(
+            "Demo tokens one client address may get per minute (all addresses together: ten times that); "
+            "beyond it /demo/token answers 429 with Retry-After."
+        ),
+    )
 
     default_namespace: NamespaceOptions | None = Field(
         None, description="Options for rooms without a `:` (absent: unknown namespace, 404, in production)."
