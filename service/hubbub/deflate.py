@@ -25,7 +25,7 @@ DEFAULT_WINDOW_BITS: Final = 15
 #: zlib cannot compress raw deflate with a 256-byte window (8 bits: it refuses wbits=-8, madler/zlib
 #: issue 171), so an offer limiting hubbub to 8 is declined (§7.1.2.1 lets a server decline what it
 #: does not support), as the Python `websockets` server does. Node's `ws` instead answers 8 and
-#: compresses with 9, which a strict 256-byte inflater would reject.
+#: compresses with 9, which a strict 256-byte inflater could reject.
 MIN_WINDOW_BITS: Final = 9
 #: RFC 7692 §7.1.2: "a decimal integer value without leading zeroes between 8 to 15".
 _WINDOW_BITS_VALUES: Final = {str(bits): bits for bits in range(8, 16)}
