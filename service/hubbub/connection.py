@@ -15,11 +15,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import zlib
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qs
 
-from hubbub import frames, protocol, rules
+from hubbub import deflate, frames, protocol, rules
 from hubbub.auth import AuthError, Principal
 from hubbub.codes import CloseCode
 from hubbub.refusals import REFUSALS
@@ -34,8 +33,6 @@ log = logging.getLogger("hubbub.connection")
 MAX_INBOX: Final = 32
 #: How long a close handshake may take before the socket is dropped.
 CLOSE_TIMEOUT: Final = 5.0
-DEFLATE_OFFER: Final = "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
-_DEFLATE_TAIL: Final = b"\x00\x00\xff\xff"
 
 
 def parse_request(raw: bytes) -> tuple[str, str, dict[str, str]]:
@@ -107,7 +104,8 @@ class WebSocketConnection(asyncio.Protocol):
         self._inbox: collections.deque[str] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._close_timer: asyncio.TimerHandle | None = None
-        self._deflate = False
+        #: The LZ77 window (bits) this connection compresses its messages with; 0: no compression.
+        self._deflate = 0
         #: True while reading is paused because too many commands wait.
         self._held = False
         #: True while the transport's buffer is over its high-water mark.
@@ -224,12 +222,14 @@ class WebSocketConnection(asyncio.Protocol):
         ]
         if protocol.SUBPROTOCOL in offered:
             lines.append(f"sec-websocket-protocol: {protocol.SUBPROTOCOL}")
-        if node.settings.permessage_deflate and "permessage-deflate" in headers.get("sec-websocket-extensions", ""):
-            self._deflate = True
-            lines.append(f"sec-websocket-extensions: {DEFLATE_OFFER}")
+        offers = headers.get("sec-websocket-extensions")
+        agreement = deflate.negotiate(offers) if offers and node.settings.permessage_deflate else None
+        if agreement is not None:
+            self._deflate = agreement.window_bits
+            lines.append(f"sec-websocket-extensions: {agreement.answer}")
         assert self.transport is not None
         self.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode())
-        self._reader = frames.FrameReader(node.settings.max_frame_bytes, allow_compressed=self._deflate)
+        self._reader = frames.FrameReader(node.settings.max_frame_bytes, allow_compressed=agreement is not None)
         session = self.session = Session(node, self, principal=principal)
         node.attach(session)
         if node.closing:
@@ -267,15 +267,7 @@ class WebSocketConnection(asyncio.Protocol):
 
     def _inflate(self, payload: bytes) -> bytes:
         assert self._reader is not None
-        inflater = zlib.decompressobj(wbits=-15)
-        limit = self._reader.max_size
-        try:
-            data = inflater.decompress(payload + _DEFLATE_TAIL, limit + 1)
-        except zlib.error:
-            raise frames.FrameError(frames.INVALID_DATA, "invalid compressed data") from None
-        if len(data) > limit:
-            raise frames.FrameError(frames.TOO_BIG, f"message larger than {limit} bytes")
-        return data
+        return deflate.decompress(payload, self._reader.max_size)
 
     async def _work(self, session: Session) -> None:
         inbox = self._inbox
@@ -339,7 +331,7 @@ class WebSocketConnection(asyncio.Protocol):
         if transport is None or transport.is_closing():
             return
         if self._deflate:
-            transport.writelines([_deflate_frame(text.encode()) for text in texts])
+            transport.writelines([_deflate_frame(text.encode(), self._deflate) for text in texts])
             return
         if len(texts) == 1:
             payload = texts[0].encode()
@@ -386,10 +378,7 @@ def _has_pong(text: str) -> bool:
     return any(len(line) < 64 and '"pong"' in line for line in text.split("\n"))
 
 
-def _deflate_frame(payload: bytes) -> bytes:
-    compressor = zlib.compressobj(wbits=-15)
-    data = compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH)
-    if data.endswith(_DEFLATE_TAIL):
-        data = data[:-4]
+def _deflate_frame(payload: bytes, window_bits: int) -> bytes:
+    data = deflate.compress(payload, window_bits)
     first = 0x80 | 0x40 | frames.TEXT  # FIN, RSV1 (compressed), text
     return bytes((first,)) + frames.header(frames.TEXT, len(data))[1:] + data
