@@ -72,7 +72,10 @@ _PHRASES: Final = {
     401: "Unauthorized",
     403: "Forbidden",
     404: "Not Found",
+    408: "Request Timeout",
+    414: "URI Too Long",
     426: "Upgrade Required",
+    431: "Request Header Fields Too Large",
     503: "Service Unavailable",
 }
 

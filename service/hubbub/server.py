@@ -16,6 +16,7 @@ from hubbub import __version__
 from hubbub.app import HubbubApp
 from hubbub.codes import CloseCode
 from hubbub.connection import WebSocketConnection
+from hubbub.gate import Gate
 from hubbub.node import Node
 from hubbub.preflight import Preflight
 from hubbub.settings import Settings
@@ -82,6 +83,9 @@ def uvicorn_config(app: HubbubApp, settings: Settings) -> uvicorn.Config:
         log_config=None,
         log_level="warning" if settings.log_level == "info" else settings.log_level,
         access_log=False,
+        # uvicorn's httptools protocol, pinned (not "auto"), with the request head timed and measured:
+        # uvicorn itself has no deadline and no size limit for it (hubbub.gate).
+        http=Gate(settings).protocol(),
         # hubbub's own WebSocket protocol (frames straight to the Session, no ASGI, no task per
         # connection); it enforces max_frame_bytes and permessage_deflate itself.
         ws=WebSocketConnection,

@@ -80,6 +80,34 @@ class Settings(BaseModel):
         ),
     )
 
+    handshake_timeout: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description=(
+            "Seconds a connection has to send its request line and headers (of a WebSocket upgrade or any HTTP "
+            "request), from its accept or, on a keep-alive connection, from the previous response; then it is "
+            "closed (408 if part of a request arrived)."
+        ),
+    )
+    max_header_bytes: int = Field(
+        16384,
+        ge=1024,
+        le=1_048_576,
+        description=(
+            "Largest request line plus headers of a WebSocket upgrade or HTTP request; beyond it 431 (414 while "
+            "in the request line) and close, without reading further."
+        ),
+    )
+    max_pending_handshakes: int = Field(
+        2048,
+        ge=1,
+        description=(
+            "Connections that may be sending their request line and headers at once; beyond it the one waiting "
+            "longest is closed (503 if part of a request arrived). Keep the file-descriptor limit above "
+            "`max_connections` plus this."
+        ),
+    )
     connect_timeout: float = Field(10.0, gt=0, description="Seconds a new connection has to send `connect`.")
     ping_interval: float = Field(25.0, gt=0, description="Seconds between server `ping` pushes.")
     pong_timeout: float = Field(10.0, gt=0, description="Seconds to answer a ping before close 4010.")
