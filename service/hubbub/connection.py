@@ -16,7 +16,7 @@ import asyncio
 import collections
 import logging
 import zlib
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 from urllib.parse import parse_qs
 
 from hubbub import frames, protocol, rules
@@ -98,6 +98,10 @@ class WebSocketConnection(asyncio.Protocol):
         "transport",
     )
 
+    #: The session each accepted upgrade gets. A seam for tests/support/echo_server.py, which swaps in
+    #: an echoing session to measure this transport with the Autobahn|Testsuite.
+    session_class: ClassVar[type[Session]] = Session
+
     def __init__(self, config: Any, server_state: Any, app_state: Any = None, _loop: Any = None) -> None:
         self.node: Node | None = getattr(config.app, "node", None)
         self.connections: set[Any] = server_state.connections
@@ -139,8 +143,8 @@ class WebSocketConnection(asyncio.Protocol):
             elif opcode == frames.CLOSE:
                 self._peer_closed(payload)
                 return
-            elif opcode & 0x0F == frames.BINARY and self.session is not None:
-                self.session.handle_binary()
+            elif opcode & 0x0F == frames.BINARY:
+                self._binary(payload, compressed=bool(opcode & frames.COMPRESSED))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.connections.discard(self)
@@ -230,7 +234,7 @@ class WebSocketConnection(asyncio.Protocol):
         assert self.transport is not None
         self.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode())
         self._reader = frames.FrameReader(node.settings.max_frame_bytes, allow_compressed=self._deflate)
-        session = self.session = Session(node, self, principal=principal)
+        session = self.session = self.session_class(node, self, principal=principal)
         node.attach(session)
         if node.closing:
             session.close(CloseCode.DRAINING)
@@ -264,6 +268,12 @@ class WebSocketConnection(asyncio.Protocol):
         elif len(self._inbox) >= MAX_INBOX and self.transport is not None and not self._held:
             self._held = True
             self.transport.pause_reading()
+
+    def _binary(self, payload: bytes, *, compressed: bool) -> None:
+        """Protocol v1 has no binary messages (the session closes with 1003). The payload is there for
+        the test echo endpoint (tests/support/echo_server.py), which overrides this to echo it."""
+        if self.session is not None:
+            self.session.handle_binary()
 
     def _inflate(self, payload: bytes) -> bytes:
         assert self._reader is not None
