@@ -143,8 +143,8 @@ class WebSocketConnection(asyncio.Protocol):
             elif opcode == frames.CLOSE:
                 self._peer_closed(payload)
                 return
-            elif opcode & 0x0F == frames.BINARY:
-                self._binary(payload, compressed=bool(opcode & frames.COMPRESSED))
+            elif opcode & 0x0F == frames.BINARY and self.session is not None:
+                self.session.handle_binary()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.connections.discard(self)
@@ -268,12 +268,6 @@ class WebSocketConnection(asyncio.Protocol):
         elif len(self._inbox) >= MAX_INBOX and self.transport is not None and not self._held:
             self._held = True
             self.transport.pause_reading()
-
-    def _binary(self, payload: bytes, *, compressed: bool) -> None:
-        """Protocol v1 has no binary messages (the session closes with 1003). The payload is there for
-        the test echo endpoint (tests/support/echo_server.py), which overrides this to echo it."""
-        if self.session is not None:
-            self.session.handle_binary()
 
     def _inflate(self, payload: bytes) -> bytes:
         assert self._reader is not None

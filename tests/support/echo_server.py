@@ -3,15 +3,15 @@
     python -m tests.support.echo_server --port 9001      # ws://127.0.0.1:9001/ws
 
 It is `hubbub serve` (uvicorn, the real node, the same uvicorn config) with one difference: each
-upgrade's session echoes every message instead of speaking protocol v1. Everything the fuzzing
+upgrade's session echoes every text message instead of speaking protocol v1. Everything the fuzzing
 client exercises is hubbub's: the upgrade and permessage-deflate negotiation, the frame reader,
 UTF-8 validation, the inbox that feeds text to the session (and pauses reading), pings, the close
 handshake and the outbound framing (`write_texts`, compressed when negotiated).
 
-The seam is `WebSocketConnection.session_class` (which session an upgrade gets) and
-`WebSocketConnection._binary` (where a binary message goes; protocol v1 closes with 1003). Binary
-echoes are written as soon as the message is read, text echoes when the session handles them: a
-peer mixing the two in one burst could see them reordered (no Autobahn case does).
+The one seam is `WebSocketConnection.session_class` (which session an upgrade gets). A binary
+message goes where it goes on a node, to `Session.handle_binary`, which closes with 1003 as protocol
+v1 says: the Autobahn cases that send binary messages (1.2.*, 9.2.*, 9.4.*, 9.6.*, 9.8.*, 12.5.*,
+...) end FAILED (no echo) with that close code, which tests/test_autobahn.py checks.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import logging
 import sys
 from typing import Any
 
-from hubbub import frames
 from hubbub.app import HubbubApp
 from hubbub.auth import Principal
 from hubbub.connection import WebSocketConnection
@@ -55,21 +54,9 @@ class EchoSession(Session):
 
 
 class EchoConnection(WebSocketConnection):
-    """hubbub's WebSocket connection with an echoing session, and binary messages echoed too."""
+    """hubbub's WebSocket connection, unchanged, with an echoing session."""
 
     session_class = EchoSession
-
-    def _binary(self, payload: bytes, *, compressed: bool) -> None:
-        if self.session is None or self.session.close_code is not None:
-            return
-        try:
-            data = self._inflate(payload) if compressed else payload
-        except frames.FrameError as exc:
-            self._fail(exc.code, exc.reason)
-            return
-        # Uncompressed even on a deflate connection: RFC 7692 lets each message choose, and hubbub
-        # has no compressed binary writer to measure.
-        self._write(frames.header(frames.BINARY, len(data)) + data)
 
 
 def echo_settings(host: str, port: int, *, max_message_bytes: int = MAX_MESSAGE_BYTES) -> Settings:
