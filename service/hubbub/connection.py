@@ -329,8 +329,29 @@ class WebSocketConnection(asyncio.Protocol):
             session.outbox.discard()
         self.closed_code = code
         self._write(frames.close_frame(code, reason))
-        if self.transport is not None:
-            self.transport.close()
+        self._end_unreadable()
+
+    def _end_unreadable(self) -> None:
+        """End a connection whose framing broke, once our close frame is written.
+
+        Closing the socket at once would leave unread whatever the peer is still sending (the rest of
+        a message over the limit, streamed): the kernel answers unread bytes with a reset, which can
+        reach the peer before our close frame and make it drop that frame unread. So: send nothing
+        more (a FIN after the close frame), read and drop what still comes, and close when the peer
+        closes its side, or after CLOSE_TIMEOUT.
+        """
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        if self._held:
+            self._held = False
+            transport.resume_reading()
+        transport.write_eof()
+        if self.node is not None and self._close_timer is None:
+            self._close_timer = self.node.loop.call_later(CLOSE_TIMEOUT, self.abort)
 
     # --- outbound (the Outbox's sink) ----------------------------------------------------------
 
@@ -372,7 +393,7 @@ class WebSocketConnection(asyncio.Protocol):
         if self.transport is None:
             return
         if self._reader is None:
-            self.transport.close()  # the framing broke: no close answer can be read, end now
+            self._end_unreadable()  # the framing broke: no close answer can be read
         elif self.node is not None and self._close_timer is None:
             self._close_timer = self.node.loop.call_later(CLOSE_TIMEOUT, self.abort)
 
