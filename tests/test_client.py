@@ -27,9 +27,10 @@ from hubbub.client.policy import Action, action_for
 from hubbub.client.room import Room
 from hubbub.client.token import refresh_delay
 from tests.conftest import ServerFactory
+from tests.support.polling import until
 from tests.support.server import ServerProcess
 from tests.support.wsclient import token
-from tests.test_client_support import Recorder, client_for, take, unique, until
+from tests.test_client_support import Recorder, client_for, take, unique
 
 # --- pure parts ----------------------------------------------------------------------------------
 
@@ -250,13 +251,17 @@ async def test_close_sends_normal_close_ends_iterators_and_fails_later_commands(
     await client.connect()
     room = await client.join(unique("chat:"))
 
+    reading = asyncio.Event()
+
     async def read_all() -> list[Publication]:
+        reading.set()
         return [pub async for pub in room]
 
     reader = asyncio.create_task(read_all())
-    await asyncio.sleep(0.05)
+    await reading.wait()  # the reader ran up to its first wait: the empty room
+    assert not reader.done()
     await client.close()
-    assert await asyncio.wait_for(reader, 1) == []  # a blocked iterator ends cleanly on close()
+    assert await asyncio.wait_for(reader, 10) == []  # a blocked iterator ends cleanly on close()
     assert client.state is ConnectionState.CLOSED
     assert events.states == [ConnectionState.CONNECTING, ConnectionState.CONNECTED, ConnectionState.CLOSED]
     assert [(d.code, d.reconnect) for d in events.disconnects] == [(1000, False)]
@@ -286,7 +291,7 @@ async def test_many_concurrent_publishes_are_pipelined_batched_and_delivered_in_
     name = unique("chat:")
     async with client_for(server.ws_url) as client:
         room = await client.join(name)
-        results = await asyncio.wait_for(asyncio.gather(*(client.publish(name, {"n": n}) for n in range(150))), 5)
+        results = await asyncio.wait_for(asyncio.gather(*(client.publish(name, {"n": n}) for n in range(150))), 30)
         assert [r.offset for r in results] == list(range(1, 151))
         received = await take(room, 150)
         assert [e.data for e in received if isinstance(e, Publication)] == [{"n": n} for n in range(150)]
@@ -297,7 +302,7 @@ async def test_publishes_are_paced_below_the_servers_command_rate(server_factory
     name = unique("chat:")
     async with client_for(server.ws_url, publish_rate=40, publish_burst=15) as client:
         started = time.monotonic()
-        results = await asyncio.wait_for(asyncio.gather(*(client.publish(name, n) for n in range(60))), 5)
+        results = await asyncio.wait_for(asyncio.gather(*(client.publish(name, n) for n in range(60))), 30)
         assert [r.offset for r in results] == list(range(1, 61))  # no 429, no 4029
         assert time.monotonic() - started >= (60 - 15) / 40 * 0.9
         assert client.connects == 1

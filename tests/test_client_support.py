@@ -1,11 +1,11 @@
-"""Helpers for the hubbub.client tests (no tests here): fast client settings, waiting, event recording,
-and a TCP relay that can black-hole or cut the connection between a client and a real server."""
+"""Helpers for the hubbub.client tests (no tests here): fast client settings, event recording, and a TCP
+relay that can black-hole or cut the connection between a client and a real server. Waiting on a condition:
+`tests.support.polling.until`."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -14,8 +14,10 @@ from hubbub.client import Client, ConnectError, ConnectionState, Disconnect, Pre
 from hubbub.client.room import Room, RoomEvent
 from tests.support.wsclient import token
 
-#: Reconnect quickly in tests; the schedule itself is unit-tested with the defaults.
-FAST: dict[str, Any] = {"backoff_base": 0.05, "backoff_cap": 0.3, "drain_jitter": 0.1}
+#: Reconnect quickly in tests; the schedule itself is unit-tested with the defaults. The command timeout
+#: counts the wait for a connection, which on a loaded machine may include a server's restart (several
+#: seconds): generous, as it only bounds a failure. A test of the timeout sets its own.
+FAST: dict[str, Any] = {"backoff_base": 0.05, "backoff_cap": 0.3, "drain_jitter": 0.1, "command_timeout": 30.0}
 
 
 def http_answer(status: int, body: str) -> bytes:
@@ -41,16 +43,9 @@ def client_for(url: str, user: str | None = None, **options: Any) -> Client:
     return Client(url, **{**FAST, **options})
 
 
-async def until(predicate: Callable[[], object], timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
-async def take(room: Room, count: int, timeout: float = 5.0) -> list[RoomEvent]:
-    """The next `count` events of a room (publications, re-joins, presence), in order."""
+async def take(room: Room, count: int, timeout: float = 20.0) -> list[RoomEvent]:
+    """The next `count` events of a room (publications, re-joins, presence), in order. The timeout only
+    bounds a failure."""
     events: list[RoomEvent] = []
 
     async def collect() -> None:
@@ -83,10 +78,11 @@ class Recorder:
 
 class Relay:
     """A TCP relay on 127.0.0.1 in front of a real server. `blackhole` drops the server's bytes on their way
-        to the client (a silently dead connection); `silence()` does that for the WebSocket connections open
-        now only (plain HTTP requests, e.g. a browser fetching a token, keep working); `cut()` drops every
-        relayed connection at once. With `answer` set, new connections get those bytes (an HTTP error, as from an
-    ingress during a rollout) instead of being relayed. `accepted` counts the connections that reached it."""
+    to the client (a silently dead connection); `silence()` does that for the WebSocket connections open
+    now only (plain HTTP requests, e.g. a browser fetching a token, keep working); `cut()` drops every
+    relayed connection at once. With `answer` set, new connections get those bytes (an HTTP error, as from an
+    ingress during a rollout) instead of being relayed. `accepted` counts the connections that reached it.
+    `close()` returns once every connection it handled is closed, on both sides."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
@@ -95,58 +91,78 @@ class Relay:
         self.accepted = 0
         self.port = 0
         self._server: asyncio.Server | None = None
+        self._closing = False
         self._writers: set[asyncio.StreamWriter] = set()
         self._silenced: set[asyncio.StreamWriter] = set()
         self._websockets: set[asyncio.StreamWriter] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        # One task per accepted connection, created as it is accepted, so that `close()` sees it even
+        # before it runs (a connection accepted while closing, or one still connecting to the server).
+        self._handlers: set[asyncio.Task[None]] = set()
 
     @property
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ws"
 
     async def start(self) -> Relay:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
-    async def _handle(self, down_reader: asyncio.StreamReader, down_writer: asyncio.StreamWriter) -> None:
+    def _accept(self, down_reader: asyncio.StreamReader, down_writer: asyncio.StreamWriter) -> None:
         self.accepted += 1
-        if self.answer is not None:
-            with contextlib.suppress(OSError):
-                await down_reader.read(65536)  # the upgrade request
-                down_writer.write(self.answer)
-                await down_writer.drain()
-            down_writer.close()
-            return
+        task = asyncio.get_running_loop().create_task(self._handle(down_reader, down_writer))
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
+
+    async def _handle(self, down_reader: asyncio.StreamReader, down_writer: asyncio.StreamWriter) -> None:
+        opened = [down_writer]
+        pumps: list[asyncio.Task[None]] = []
         try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        except OSError:
-            down_writer.close()
-            return
-        self._writers.update((down_writer, up_writer))
-        with contextlib.suppress(OSError):
-            request = await down_reader.read(65536)
-            if b"upgrade: websocket" in request.lower():
-                self._websockets.add(down_writer)
-            up_writer.write(request)
-        upstream = asyncio.create_task(self._pump(down_reader, up_writer, lambda: False))
-        downstream = asyncio.create_task(
-            self._pump(up_reader, down_writer, lambda: self.blackhole or down_writer in self._silenced)
-        )
-        self._tasks.update((upstream, downstream))
-        await asyncio.wait([upstream, downstream], return_when=asyncio.FIRST_COMPLETED)
-        for task in (upstream, downstream):
-            task.cancel()
-            self._tasks.discard(task)
-        for writer in (down_writer, up_writer):
-            self._writers.discard(writer)
-            self._silenced.discard(writer)
-            self._websockets.discard(writer)
-            writer.close()
+            self._writers.add(down_writer)
+            if self._closing:
+                return
+            if self.answer is not None:
+                with contextlib.suppress(OSError):
+                    await down_reader.read(65536)  # the upgrade request
+                    down_writer.write(self.answer)
+                    await down_writer.drain()
+                return
+            try:
+                up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+            except OSError:
+                return
+            opened.append(up_writer)
+            self._writers.add(up_writer)
+            if self._closing:  # closed (or cut) while connecting: nothing to relay
+                return
+            with contextlib.suppress(OSError):
+                request = await down_reader.read(65536)
+                if b"upgrade: websocket" in request.lower():
+                    self._websockets.add(down_writer)
+                up_writer.write(request)
+            pumps = [
+                asyncio.create_task(self._pump(down_reader, up_writer, lambda: False)),
+                asyncio.create_task(
+                    self._pump(up_reader, down_writer, lambda: self.blackhole or down_writer in self._silenced)
+                ),
+            ]
+            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in pumps:
+                task.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+            for writer in opened:
+                self._writers.discard(writer)
+                self._silenced.discard(writer)
+                self._websockets.discard(writer)
+                writer.close()
+            for writer in opened:
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
 
     @staticmethod
     async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, drop: Callable[[], bool]) -> None:
-        with contextlib.suppress(OSError, asyncio.CancelledError):
+        with contextlib.suppress(OSError):
             while data := await reader.read(65536):
                 if not drop():
                     writer.write(data)
@@ -160,10 +176,13 @@ class Relay:
             writer.transport.abort()
 
     async def close(self) -> None:
-        self.cut()
+        """Stop accepting, drop every connection and wait until each one is closed: a connection to the
+        server being opened meanwhile is closed as soon as it is open (no transport outlives the test)."""
+        self._closing = True
         if self._server is not None:
             self._server.close()
+        self.cut()
+        while self._handlers:  # each ends once its sockets are: the cut makes their reads return
+            await asyncio.wait_for(asyncio.gather(*self._handlers, return_exceptions=True), 30)
+        if self._server is not None:
             await self._server.wait_closed()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.sleep(0)

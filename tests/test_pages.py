@@ -4,9 +4,11 @@ tests/test_browser.py."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
+from typing import Any
 
 import httpx
 import jwt
@@ -16,6 +18,7 @@ from hubbub.loader import load_settings
 from hubbub.preflight import warnings
 from hubbub.refusals import OriginRefusals
 from tests.conftest import ServerFactory
+from tests.support.polling import until
 from tests.support.server import SECRET, TEST_NAMESPACES, ServerProcess
 from tests.support.wsclient import RawClient
 
@@ -203,16 +206,19 @@ async def test_status_api_reports_totals_rates_and_recent_disconnects(server_fac
     await kicked.closed()
     await watchers[0].close()
 
-    deadline = time.monotonic() + 5
-    while True:
-        status = proc.api("GET", "/api/status").json()
+    async def settled() -> dict[str, Any]:
+        """The status once both disconnects are counted (the server learns of the second one on its own)."""
+        status: dict[str, Any] = (await asyncio.to_thread(proc.api, "GET", "/api/status")).json()
         node = status["nodes"][0]
-        if node["totals"]["disconnects"] >= 2 or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
+        assert node["totals"] == {"publications": 20, "deliveries": 60, "connects": 4, "disconnects": 2}, node
+        assert node["connections"] == 2, node
+        return status
+
+    status = await until(settled, what="the node's totals and connections after the two disconnects")
+    node = status["nodes"][0]
     assert status["node"] == "status-node" and len(status["nodes"]) == 1
-    assert node["totals"] == {"publications": 20, "deliveries": 60, "connects": 4, "disconnects": 2}
-    assert node["connections"] == 2 and node["rooms"] == 1 and node["ready"] and not node["draining"]
+    assert node["rooms"] == 1 and node["ready"] and not node["draining"]
+    # Rates cover the last 10 s, and the publications were made a moment ago.
     assert node["rates"]["publications"] > 0 and node["rates"]["deliveries"] > node["rates"]["publications"]
     assert node["disconnects"]["by_code"] == {"1000": 1, "4000": 1}
     recent = node["disconnects"]["recent"]
@@ -229,16 +235,6 @@ async def test_status_api_reports_totals_rates_and_recent_disconnects(server_fac
 # --- the client library from other origins (CORS) ------------------------------------------------
 
 APP_ORIGIN = "http://localhost:3000"
-
-
-def wait_for_log(proc: ServerProcess, text: str, timeout: float = 5.0) -> str:
-    """The server log once it holds `text` (the log is written by another process)."""
-    deadline = time.monotonic() + timeout
-    while text not in (log := proc.log()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{text!r} not in the server log:\n{log[-3000:]}")
-        time.sleep(0.05)
-    return log
 
 
 @pytest.fixture
@@ -271,7 +267,7 @@ def test_client_library_grants_nothing_to_other_origins_and_logs_them_once(cors_
         assert refused.status_code == 200  # the file is public; the browser withholds it without the grant
         assert "access-control-allow-origin" not in refused.headers and refused.headers["vary"] == "Origin"
     get(cors_server, "/hubbub.js", origin="https://example.com.evil.test")
-    log = wait_for_log(cors_server, '"https://example.com.evil.test"')
+    log = cors_server.wait_for_log('"https://example.com.evil.test"')
     lines = [line for line in log.splitlines() if "localhost:3001" in line]
     assert len(lines) == 1, lines
     assert "WARNING" in lines[0] and "/hubbub.js" in lines[0]
@@ -314,7 +310,12 @@ async def test_a_refused_websocket_origin_is_logged_with_the_setting_to_change_a
         assert b"allowed_origins" in refused.value.response.body
     with pytest.raises(InvalidStatus):
         await RawClient.open(cors_server.ws_url, origin="null")
-    log = wait_for_log(cors_server, 'origin "null"')
+
+    def logged() -> str:
+        log = cors_server.log()
+        return log if 'origin "null"' in log else ""
+
+    log = await until(logged, what='the refusal of origin "null" in the server log')
     lines = [line for line in log.splitlines() if "refused a WebSocket" in line]
     assert len(lines) == 2, lines  # 20 refusals of one origin: one line; the next origin's line counts them
     assert '"http://127.0.0.1:3000"' in lines[0] and "WARNING" in lines[0]

@@ -43,7 +43,8 @@ test("nothing within connectTimeout: connect() rejects with ConnectFailed, attem
   const took = performance.now() - started;
   assert.ok(error instanceof ConnectFailed && error instanceof ClientClosed, String(error));
   assert.equal(error.name, "ConnectFailed");
-  assert.ok(took >= 195 && took < 1000, `gave up after ${took} ms`);
+  // Not before the deadline; the upper bound leaves a busy machine room and still fails the 30 s default.
+  assert.ok(took >= 195 && took < 2000, `gave up after ${took} ms`);
   assert.ok(error.attempts >= 3, `${error.attempts} attempts`);
   assert.equal(error.attempts, server.sockets.length);
   assert.equal(error.attempts, client.attempts);
@@ -68,7 +69,7 @@ test("an attempt still in progress at the deadline is abandoned: an open that ha
   const started = performance.now();
   const error = await client.connect().catch((e) => e);
   assert.ok(error instanceof ConnectFailed, String(error));
-  assert.ok(performance.now() - started < 1000, "waited for openTimeout instead of the deadline");
+  assert.ok(performance.now() - started < 5000, "waited for openTimeout (10 s) instead of the deadline");
   assert.equal(error.attempts, 1);
   assert.match(error.message, /within 100 ms \(1 attempt\); last error: no WebSocket connection within \d+ ms$/);
   assert.ok(hanging.socket.closedByClient, "the opening socket was left open");
@@ -90,7 +91,7 @@ test("an attempt still in progress at the deadline is abandoned: an open that ha
 
 test("a server that closes before the connect reply (1013) is retried until the deadline; the message has its code", async () => {
   const server = new FakeServer({ autoConnect: false });
-  const client = fakeClient(server, { connectTimeout: 150 });
+  const client = fakeClient(server, { connectTimeout: 500 }); // room for two attempts on a busy machine
   const connecting = client.connect().catch((e) => e);
   let answered = 0;
   const closing = (async () => {
@@ -120,7 +121,8 @@ for (const code of [4001, 4003, 4000, 4004]) {
     const closedAt = performance.now();
     socket.serverClose(code, "not you");
     const error = await connecting.catch((e) => e);
-    assert.ok(performance.now() - closedAt < 200, "did not reject at once");
+    // At once: the upper bound leaves a busy machine room; retrying would run into the 30 s connectTimeout.
+    assert.ok(performance.now() - closedAt < 2000, "did not reject at once");
     assert.ok(error instanceof ConnectFailed, String(error));
     assert.equal(error.message, `close code ${code} from ${URL}: not you`);
     assert.deepEqual(error.disconnect, { code, reason: "not you", reconnect: false, delay: null });
@@ -195,7 +197,7 @@ test("aborting connect()'s signal closes the client: it rejects with the signal'
   const connecting = client.connect({ signal: controller.signal }).catch((e) => e);
   await server.nth(2);
   controller.abort();
-  const error = await within(connecting, 1000, "connect() settling after the abort");
+  const error = await within(connecting, 10000, "connect() settling after the abort");
   assert.equal(error.name, "AbortError");
   assert.equal(client.state, "closed");
   assert.deepEqual(client.final, { code: 1000, reason: "connect() was aborted", reconnect: false, delay: null });
@@ -232,7 +234,8 @@ test("an aborted signal stops connect() before any attempt; an abort after conne
 test("a warning per failed attempt, with the cause and the next delay, and one when giving up", async () => {
   const server = new FakeServer({ refuse: true });
   const logged = await withConsole(async () => {
-    const client = fakeClient(server, { backoffBase: 20, backoffCap: 80, random: () => 0.5, connectTimeout: 250 });
+    // Long enough for four attempts even when a busy machine fires the timers late (about 15 when idle).
+    const client = fakeClient(server, { backoffBase: 20, backoffCap: 80, random: () => 0.5, connectTimeout: 600 });
     await assert.rejects(client.connect(), ConnectFailed);
   });
   const attempts = server.sockets.length;
@@ -240,19 +243,19 @@ test("a warning per failed attempt, with the cause and the next delay, and one w
   assert.ok(logged.every(([level]) => level === "warn"));
   const lines = logged.map(([, line]) => line);
   const giving = lines.pop();
-  assert.match(giving, /^hubbub: giving up: could not connect to ws:\/\/hubbub\.test\/ws within 250 ms/);
+  assert.match(giving, /^hubbub: giving up: could not connect to ws:\/\/hubbub\.test\/ws within 600 ms/);
   // One line per failed attempt (an attempt the deadline cut short has none: the message says the deadline).
   assert.ok(lines.length >= 4 && lines.length >= attempts - 1 && lines.length <= attempts, lines.join("\n"));
-  const delays = [10, 20, 40, 40, 40, 40, 40, 40, 40, 40];
+  const delay = (i) => Math.min(40, 10 * 2 ** i); // half of each ceiling: 20, 40, then the 80 ms cap
   const last = lines.pop();
   lines.forEach((line, i) =>
-    assert.equal(line, `hubbub: connect attempt ${i + 1} to ${URL} failed: ${cause}; retrying in ${delays[i]} ms`),
+    assert.equal(line, `hubbub: connect attempt ${i + 1} to ${URL} failed: ${cause}; retrying in ${delay(i)} ms`),
   );
   // The last attempt says it gives up at the deadline, or, when a timer firing late overshot the
   // deadline, the retry that did not happen.
   const final = `hubbub: connect attempt ${lines.length + 1} to ${URL} failed: ${cause}; `;
   assert.ok(last.startsWith(final), last);
-  assert.match(last.slice(final.length), /^giving up in \d+ ms \(connectTimeout 250 ms\)$|^retrying in 40 ms$/);
+  assert.match(last.slice(final.length), /^giving up in \d+ ms \(connectTimeout 600 ms\)$|^retrying in 40 ms$/);
 });
 
 test("without a connectTimeout option the attempts are reported too, one line each", async () => {

@@ -119,6 +119,15 @@ class ServerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def wait_for_log(self, text: str, timeout: float = 30.0) -> str:
+        """The log once it holds `text` (another process writes it); AssertionError with its tail after `timeout`."""
+        deadline = time.monotonic() + timeout
+        while text not in (log := self.log()):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} not in the server log:\n{log[-3000:]}")
+            time.sleep(0.05)
+        return log
+
     @property
     def pid(self) -> int:
         assert self.proc is not None
