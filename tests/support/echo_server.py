@@ -10,8 +10,8 @@ handshake and the outbound framing (`write_texts`, compressed when negotiated).
 
 The one seam is `WebSocketConnection.session_class` (which session an upgrade gets). A binary
 message goes where it goes on a node, to `Session.handle_binary`, which closes with 1003 as protocol
-v1 says: the Autobahn cases that send binary messages (1.2.*, 9.2.*, 9.4.*, 9.6.*, 9.8.*, 12.5.*,
-...) end FAILED (no echo) with that close code, which tests/test_autobahn.py checks.
+v1 says: the Autobahn cases that send binary messages (`tests.support.autobahn.BINARY_FAMILIES`)
+end FAILED (no echo) with that close code, which tests/test_autobahn.py checks.
 """
 
 from __future__ import annotations
