@@ -10,7 +10,7 @@ scripts/install-autobahn, which scripts/test runs) plays its cases against two s
   better, so that the expectations always say where the transport stands. The cases that send
   binary messages must be closed with 1003, as protocol v1 closes them.
   CI runs `tests.support.autobahn.SUBSET` (132 cases, 40 s on two busy cores); the whole list
-  (517 cases, half an hour, most of it the client's own compression work in 12.* and 13.*) is in
+  (517 cases, 20-30 min, most of it the client's own compression work in 12.* and 13.*) is in
   the slow tier: `.venv/bin/pytest tests/test_autobahn.py -m exhaustive`.
 - a real node (`hubbub serve`, tests/support/server.py), every case, in CI (20 s): it
   echoes nothing and the client never sends `connect`, so each case is judged on the close code the
@@ -59,7 +59,7 @@ pytestmark = pytest.mark.autobahn
 EXPECTED = Path(__file__).parent / "fixtures" / "autobahn-expected.json"
 #: How many cases the fuzzing client of Autobahn 0.8.2 has, 1.1.1 to 13.7.18.
 CASE_COUNT = 517
-#: Seconds the subset may take (40 s on two busy cores), and the whole list (31 min there).
+#: Seconds the subset may take (40 s on two busy cores), and the whole list (20-30 min there).
 SUBSET_TIMEOUT = 600
 EVERYTHING_TIMEOUT = 3600
 #: Seconds every case against a real node may take (about 20 s on two busy cores).
