@@ -16,6 +16,22 @@ from tests.support.wsclient import RawClient
 ServerFactory = Callable[..., ServerProcess]
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The slow tier (marker `exhaustive`, docs/development.md) is left out of every run, CI's included,
+    unless asked for: by a marker expression naming it (`-m exhaustive`) or by the test's node id."""
+    if "exhaustive" in (config.getoption("markexpr") or ""):
+        return
+    named = [arg for arg in config.args if "::" in arg]
+    kept: list[pytest.Item] = []
+    left_out: list[pytest.Item] = []
+    for item in items:
+        asked = any(item.nodeid == arg or item.nodeid.startswith(arg + "[") for arg in named)
+        (left_out if item.get_closest_marker("exhaustive") and not asked else kept).append(item)
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = kept
+
+
 @pytest.fixture(autouse=True)
 def _leaks_are_reported_by_the_test_that_made_them(request: pytest.FixtureRequest) -> Iterator[None]:
     """A socket or transport left open is only noticed when the garbage collector frees it, which may be

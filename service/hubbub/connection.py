@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 from urllib.parse import parse_qs
 
 from hubbub import deflate, frames, protocol, rules
@@ -97,6 +97,10 @@ class WebSocketConnection(asyncio.Protocol):
         "session",
         "transport",
     )
+
+    #: The session each accepted upgrade gets. A seam for tests/support/echo_server.py, which swaps in
+    #: an echoing session to measure this transport with the Autobahn|Testsuite.
+    session_class: ClassVar[type[Session]] = Session
 
     def __init__(self, config: Any, server_state: Any, app_state: Any = None, _loop: Any = None) -> None:
         self.node: Node | None = getattr(config.app, "node", None)
@@ -233,7 +237,7 @@ class WebSocketConnection(asyncio.Protocol):
         assert self.transport is not None
         self.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode())
         self._reader = frames.FrameReader(node.settings.max_frame_bytes, allow_compressed=agreement is not None)
-        session = self.session = Session(node, self, principal=principal)
+        session = self.session = self.session_class(node, self, principal=principal)
         node.attach(session)
         if node.closing:
             session.close(CloseCode.DRAINING)
@@ -320,8 +324,29 @@ class WebSocketConnection(asyncio.Protocol):
             session.outbox.discard()
         self.closed_code = code
         self._write(frames.close_frame(code, reason))
-        if self.transport is not None:
-            self.transport.close()
+        self._end_unreadable()
+
+    def _end_unreadable(self) -> None:
+        """End a connection whose framing broke, once our close frame is written.
+
+        Closing the socket at once would leave unread whatever the peer is still sending (the rest of
+        a message over the limit, streamed): the kernel answers unread bytes with a reset, which can
+        reach the peer before our close frame and make it drop that frame unread. So: send nothing
+        more (a FIN after the close frame), read and drop what still comes, and close when the peer
+        closes its side, or after CLOSE_TIMEOUT.
+        """
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        if self._held:
+            self._held = False
+            transport.resume_reading()
+        transport.write_eof()
+        if self.node is not None and self._close_timer is None:
+            self._close_timer = self.node.loop.call_later(CLOSE_TIMEOUT, self.abort)
 
     # --- outbound (the Outbox's sink) ----------------------------------------------------------
 
@@ -363,7 +388,7 @@ class WebSocketConnection(asyncio.Protocol):
         if self.transport is None:
             return
         if self._reader is None:
-            self.transport.close()  # the framing broke: no close answer can be read, end now
+            self._end_unreadable()  # the framing broke: no close answer can be read
         elif self.node is not None and self._close_timer is None:
             self._close_timer = self.node.loop.call_later(CLOSE_TIMEOUT, self.abort)
 
