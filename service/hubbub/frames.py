@@ -117,15 +117,21 @@ _Utf8Decoder: Final = codecs.getincrementaldecoder("utf-8")
 class _Partial:
     """A frame whose header has been read but not all of its payload: what came so far, unmasked."""
 
-    __slots__ = ("compressed", "data", "fin", "left", "mask", "opcode")
+    __slots__ = ("compressed", "data", "fin", "left", "mask", "opcode", "text")
 
-    def __init__(self, fin: int, opcode: int, compressed: int, mask: bytes, length: int) -> None:
+    def __init__(self, fin: int, opcode: int, compressed: int, mask: bytes, length: int, *, text: bool) -> None:
         self.fin = fin
         self.opcode = opcode
         self.compressed = compressed
         self.mask = mask
         self.left = length
         self.data = bytearray()
+        #: Whether it carries uncompressed text, whose UTF-8 is checked as it comes.
+        self.text = text
+
+
+#: The stream has ended (a close frame or a violation): nothing more is read.
+_ENDED: Final = _Partial(0, 0, 0, b"", 0, text=False)
 
 
 class FrameReader:
@@ -140,20 +146,22 @@ class FrameReader:
 
     The work is linear in the bytes received, however they are split: a whole frame is unmasked
     straight out of the read; a frame cut by the end of a read is unmasked piece by piece into a
-    buffer of its own, each byte once. Text that arrives in pieces (a fragmented message, or a frame
-    split across reads) is checked as UTF-8 piece by piece, so it fails (1007) as soon as its bytes
-    cannot begin valid UTF-8; a text frame read whole is left to its consumer to decode, once.
-    Compressed text can only be checked once inflated, which is the consumer's business too.
+    buffer of its own, each byte once.
+
+    UTF-8: the consumer decodes every text message it gets, and fails it (1007) if it is not UTF-8.
+    A message that arrives in pieces (fragments, or a frame split across reads) could hold the
+    connection open with bytes that can never become valid text, so every piece but the last is
+    checked as it arrives and fails (1007) as soon as the text so far cannot begin valid UTF-8.
+    A message read whole in one frame costs nothing here. Compressed text can only be checked once
+    inflated, by the consumer.
     """
 
     __slots__ = (
         "_decoder",
-        "_ended",
         "_fragments",
         "_fragments_size",
-        "_head",
         "_opcode",
-        "_partial",
+        "_pending",
         "allow_compressed",
         "error",
         "max_size",
@@ -164,29 +172,31 @@ class FrameReader:
         self.allow_compressed = allow_compressed
         #: The violation that ended the stream, if one did.
         self.error: FrameError | None = None
-        self._ended = False
-        #: The start of a frame whose header (mask included) is not complete yet: at most 13 bytes.
-        self._head = b""
-        self._partial: _Partial | None = None
+        #: What the previous read left unfinished, None when it ended between frames (one test on the hot
+        #: path): the start of a frame whose header (mask included) is not all here yet, at most 13 bytes;
+        #: a frame whose payload is not (_Partial); or _ENDED after a close frame or a violation.
+        self._pending: bytes | _Partial | None = None
         self._opcode = 0  # the opcode of the message being reassembled; 0 when none
         self._fragments: list[bytes] | None = None
         self._fragments_size = 0
-        #: Checks the UTF-8 of a text message arriving in pieces; None otherwise.
+        #: Carries a character cut between two pieces of a text message over to the next; None otherwise.
         self._decoder: codecs.IncrementalDecoder | None = None
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
         messages: list[tuple[int, bytes]] = []
-        if self._ended:
-            return messages
+        pos = 0
         try:
-            pos = 0
-            if self._partial is not None:
-                pos = self._resume(data, messages)
-                if self._partial is not None or self._ended:
+            pending = self._pending
+            if pending is not None:
+                if pending is _ENDED:
                     return messages
-            elif self._head:
-                data = self._head + data  # at most 13 bytes more than the read: still linear
-                self._head = b""
+                self._pending = None
+                if isinstance(pending, bytes):
+                    data = pending + data  # at most 13 bytes more than the read: still linear
+                else:
+                    pos = self._resume(pending, data, messages)
+                    if self._pending is not None:
+                        return messages  # still in that frame, or it was a close
             end = len(data)
             while end - pos >= 2:
                 first, second = data[pos], data[pos + 1]
@@ -231,9 +241,8 @@ class FrameReader:
                     break
                 mask = data[start - 4 : start]
                 if end - start < length:
-                    pos = end
                     self._begin(fin, opcode, compressed, mask, length, data[start:end])
-                    break
+                    return messages
                 payload = unmask(data[start : start + length], mask) if length else b""
                 pos = start + length
                 if fin and opcode in (TEXT, BINARY):
@@ -241,11 +250,10 @@ class FrameReader:
                 elif self._complete(fin, opcode, compressed, payload, messages, checked=False):
                     return messages  # a close frame: nothing after it is read
             if pos < end:
-                self._head = data[pos:end]
+                self._pending = data[pos:end]
         except FrameError as exc:
             self.error = exc
-            self._ended = True
-            self._partial = None
+            self._pending = _ENDED
         return messages
 
     def _complete(
@@ -265,35 +273,33 @@ class FrameReader:
         if opcode >= CLOSE:
             messages.append((opcode, payload))
             if opcode == CLOSE:
-                self._ended = True
+                self._pending = _ENDED
                 return True
             return False
         if opcode == CONTINUATION:
             fragments = self._fragments
             assert fragments is not None  # the header check saw to it
-            if self._decoder is not None and not checked:
-                self._check(payload, final=bool(fin))
+            if not fin and not checked and self._opcode == TEXT:
+                self._check(payload)
             fragments.append(payload)
             self._fragments_size += len(payload)
             if fin:
                 messages.append((self._opcode, b"".join(fragments)))
                 self._fragments, self._fragments_size, self._opcode, self._decoder = None, 0, 0, None
             return False
-        if fin:  # a whole message in one frame, split across reads (checked as it came)
+        if fin:  # a whole message in one frame, split across reads
             messages.append((opcode | compressed, payload))
             self._decoder = None
             return False
         if opcode == TEXT and not compressed and not checked:
-            self._decoder = _Utf8Decoder()
-            self._check(payload, final=False)
+            self._check(payload)
         self._fragments, self._fragments_size, self._opcode = [payload], len(payload), opcode | compressed
         return False
 
     def _begin(self, fin: int, opcode: int, compressed: int, mask: bytes, length: int, piece: bytes) -> None:
         """A frame cut by the end of the read: keep what came of it, unmasked (and checked, if text)."""
-        partial = self._partial = _Partial(fin, opcode, compressed, mask, length)
-        if opcode == TEXT and not compressed:
-            self._decoder = _Utf8Decoder()
+        text = (opcode == TEXT and not compressed) or (opcode == CONTINUATION and self._opcode == TEXT)
+        partial = self._pending = _Partial(fin, opcode, compressed, mask, length, text=text)
         self._take(partial, piece)
 
     def _take(self, partial: _Partial, piece: bytes) -> None:
@@ -304,27 +310,31 @@ class FrameReader:
         plain = unmask(piece, mask)
         partial.data += plain
         partial.left -= len(piece)
-        if self._decoder is not None and partial.opcode < CLOSE:
-            self._check(plain, final=False)
+        # The last piece of a message is left to the consumer, which decodes the whole message anyway.
+        if partial.text and (partial.left or not partial.fin):
+            self._check(plain)
 
-    def _resume(self, data: bytes, messages: list[tuple[int, bytes]]) -> int:
+    def _resume(self, partial: _Partial, data: bytes, messages: list[tuple[int, bytes]]) -> int:
         """Go on with the frame the previous read cut; how many bytes of `data` it took."""
-        partial = self._partial
-        assert partial is not None
         wanted = partial.left
         if len(data) < wanted:
             self._take(partial, data)
+            self._pending = partial
             return len(data)
         self._take(partial, data[:wanted] if wanted < len(data) else data)
-        self._partial = None
-        if self._decoder is not None and partial.fin and partial.opcode < CLOSE:
-            self._check(b"", final=True)
         self._complete(partial.fin, partial.opcode, partial.compressed, bytes(partial.data), messages, checked=True)
         return wanted
 
-    def _check(self, text: bytes, *, final: bool) -> None:
-        assert self._decoder is not None
+    def _check(self, text: bytes) -> None:
+        """Fail (1007) unless the text received so far, ending with `text`, can begin valid UTF-8."""
+        decoder = self._decoder
+        if decoder is None:
+            try:
+                text.decode()
+                return  # whole characters, the common case: nothing to carry over
+            except UnicodeDecodeError:
+                decoder = self._decoder = _Utf8Decoder()  # invalid, or a character cut in two: tell which
         try:
-            self._decoder.decode(text, final)
+            decoder.decode(text)
         except UnicodeDecodeError:
             raise FrameError(INVALID_DATA, "text message is not UTF-8") from None
