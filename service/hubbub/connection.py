@@ -7,7 +7,9 @@ queue, no parser generator (issue 6: memory and CPU per connection).
 
 Inbound commands are handled in order by a task that exists only while commands are waiting
 (reading pauses when too many wait). Outbound, the Outbox writes frames to the transport and
-keeps what the transport cannot take yet while it is paused.
+keeps what the transport cannot take yet while it is paused; reading pauses then too, so a peer
+that does not read cannot make the node buffer answers to what it keeps sending (pongs above
+all). docs/websocket.md says what the transport accepts and how it answers.
 """
 
 from __future__ import annotations
@@ -15,14 +17,16 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import time
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 from urllib.parse import parse_qs
 
 from hubbub import deflate, frames, protocol, rules
 from hubbub.auth import AuthError, Principal
 from hubbub.codes import CloseCode
+from hubbub.ratelimit import TokenBucket, Verdict
 from hubbub.refusals import REFUSALS
-from hubbub.session import Session
+from hubbub.session import Session, State
 
 if TYPE_CHECKING:
     from hubbub.node import Node
@@ -33,6 +37,9 @@ log = logging.getLogger("hubbub.connection")
 MAX_INBOX: Final = 32
 #: How long a close handshake may take before the socket is dropped.
 CLOSE_TIMEOUT: Final = 5.0
+#: WebSocket pings and pongs a client may send before its `connect` succeeds; one more closes 4029.
+#: (After `connect` they have a token bucket the size of the command budget, of their own.)
+CONTROL_FRAMES_BEFORE_CONNECT: Final = 16
 
 
 def parse_request(raw: bytes) -> tuple[str, str, dict[str, str]]:
@@ -85,9 +92,13 @@ class WebSocketConnection(asyncio.Protocol):
 
     __slots__ = (
         "_close_timer",
+        "_control_budget",
+        "_control_frames",
         "_deflate",
+        "_failure",
         "_held",
         "_inbox",
+        "_pong",
         "_reader",
         "_worker",
         "closed_code",
@@ -115,8 +126,15 @@ class WebSocketConnection(asyncio.Protocol):
         self._deflate = 0
         #: True while reading is paused because too many commands wait.
         self._held = False
-        #: True while the transport's buffer is over its high-water mark.
+        #: True while the transport's buffer is over its high-water mark (reading pauses too).
         self.paused = False
+        #: The payload of the latest ping not answered yet because writing is paused (sent on resume).
+        self._pong: bytes | None = None
+        #: Pings and pongs received before `connect`, then (created at the first one after) their budget.
+        self._control_frames = 0
+        self._control_budget: TokenBucket | None = None
+        #: A framing violation waiting for the commands read before it to be answered, then closing.
+        self._failure: tuple[int, str] | None = None
         #: The code the connection ended with (the peer's close code, or 1006).
         self.closed_code = 1006
 
@@ -127,25 +145,28 @@ class WebSocketConnection(asyncio.Protocol):
         self.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
-        if self._reader is None:
+        reader = self._reader
+        if reader is None:
             if self.session is None:
                 self._handshake(data)
             return
-        try:
-            messages = self._reader.feed(data)
-        except frames.FrameError as exc:
-            self._fail(exc.code, exc.reason)
-            return
-        for opcode, payload in messages:
+        # In order, up to a violation or a close: what came before either is handled as if alone.
+        for opcode, payload in reader.feed(data):
             if opcode & 0x0F == frames.TEXT:
                 self._text(payload, compressed=bool(opcode & frames.COMPRESSED))
             elif opcode == frames.PING:
-                self._write(frames.pong_frame(payload))
+                self._ping(payload)
+            elif opcode == frames.PONG:
+                self._charge_control_frame()
             elif opcode == frames.CLOSE:
                 self._peer_closed(payload)
                 return
             elif opcode & 0x0F == frames.BINARY and self.session is not None:
                 self.session.handle_binary()
+            if self._reader is None:
+                return  # this message failed the connection: the rest of the read goes unread
+        if reader.error is not None:
+            self._fail(reader.error.code, reader.error.reason)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.connections.discard(self)
@@ -163,11 +184,31 @@ class WebSocketConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.paused = True
+        self._update_reading()
 
     def resume_writing(self) -> None:
         self.paused = False
+        pong, self._pong = self._pong, None
+        if pong is not None and self._close_timer is None:
+            self._write(frames.pong_frame(pong))
         if self.session is not None:
             self.session.outbox.flush()
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        """Read while the transport takes what we write and the inbox has room; pause otherwise.
+
+        Whatever a peer sends may need an answer (a pong, a reply, a close); a peer that does not read
+        ours must not make them pile up in the transport's buffer, so it is not read either.
+        """
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self.paused or self._held:
+            if transport.is_reading():
+                transport.pause_reading()
+        elif not transport.is_reading():
+            transport.resume_reading()
 
     def shutdown(self) -> None:
         """uvicorn's shutdown: close what is still open (the node has already said goodbye)."""
@@ -268,9 +309,9 @@ class WebSocketConnection(asyncio.Protocol):
         if self._worker is None:
             assert self.node is not None
             self._worker = self.node.loop.create_task(self._work(session))
-        elif len(self._inbox) >= MAX_INBOX and self.transport is not None and not self._held:
+        elif len(self._inbox) >= MAX_INBOX and not self._held:
             self._held = True
-            self.transport.pause_reading()
+            self._update_reading()
 
     def _inflate(self, payload: bytes) -> bytes:
         assert self._reader is not None
@@ -287,15 +328,18 @@ class WebSocketConnection(asyncio.Protocol):
                     # While we hold its frames unread, a pong may be among them: the peer has proved it
                     # is alive by filling our buffer, so its heartbeat deadline waits for us.
                     session.pong_due = None
-                    if len(inbox) < MAX_INBOX // 2 and self.transport is not None and not self.transport.is_closing():
+                    if len(inbox) < MAX_INBOX // 2:
                         self._held = False
-                        self.transport.resume_reading()
+                        self._update_reading()
         except Exception:
             log.exception("connection %s failed", session.client_id)
             session.close(CloseCode.INTERNAL_ERROR)
         finally:
             self._worker = None
             self._inbox = None
+            failure, self._failure = self._failure, None
+            if failure is not None:
+                self._close_failed(*failure)
 
     def _peer_closed(self, payload: bytes) -> None:
         try:
@@ -314,17 +358,27 @@ class WebSocketConnection(asyncio.Protocol):
             self.transport.close()
 
     def _fail(self, code: int, reason: str) -> None:
-        """A protocol error below the hubbub protocol: close with the RFC 6455 code."""
+        """A protocol error below the hubbub protocol: nothing more is read, and the connection closes with
+        the RFC 6455 code once the commands read before the error are answered (their replies go first)."""
         self._reader = None
-        session = self.session
-        if code == frames.TOO_BIG and session is not None:
-            session.close(CloseCode.MESSAGE_TOO_BIG)
+        if self._worker is not None:
+            self._failure = (code, reason)  # `_work` closes when the inbox is empty
             return
-        if session is not None:
-            session.outbox.discard()
-        self.closed_code = code
-        self._write(frames.close_frame(code, reason))
-        self._end_unreadable()
+        self._close_failed(code, reason)
+
+    def _close_failed(self, code: int, reason: str) -> None:
+        session = self.session
+        if session is None or self.transport is None:
+            return
+        if session.close_code is None:
+            if code == frames.TOO_BIG:
+                session.close(CloseCode.MESSAGE_TOO_BIG)
+            else:
+                # Below the application: no disconnect push (the client library reports the code).
+                session.outbox.close(code, reason, reconnect=False, notify=False)
+        elif self._close_timer is not None:
+            self._end_unreadable()  # our close is out; its answer can no longer be read
+        # (Otherwise our close is still queued: `write_close` ends the connection once it is out.)
 
     def _end_unreadable(self) -> None:
         """End a connection whose framing broke, once our close frame is written.
@@ -341,12 +395,49 @@ class WebSocketConnection(asyncio.Protocol):
         if not transport.can_write_eof():
             transport.close()
             return
-        if self._held:
-            self._held = False
+        # Nothing more will be written: read (and drop) even while the peer does not read ours.
+        self._held = False
+        if not transport.is_reading():
             transport.resume_reading()
         transport.write_eof()
         if self.node is not None and self._close_timer is None:
             self._close_timer = self.node.loop.call_later(CLOSE_TIMEOUT, self.abort)
+
+    def _ping(self, payload: bytes) -> None:
+        if not self._charge_control_frame():
+            return
+        if self.paused:
+            # Only the latest ping needs an answer (RFC 6455 5.5.3): one pong waits, whatever the number of pings.
+            self._pong = payload
+        else:
+            self._write(frames.pong_frame(payload))
+
+    def _charge_control_frame(self) -> bool:
+        """Count a ping or pong against the connection's budget; False when it has none left (closing 4029).
+
+        Before `connect`, a client that nobody has authenticated yet gets CONTROL_FRAMES_BEFORE_CONNECT;
+        after, a token bucket of `command_rate` per second and `command_burst` above it, like (and apart
+        from) its commands: past the burst pings are still answered; once the overdraft reaches the burst
+        again, the connection closes 4029, as a command flood does.
+        """
+        session = self.session
+        if session is None or session.close_code is not None:
+            return False
+        if session.state is State.CONNECTING:
+            self._control_frames += 1
+            if self._control_frames <= CONTROL_FRAMES_BEFORE_CONNECT:
+                return True
+        else:
+            budget = self._control_budget
+            if budget is None:
+                settings = session.node.settings
+                budget = self._control_budget = TokenBucket(
+                    settings.command_rate, settings.command_burst, time.monotonic()
+                )
+            if budget.take(time.monotonic()) is not Verdict.CLOSE:
+                return True
+        session.close(CloseCode.RATE_LIMITED, "rate limited: too many WebSocket pings")
+        return False
 
     # --- outbound (the Outbox's sink) ----------------------------------------------------------
 
