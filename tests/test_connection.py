@@ -299,6 +299,22 @@ async def test_a_command_and_a_ping_before_a_bad_frame_in_one_write_are_answered
     assert code == 1002
 
 
+@pytest.mark.parametrize("connected", [True, False], ids=["after-connect", "with-connect"])
+async def test_a_command_before_a_binary_message_in_one_write_is_answered_then_closed_1003(
+    server: ServerProcess, sockets: list[RawWebSocket], connected: bool
+) -> None:
+    sock = await open_raw(sockets, server.port, connect=connected)
+    first = {"id": 7, "op": "presence_stats", "room": "chat:frames"}
+    if not connected:
+        first = {"id": 7, "op": "connect", "token": token("frames")}
+    after = command({"id": 8, "op": "presence_stats", "room": "chat:frames"})
+    await sock.send(command(first) + client_frame(b"\x00\x01", frames.BINARY) + after)
+    seen, code = await sock.until_close()
+    assert [reply["id"] for reply in texts(seen) if "id" in reply] == [7], "answered: the command before, not after"
+    assert "ok" in texts(seen)[0]
+    assert code == 1003
+
+
 async def test_a_close_followed_by_garbage_in_one_write_is_answered_with_the_same_close(
     server: ServerProcess, sockets: list[RawWebSocket]
 ) -> None:

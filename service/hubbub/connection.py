@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 from urllib.parse import parse_qs
 
@@ -95,7 +97,7 @@ class WebSocketConnection(asyncio.Protocol):
         "_control_budget",
         "_control_frames",
         "_deflate",
-        "_failure",
+        "_then",
         "_held",
         "_inbox",
         "_pong",
@@ -133,8 +135,9 @@ class WebSocketConnection(asyncio.Protocol):
         #: Pings and pongs received before `connect`, then (created at the first one after) their budget.
         self._control_frames = 0
         self._control_budget: TokenBucket | None = None
-        #: A framing violation waiting for the commands read before it to be answered, then closing.
-        self._failure: tuple[int, str] | None = None
+        #: What ends the connection once the commands read before it are answered: a framing violation's
+        #: close, or a binary message's (the inbox worker calls it when the inbox is empty).
+        self._then: Callable[[], None] | None = None
         #: The code the connection ended with (the peer's close code, or 1006).
         self.closed_code = 1006
 
@@ -161,8 +164,8 @@ class WebSocketConnection(asyncio.Protocol):
             elif opcode == frames.CLOSE:
                 self._peer_closed(payload)
                 return
-            elif opcode & 0x0F == frames.BINARY and self.session is not None:
-                self.session.handle_binary()
+            elif opcode & 0x0F == frames.BINARY:
+                self._binary()
             if self._reader is None:
                 return  # this message failed the connection: the rest of the read goes unread
         if reader.error is not None:
@@ -337,9 +340,9 @@ class WebSocketConnection(asyncio.Protocol):
         finally:
             self._worker = None
             self._inbox = None
-            failure, self._failure = self._failure, None
-            if failure is not None:
-                self._close_failed(*failure)
+            then, self._then = self._then, None
+            if then is not None:
+                then()
 
     def _peer_closed(self, payload: bytes) -> None:
         try:
@@ -362,9 +365,21 @@ class WebSocketConnection(asyncio.Protocol):
         the RFC 6455 code once the commands read before the error are answered (their replies go first)."""
         self._reader = None
         if self._worker is not None:
-            self._failure = (code, reason)  # `_work` closes when the inbox is empty
+            self._then = functools.partial(self._close_failed, code, reason)  # `_work` calls it when the inbox is empty
             return
         self._close_failed(code, reason)
+
+    def _binary(self) -> None:
+        """Protocol v1 has no binary messages: the session closes (1003; 4001 before `connect`), like a
+        violation, after the commands read before the binary message are answered."""
+        session = self.session
+        if session is None:
+            return
+        if self._worker is not None:
+            self._reader = None  # nothing after it is read, as after a violation
+            self._then = session.handle_binary
+            return
+        session.handle_binary()
 
     def _close_failed(self, code: int, reason: str) -> None:
         session = self.session
