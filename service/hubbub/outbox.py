@@ -38,7 +38,8 @@ class Sink(Protocol):
     def write_framed(self, wire: bytes, text: str) -> None:
         """`text` already framed as an uncompressed text frame (`wire`), shared by many connections."""
 
-    def write_close(self, code: int, reason: str) -> None: ...
+    def write_close(self, code: int, reason: str) -> None:
+        """Send a close frame (the reason is cut to the 123 bytes a close frame holds, between characters)."""
 
     def abort(self) -> None: ...
 
@@ -174,7 +175,7 @@ class Outbox:
         if self._close is not None:
             code, reason = self._close
             self._close = None
-            sink.write_close(code, _truncate_reason(reason))
+            sink.write_close(code, reason)  # the frame cuts the reason to 123 bytes
 
     def discard(self) -> None:
         """The connection is ending without our close (the peer closed, or broke the framing)."""
@@ -214,11 +215,3 @@ def _batches(items: list[str]) -> list[str]:
         size += len(item) + 1
     frames.append("\n".join(items[start:]))
     return frames
-
-
-def _truncate_reason(reason: str) -> str:
-    # A close frame's reason must fit in 123 bytes of UTF-8.
-    encoded = reason.encode()
-    if len(encoded) <= 123:
-        return reason
-    return encoded[:123].decode(errors="ignore")
