@@ -22,13 +22,12 @@ verdict should be one the change meant):
     scripts/install-autobahn
     .venv/bin/python -m tests.support.autobahn --cases '*' --write-expected tests/fixtures/autobahn-expected.json
 
-A few cases list two verdicts, both accepted, because theirs depends on how the client's bytes fall
-into the server's reads, which no test controls: 3.4, 4.1.5 and 4.2.5 send a valid message, then a
-bad frame, one byte per write (OK when the message is read alone; NON-STRICT when the bad frame
-arrives in the same read, because the frame reader drops the messages it had already parsed in a
-read that then fails), and 7.1.6 sends a 256 KiB message then a close (INFORMATIONAL when both are
-in one read: the close is answered before the echo is written; OK otherwise). Regenerating keeps
-such a list while it holds the new verdict; remove it by hand once its cause is fixed.
+A case may list two verdicts, both accepted, when its verdict depends on how the client's bytes
+fall into the server's reads, which no test controls: 7.1.6 sends a 256 KiB message then a close
+(INFORMATIONAL when both are in one read: the close is answered before the echo is written; OK
+otherwise). Regenerating keeps such a list while it holds the new verdict; remove it by hand once
+its cause is fixed (3.4, 4.1.5 and 4.2.5 had one until frames before a violation in the same read
+were handled).
 """
 
 from __future__ import annotations
