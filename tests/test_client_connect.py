@@ -93,7 +93,8 @@ class Listener:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
-        await asyncio.sleep(0)
+        # The aborted connections' handlers end on their next turn: await that, not a guess.
+        await until(lambda: self.open == 0, what="the listener's connection handlers to end")
 
 
 def client_tasks() -> set[asyncio.Task[Any]]:
