@@ -17,7 +17,7 @@ import dataclasses
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 Severity = Literal["critical", "warning"]
 
@@ -103,7 +103,8 @@ class Thresholds:
 
     def with_all_for(self, duration: str) -> Thresholds:
         """The same thresholds with every `for` duration replaced (the tests use "0s")."""
-        return dataclasses.replace(self, **{f.name: duration for f in dataclasses.fields(self) if f.name.endswith("_for")})
+        changes: dict[str, Any] = {f.name: duration for f in dataclasses.fields(self) if f.name.endswith("_for")}
+        return dataclasses.replace(self, **changes)
 
 
 class Series:
@@ -170,9 +171,7 @@ def _high_error_rate(t: Thresholds, s: Series) -> str:
 
 
 def _auth_failure_spike(t: Thresholds, s: Series) -> str:
-    return (
-        f"sum by (namespace) (rate({s('hubbub_auth_failures_total')}[{t.rate_window}])) > {num(t.auth_failure_rate)}"
-    )
+    return f"sum by (namespace) (rate({s('hubbub_auth_failures_total')}[{t.rate_window}])) > {num(t.auth_failure_rate)}"
 
 
 def _redis_unavailable(t: Thresholds, s: Series) -> str:
