@@ -18,25 +18,22 @@ short windows (FAST). The tests run in file order:
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from hubbub.monitoring.alerts import ALERTS, AlertRule, Series, Thresholds, rule_groups
+from hubbub.monitoring.catalog import DASHBOARD_UIDS, dashboard, queries
 from tests.support.monitored import PODS, MonitoredFleet
 from tests.support.prometheus import NAMESPACE, QueryError
 from tests.support.wsclient import RawClient
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.redis, pytest.mark.timeout(300)]
 
-REPO = Path(__file__).resolve().parents[1]
-DASHBOARDS = REPO / "service" / "hubbub" / "monitoring" / "dashboards"
 
 #: The rules with windows a test can wait out: rates over 15 s (15 scrapes), the connection spike
 #: against the average of the 30 s that ended 20 s ago, and every `for` 2 s (two evaluations: it
@@ -116,6 +113,17 @@ async def redis_outage(fleet: MonitoredFleet, *, until_firing: bool) -> None:
     fleet.provoked.add("redis_outage")
 
 
+async def rolling_restart(fleet: MonitoredFleet) -> None:
+    """node1 drains and restarts, as in a rolling update; Prometheus sees it draining on the way."""
+    prom = fleet.prom
+    await fleet.rolling_restart("node1")
+    await prom.wait_for(
+        lambda: prom.query('max_over_time(hubbub_draining{pod="node1"}[5m]) == 1'), what="node1 seen draining"
+    )
+    await prom.wait_for(lambda: prom.values('hubbub_ready{pod="node1"}') != {}, what="node1 scraped again")
+    fleet.provoked.add("rolling_restart")
+
+
 async def every_event_happened(fleet: MonitoredFleet) -> None:
     """The faults that have not run yet in this module (when a data test runs alone), without their alerts."""
     if "connection_burst" not in fleet.provoked:
@@ -125,6 +133,8 @@ async def every_event_happened(fleet: MonitoredFleet) -> None:
         await bad_token_flood(fleet)
     if "slow_consumer_storm" not in fleet.provoked:
         await slow_consumer_storm(fleet)
+    if "rolling_restart" not in fleet.provoked:
+        await rolling_restart(fleet)
     if "redis_outage" not in fleet.provoked:
         await redis_outage(fleet, until_firing=False)
         await redis_back(fleet)
@@ -265,13 +275,10 @@ class Panel:
 
 def panel_queries() -> list[Panel]:
     """Every panel query of every dashboard, with Grafana's variables filled in as a dashboard user would."""
-    from hubbub.monitoring.dashboards import queries
-
     panels = []
-    for path in sorted(DASHBOARDS.glob("*.json")):
-        dashboard = json.loads(path.read_text())
-        for title, expr in queries(dashboard):
-            panels.append(Panel(path.stem, title, substitute(expr)))
+    for uid in DASHBOARD_UIDS:
+        for title, expr in queries(dashboard(uid)):
+            panels.append(Panel(uid, title, substitute(expr)))
     return panels
 
 
@@ -317,7 +324,13 @@ def has_data(fleet: MonitoredFleet, expr: str, since: float) -> list[dict[str, A
     return [s for s in fleet.prom.query_range(expr, since, now, 2.0) if s["values"]]
 
 
-@pytest.mark.parametrize("panel", PANELS, ids=str)
+def _panel_id(panel: Panel) -> str:
+    same = [p for p in PANELS if (p.dashboard, p.title) == (panel.dashboard, panel.title)]
+    suffix = f" #{same.index(panel) + 1}" if len(same) > 1 else ""
+    return f"{panel.dashboard}: {panel.title}{suffix}"
+
+
+@pytest.mark.parametrize("panel", PANELS, ids=_panel_id)
 async def test_every_dashboard_panel_query_returns_data(fleet: MonitoredFleet, started_at: float, panel: Panel) -> None:
     try:
         fleet.prom.query(panel.expr)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 import socket
 import threading
 import time
@@ -57,6 +58,9 @@ def node_config(redis_url: str, name: str) -> dict[str, Any]:
         # The storm's flooder pipelines thousands of publishes; the per-connection limit is not its subject.
         command_rate=10000,
         command_burst=10000,
+        # A rolling restart's drain, short: serve 2 s more, then close over 1 s.
+        drain_delay=2,
+        drain_period=1,
     )
     config["namespaces"] = {**config["namespaces"], BUSY: {"history_size": 100, "client_publish": True}}
     return config
@@ -254,6 +258,17 @@ class MonitoredFleet:
         assert malformed["error"]["code"] == 400, malformed
         await client.close()
         await self.bad_tokens(1)
+        # 17 pings before `connect`: past what an unauthenticated connection may send, closed 4029.
+        async with connect(node.ws_url, open_timeout=10) as ws:
+            with contextlib.suppress(ConnectionClosed):
+                for _ in range(17):
+                    await ws.ping()
+                await asyncio.wait_for(ws.wait_closed(), 10)
+            assert ws.close_code == 4029, ws.close_code
+        # A client that vanishes without a close frame (a dropped network): 1006.
+        dropped = await RawClient.connected(node.ws_url, "dropped")
+        dropped.ws.transport.abort()
+        RawClient.opened.discard(dropped)
         async with httpx.AsyncClient(base_url=node.http_url, timeout=10) as http:
             assert (await http.post("/api/publish", json={"room": "chat:x", "data": 1})).status_code == 401
             assert (
@@ -316,6 +331,14 @@ class MonitoredFleet:
             for ws in slow:
                 ws.transport.abort()
             await asyncio.gather(*(ws.wait_closed() for ws in slow), return_exceptions=True)
+
+    async def rolling_restart(self, pod: str) -> None:
+        """SIGTERM one node (it drains: readyz 503, then closes its connections 1012 and exits), start it again
+        on its port, and wait until it is ready; the load's members on it come back by themselves."""
+        node = self.nodes[pod]
+        node.signal(signal.SIGTERM)
+        await asyncio.to_thread(node.wait, 60)
+        node.start()
 
     def stop_redis(self) -> None:
         self.redis.stop()

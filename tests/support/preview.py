@@ -149,8 +149,8 @@ def draw(panel: PanelSpec, data: list[tuple[str, list[tuple[float, float]]]], ax
     ax.tick_params(colors=MUTED, labelsize=7, length=0)
     ax.grid(True, color=GRID, linewidth=0.6)
     ax.yaxis.set_major_formatter(tick(panel.unit))
-    ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M:%S"))
-    ax.xaxis.set_major_locator(mdates.AutoDateLocator(maxticks=5))
+    ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M:%S"))  # type: ignore[no-untyped-call]
+    ax.xaxis.set_major_locator(mdates.AutoDateLocator(maxticks=5))  # type: ignore[no-untyped-call]
     unit = UNIT_LABELS.get(panel.unit, panel.unit)
     if unit:
         ax.set_ylabel(unit, color=MUTED, fontsize=7)
