@@ -38,6 +38,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.resources import Resource
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector, generate_latest
 from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
 Kind = Literal["counter", "gauge", "histogram"]
 
@@ -329,7 +330,9 @@ class Histogram:
 
 
 def _le(bound: float) -> str:
-    return repr(float(bound))
+    # As Go formats it (what Prometheus itself writes and normalises `le` to): 1.0, 65536.0, 1.6777216e+07.
+    formatted: str = floatToGoString(bound)  # type: ignore[no-untyped-call]
+    return formatted
 
 
 class LagProbe:

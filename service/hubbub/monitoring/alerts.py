@@ -362,7 +362,7 @@ def rule(
     selector: str = "",
     runbook_base_url: str = DEFAULT_RUNBOOK_BASE_URL,
     extra_labels: Mapping[str, str] | None = None,
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """One alert as a Prometheus alerting rule (the mapping a rule file holds)."""
     values = threshold_values(thresholds)
     return {
@@ -384,7 +384,7 @@ def rule_groups(
     selector: str = "",
     runbook_base_url: str = DEFAULT_RUNBOOK_BASE_URL,
     extra_labels: Mapping[str, str] | None = None,
-) -> dict[str, object]:
+) -> dict[str, list[dict[str, Any]]]:
     """The Prometheus rule file's structure: `{"groups": [{"name": "hubbub", "rules": [...]}]}`.
 
     `selector` holds label matchers added to every series the rules read (`namespace="chat"` to

@@ -277,6 +277,13 @@ OVERVIEW: Final = DashboardSpec(
                     "s",
                     q(quantile(0.99, "hubbub_event_loop_lag_seconds", "pod"), "p99 {{pod}}"),
                 ),
+                panel(
+                    "Versions running",
+                    "Pods by hubbub version and backend (hubbub_build_info): two versions at once during a "
+                    "rollout, one otherwise.",
+                    "short",
+                    q(f"count by (version, backend) (hubbub_build_info{{{SEL}}})", "{{version}} ({{backend}})"),
+                ),
             ),
         ),
     ),
