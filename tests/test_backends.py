@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from hubbub.backends import Backends, create_backends
-from hubbub.backends.base import StreamOptions
+from hubbub.backends.base import InsufficientStateCause, StreamOptions
 from hubbub.backends.memory import MemoryEngine, MemoryPresence
 from hubbub.loader import load_settings
 from hubbub.protocol import Publication
@@ -29,6 +29,7 @@ class Recorder:
     joins: list[tuple[Room, JSONObject]] = field(default_factory=list)
     leaves: list[tuple[Room, JSONObject]] = field(default_factory=list)
     lost: list[Room] = field(default_factory=list)
+    causes: list[InsufficientStateCause] = field(default_factory=list)
 
     def on_publication(self, room: Room, epoch: str, pub: Publication) -> None:
         self.pubs.append((room, epoch, pub))
@@ -39,8 +40,9 @@ class Recorder:
     def on_leave(self, room: Room, info: JSONObject) -> None:
         self.leaves.append((room, info))
 
-    def on_insufficient_state(self, room: Room) -> None:
+    def on_insufficient_state(self, room: Room, cause: InsufficientStateCause) -> None:
         self.lost.append(room)
+        self.causes.append(cause)
 
 
 def memory_backends() -> Backends:

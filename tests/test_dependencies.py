@@ -293,11 +293,33 @@ def test_client_imports_only_what_the_client_extra_provides() -> None:
 
 
 def test_server_imports_only_what_the_server_extra_provides() -> None:
-    """Every module of the service outside hubbub.client: `hubbub serve`, check-config, token, config-doc."""
-    client = SERVICE / "hubbub" / "client"
-    roots = [m for m in modules_under(SERVICE / "hubbub", SERVICE) if not m.path.is_relative_to(client)]
+    """Every module of the service outside hubbub.client and hubbub.monitoring (generators run from a
+    checkout, not by the service): `hubbub serve`, check-config, token, config-doc. A server module
+    importing hubbub.monitoring would bring its imports along, and fail here."""
+    client, monitoring = SERVICE / "hubbub" / "client", SERVICE / "hubbub" / "monitoring"
+    roots = [
+        m
+        for m in modules_under(SERVICE / "hubbub", SERVICE)
+        if not m.path.is_relative_to(client) and not m.path.is_relative_to(monitoring)
+    ]
     assert any(m.name == "hubbub.cli" for m in roots)
     assert_provided("server", roots, (SERVICE,), exact=True)
+
+
+def test_monitoring_imports_only_what_the_dev_extra_provides() -> None:
+    """`python -m hubbub.monitoring` (the dashboards' generator) runs with the dev profile."""
+    roots = modules_under(SERVICE / "hubbub" / "monitoring", SERVICE)
+    assert any(m.name == "hubbub.monitoring.dashboards" for m in roots)
+    assert_provided("dev", roots, (SERVICE,), exact=False)
+
+
+@pytest.mark.parametrize("module", ["hubbub.monitoring.alerts", "hubbub.monitoring.catalog"])
+def test_alert_rules_and_catalog_need_only_the_standard_library(module: str) -> None:
+    """An operator renders the rules (and a test reads the dashboards' queries) without the SDK."""
+    path = module_path(module, (SERVICE,))
+    assert path is not None
+    imported = third_party_imports([Module(module, path)], (SERVICE,))
+    assert not imported, f"{module} imports beyond the standard library: {sorted(imported)}"
 
 
 def test_bench_imports_only_what_the_bench_extra_provides() -> None:

@@ -15,10 +15,12 @@ from typing import Any, Final
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hubbub import protocol, rules
 from hubbub.backends.base import BackendUnavailable
 from hubbub.codes import CLOSE_TABLE, CloseCode, CommandError, ErrorCode
+from hubbub.metrics import HTTP_ROUTES, Metrics
 from hubbub.node import Node
 from hubbub.types import JSONObject, Room
 
@@ -255,3 +257,31 @@ def routes() -> list[BaseRoute]:
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
+
+
+def counted(app: ASGIApp, metrics: Metrics) -> ASGIApp:
+    """`app`, with every answered request counted by route template and status (hubbub_api_requests_total).
+
+    The template is that of the route Starlette matched (`scope["route"]`), from the fixed list in
+    metrics.HTTP_ROUTES; anything else, 404s above all, is "other": never a raw path (a client could
+    make up paths without end).
+    """
+    known = frozenset(HTTP_ROUTES)
+
+    async def counting(scope: Scope, receive: Receive, send: Send) -> None:
+        status = 0
+
+        async def send_noting_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await app(scope, receive, send_noting_status)
+        finally:
+            if status:
+                route = getattr(scope.get("route"), "path", None)
+                metrics.api_request(route if route in known else "other", status)
+
+    return counting

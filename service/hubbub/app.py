@@ -10,6 +10,7 @@ from starlette.types import Receive, Scope, Send
 
 from hubbub import api, pages
 from hubbub.backends import create_backends
+from hubbub.metrics import Metrics
 from hubbub.node import Node
 from hubbub.preflight import warnings
 from hubbub.settings import DEV_API_KEY, DEV_JWT_SECRET, Settings
@@ -40,8 +41,11 @@ class HubbubApp:
         self.node: Node | None = None
         #: Why start-up failed, in one line (None while it has not).
         self.failure: str | None = None
+        #: Made before the node: the server's gate and refused upgrades count into it before (or without) one.
+        self.metrics = Metrics(settings.node_name)
         self.http = Starlette(routes=api.routes() + pages.routes())
         self.http.state.demo_tokens = pages.demo_token_limiter(settings)
+        self._counted_http = api.counted(self.http, self.metrics)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -51,7 +55,7 @@ class HubbubApp:
             await receive()
             await send({"type": "websocket.close", "code": 1011, "reason": "serve hubbub with `hubbub serve`"})
         else:
-            await self.http(scope, receive, send)
+            await self._counted_http(scope, receive, send)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         # Handled here rather than by Starlette, which reports a failed start-up as a traceback: the
@@ -59,7 +63,7 @@ class HubbubApp:
         await receive()  # lifespan.startup
         try:
             announce(self.settings)
-            node = Node(self.settings, create_backends(self.settings))
+            node = Node(self.settings, create_backends(self.settings, self.metrics), metrics=self.metrics)
             await node.start()
         except Exception as exc:
             self.failure = f"start-up failed: {exc}" if str(exc) else f"start-up failed: {type(exc).__name__}"

@@ -26,6 +26,7 @@ from urllib.parse import parse_qs
 from hubbub import deflate, frames, protocol, rules
 from hubbub.auth import AuthError, Principal
 from hubbub.codes import CloseCode
+from hubbub.metrics import HandshakeRefusal
 from hubbub.ratelimit import TokenBucket, Verdict
 from hubbub.refusals import REFUSALS
 from hubbub.session import Session, State
@@ -117,6 +118,8 @@ class WebSocketConnection(asyncio.Protocol):
 
     def __init__(self, config: Any, server_state: Any, app_state: Any = None, _loop: Any = None) -> None:
         self.node: Node | None = getattr(config.app, "node", None)
+        if self.node is None and (metrics := getattr(config.app, "metrics", None)) is not None:
+            metrics.refused("starting")  # `_handshake` refuses it (503): counted here, where the app is at hand
         self.connections: set[Any] = server_state.connections
         self.transport: asyncio.Transport | None = None
         self.session: Session | None = None
@@ -229,18 +232,20 @@ class WebSocketConnection(asyncio.Protocol):
         if node is None:
             return self._refuse(503, "the node is starting")
         if path != "/ws":
-            return self._refuse(404, "WebSocket endpoint is /ws")
+            return self._refuse(404, "WebSocket endpoint is /ws", why="not_websocket")
         if method != "GET" or "websocket" not in headers.get("upgrade", "").lower():
-            return self._refuse(400, "not a WebSocket upgrade")
+            return self._refuse(400, "not a WebSocket upgrade", why="not_websocket")
         if headers.get("sec-websocket-version") != "13":
-            return self._refuse(426, "WebSocket version 13 is required", "sec-websocket-version: 13\r\n")
+            return self._refuse(
+                426, "WebSocket version 13 is required", "sec-websocket-version: 13\r\n", why="not_websocket"
+            )
         key = headers.get("sec-websocket-key", "")
         if not frames.valid_key(key):
-            return self._refuse(400, "missing or invalid Sec-WebSocket-Key")
+            return self._refuse(400, "missing or invalid Sec-WebSocket-Key", why="not_websocket")
         origin = headers.get("origin")
         if not rules.origin_permitted(origin, headers.get("host"), node.settings):
             REFUSALS.refused(origin or "", "a WebSocket", node.settings.allowed_origins)
-            return self._refuse(403, "origin not allowed: add it to the allowed_origins setting")
+            return self._refuse(403, "origin not allowed: add it to the allowed_origins setting", why="origin")
         token = upgrade_token(headers, query)
         if token is None:
             self._accept(node, headers, key, None)
@@ -253,12 +258,15 @@ class WebSocketConnection(asyncio.Protocol):
             principal = await node.auth.authenticate(token)
         except AuthError as exc:
             node.metrics.auth_failures.add(1, {"reason": exc.reason})
-            self._refuse(401, exc.message)
+            self._refuse(401, exc.message, why="auth")
             return
         if self.transport is not None and not self.transport.is_closing():
             self._accept(node, headers, key, principal)
 
-    def _refuse(self, status: int, reason: str, extra: str = "") -> None:
+    def _refuse(self, status: int, reason: str, extra: str = "", *, why: HandshakeRefusal | None = None) -> None:
+        """Answer the upgrade request with an error and close; `why` is counted (None: already counted)."""
+        if why is not None and self.node is not None:
+            self.node.metrics.refused(why)
         if self.transport is not None:
             self.transport.write(http_response(status, reason, extra))
             self.transport.close()
@@ -284,8 +292,10 @@ class WebSocketConnection(asyncio.Protocol):
         session = self.session = self.session_class(node, self, principal=principal)
         node.attach(session)
         if node.closing:
+            node.metrics.refused("draining")
             session.close(CloseCode.DRAINING)
         elif len(node.sessions) > node.settings.max_connections:
+            node.metrics.refused("capacity")
             session.close(CloseCode.OVERLOADED)
 
     # --- inbound -------------------------------------------------------------------------------
@@ -451,6 +461,7 @@ class WebSocketConnection(asyncio.Protocol):
                 )
             if budget.take(time.monotonic()) is not Verdict.CLOSE:
                 return True
+        session.node.metrics.rate_limit("control_frames")
         session.close(CloseCode.RATE_LIMITED, "rate limited: too many WebSocket pings")
         return False
 

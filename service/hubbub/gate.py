@@ -43,6 +43,7 @@ from typing import Any, ClassVar, Final, Generic, TypeVar
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from hubbub.connection import http_response
+from hubbub.metrics import HandshakeRefusal, Metrics
 from hubbub.settings import Settings
 
 log = logging.getLogger("hubbub.gate")
@@ -159,6 +160,14 @@ class Tally:
         return min((self._until[kind] for kind in self._held), default=None)
 
 
+#: What each kind counts as in hubbub_handshake_refusals_total. A connection that sent nothing is not counted:
+#: spare connections of browsers and load balancers are normal (and it got no 408 either).
+REASONS: Final[dict[Refusal, HandshakeRefusal]] = {
+    Refusal.TIMEOUT: "handshake_timeout",
+    Refusal.TOO_LARGE: "header_too_large",
+    Refusal.SHED: "too_many_handshakes",
+}
+
 #: Connections that sent nothing are only logged at debug level: spare connections are normal.
 LEVELS: Final = {
     Refusal.TIMEOUT: logging.WARNING,
@@ -208,8 +217,9 @@ def warning(kind: Refusal, count: int, settings: Settings, *, window: float | No
 class Gate:
     """The request-head limits of one server: its pending connections, their sweep timer and its log."""
 
-    def __init__(self, settings: Settings, *, logger: logging.Logger = log) -> None:
+    def __init__(self, settings: Settings, *, logger: logging.Logger = log, metrics: Metrics | None = None) -> None:
         self.settings = settings
+        self._metrics = metrics
         self.max_header_bytes = settings.max_header_bytes
         self.heads: Heads[GatedHttpProtocol] = Heads(settings.handshake_timeout, settings.max_pending_handshakes)
         self.tally = Tally()
@@ -247,6 +257,9 @@ class Gate:
         self.heads.remove(conn)
 
     def note(self, kind: Refusal, count: int) -> None:
+        reason = REASONS.get(kind)
+        if reason is not None and self._metrics is not None:
+            self._metrics.handshake_refusals.add(count, {"reason": reason})
         if self._loop is None:
             return
         now = self._loop.time()

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 
 from hubbub.activity import Activity
+from hubbub.backends.base import InsufficientStateCause
 from hubbub.codes import CloseCode
 from hubbub.frames import text_frame
 from hubbub.metrics import Metrics
@@ -101,14 +102,16 @@ class Hub:
                 outbox.push(frame, wire)
             self._metrics.deliveries.add(len(members))
             self._activity.deliveries += len(members)
-        self._metrics.fanout_latency.record(max(0.0, time.time() - pub.ts / 1000))
+        self._metrics.fanout_latency.observe(max(0.0, time.time() - pub.ts / 1000))
 
-    def on_insufficient_state(self, room: Room) -> None:
+    def on_insufficient_state(self, room: Room, cause: InsufficientStateCause) -> None:
         state = self._rooms.get(room)
         if state is None:
             return
-        for outbox in [*state.members, *state.joining]:
+        closing = [outbox for outbox in [*state.members, *state.joining] if not outbox.closed]
+        for outbox in closing:
             outbox.request_close(CloseCode.INSUFFICIENT_STATE)
+        self._metrics.insufficient(cause, len(closing))
 
     def on_join(self, room: Room, info: JSONObject) -> None:
         self._presence_event("join", room, info)

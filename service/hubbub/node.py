@@ -14,13 +14,13 @@ import time
 import weakref
 from collections.abc import Iterator
 
-from hubbub import protocol
+from hubbub import __version__, protocol
 from hubbub.activity import Activity
 from hubbub.backends import Backends
 from hubbub.backends.base import BackendUnavailable, HistoryResult, PublishResult, StreamOptions
 from hubbub.codes import CloseCode
 from hubbub.hub import Hub
-from hubbub.metrics import Metrics
+from hubbub.metrics import LagProbe, Metrics
 from hubbub.outbox import Flusher, Outbox
 from hubbub.preflight import make_authenticator
 from hubbub.protocol import StreamPosition
@@ -30,6 +30,9 @@ from hubbub.timers import DeadlineHeap, FixedDelayQueue
 from hubbub.types import JSON, JSONObject, Room
 
 log = logging.getLogger("hubbub.node")
+
+#: Seconds between two samples of every connection's queued bytes (hubbub_outbound_queue_bytes).
+QUEUE_SAMPLE_INTERVAL = 5.0
 
 
 #: Timer entries hold weak references: an entry is cancelled lazily, and a strong one would keep a gone
@@ -81,6 +84,11 @@ class Node:
         self._drainer: asyncio.Task[None] | None = None
         self.drained = asyncio.Event()
         self._sampled = 0.0
+        self._queues_sampled = 0.0
+        self.metrics.describe_node(version=__version__, backend=backends.kind, max_connections=settings.max_connections)
+        self.metrics.ready.source = lambda: 1 if self.readiness()[0] else 0
+        self.metrics.presence_entries.source = backends.presence.local_entries
+        self._lag = LagProbe(self.metrics.event_loop_lag)
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -89,8 +97,10 @@ class Node:
         self.flusher = Flusher(self.loop)
         await self.backends.start(self.hub, self)
         self._ticker = self.loop.create_task(self._tick_forever())
+        self._lag.start(self.loop)
 
     async def stop(self) -> None:
+        self._lag.stop()
         for task in (self._ticker, self._drainer):
             if task is not None:
                 task.cancel()
@@ -282,6 +292,10 @@ class Node:
                 if now - self._sampled >= 1.0:
                     self._sampled = now
                     self.activity.sample(now)
+                if now - self._queues_sampled >= QUEUE_SAMPLE_INTERVAL:
+                    self._queues_sampled = now
+                    # A list of ints, then one pass: ~0.5 ms for 10,000 connections (mostly empty queues).
+                    self.metrics.queue_bytes.observe_sizes([s.outbox.pending for s in self.sessions])
             except Exception:
                 log.exception("timer tick failed")
 

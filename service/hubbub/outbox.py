@@ -76,7 +76,6 @@ class Flusher:
 
 class Outbox:
     __slots__ = (
-        "_bytes",
         "_close",
         "_dirty",
         "_flusher",
@@ -88,6 +87,7 @@ class Outbox:
         "_wire",
         "client_id",
         "closed",
+        "pending",
         "request_close",
     )
 
@@ -110,18 +110,15 @@ class Outbox:
         self._items: list[str] = []
         #: The prepared frame of the only queued item, when it came with one.
         self._wire: bytes | None = None
-        self._bytes = 0
+        #: Characters queued and not yet handed to the socket (read-only outside; a plain slot, not a property,
+        #: because the node's ticker reads every connection's when it samples the queue sizes).
+        self.pending = 0
         self._dirty = False
         self._close: tuple[int, str] | None = None
         #: True once a close has been requested: nothing more is queued.
         self.closed = False
         #: How others (the hub) ask the owning session to close; set by the session.
         self.request_close: Callable[[CloseCode], None] = lambda code: None
-
-    @property
-    def pending(self) -> int:
-        """Characters queued and not yet handed to the socket."""
-        return self._bytes
 
     def push(self, text: str, wire: bytes | None = None) -> None:
         """Queue one message (with its prepared frame, if the caller shares one). Never blocks; an
@@ -131,8 +128,8 @@ class Outbox:
         items = self._items
         self._wire = wire if not items else None
         items.append(text)
-        self._bytes += len(text)
-        if self._bytes > self._max_bytes:
+        self.pending += len(text)
+        if self.pending > self._max_bytes:
             self._on_overflow()
             return
         if not self._dirty:
@@ -147,7 +144,7 @@ class Outbox:
             return
         if drop_pending:
             self._items.clear()
-            self._bytes = 0
+            self.pending = 0
         self._wire = None
         if notify:
             self._items.append(disconnect_push(code, reason, reconnect))
@@ -166,7 +163,7 @@ class Outbox:
         if sink is None or sink.paused:
             return
         if self._items:
-            items, self._items, self._bytes = self._items, [], 0
+            items, self._items, self.pending = self._items, [], 0
             wire, self._wire = self._wire, None
             if wire is not None and len(items) == 1:
                 sink.write_framed(wire, items[0])
@@ -182,7 +179,7 @@ class Outbox:
         self.closed = True
         self._wire = None
         self._items.clear()
-        self._bytes = 0
+        self.pending = 0
         self._close = None
 
     def detach(self) -> None:

@@ -215,6 +215,7 @@ async def demo_token(request: Request) -> Response:
     limiter: AddressLimiter = request.app.state.demo_tokens
     wait = limiter.acquire(request.client.host if request.client else "", time.monotonic())
     if wait:
+        _node(request).metrics.rate_limit("demo_token")
         retry_after = max(1, math.ceil(wait))
         refused = api.error_response(
             429, f"too many demo tokens from your address; try again in {retry_after} s (demo_tokens_per_minute)"

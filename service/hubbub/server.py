@@ -85,7 +85,7 @@ def uvicorn_config(app: HubbubApp, settings: Settings) -> uvicorn.Config:
         access_log=False,
         # uvicorn's httptools protocol, pinned (not "auto"), with the request head timed and measured:
         # uvicorn itself has no deadline and no size limit for it (hubbub.gate).
-        http=Gate(settings).protocol(),
+        http=Gate(settings, metrics=app.metrics).protocol(),
         # hubbub's own WebSocket protocol (frames straight to the Session, no ASGI, no task per
         # connection); it enforces max_frame_bytes and permessage_deflate itself.
         ws=WebSocketConnection,

@@ -224,6 +224,7 @@ class Session:
             if verdict is Verdict.CLOSE:
                 raise Disconnect(CloseCode.RATE_LIMITED)
             if verdict is Verdict.REJECT:
+                self.node.metrics.rate_limit("commands")
                 return self._reply_error(command, ErrorCode.TOO_MANY, "rate limited: slow down")
         handler = self._handlers[op]
         try:

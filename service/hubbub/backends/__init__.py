@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from hubbub.backends.base import Broker, BrokerEventHandler, ClusterView, History, LocalNode, Presence
 from hubbub.backends.cluster_local import LocalCluster
 from hubbub.backends.memory import MemoryEngine, MemoryPresence
+from hubbub.metrics import Metrics, RedisMetrics
 from hubbub.settings import Settings
 
 __all__ = ["Backends", "create_backends"]
@@ -47,7 +48,8 @@ class Backends:
         }
 
 
-def create_backends(settings: Settings) -> Backends:
+def create_backends(settings: Settings, metrics: Metrics | None = None) -> Backends:
+    """The backends `settings` ask for; the Redis ones count into `metrics.redis` (else numbers nobody reads)."""
     if settings.redis_url or settings.redis_sentinels:
         from hubbub.backends.redis_broker import RedisEngine
         from hubbub.backends.redis_cluster import RedisCluster
@@ -55,21 +57,31 @@ def create_backends(settings: Settings) -> Backends:
         from hubbub.backends.redis_presence import RedisPresence
 
         clients = connect(settings)
+        counts = metrics.redis if metrics is not None else RedisMetrics()
         engine = RedisEngine(
             clients,
             prefix=settings.redis_prefix,
             timeout=settings.redis_timeout,
             position_check_interval=settings.position_check_interval,
+            metrics=counts,
         )
         presence = RedisPresence(
-            clients.commands, prefix=settings.redis_prefix, ttl=settings.presence_ttl, timeout=settings.redis_timeout
+            clients.commands,
+            prefix=settings.redis_prefix,
+            ttl=settings.presence_ttl,
+            timeout=settings.redis_timeout,
+            metrics=counts,
         )
         return Backends(
             broker=engine,
             history=engine,
             presence=presence,
             cluster=RedisCluster(
-                clients.commands, clients.subscriber, prefix=settings.redis_prefix, name=settings.node_name
+                clients.commands,
+                clients.subscriber,
+                prefix=settings.redis_prefix,
+                name=settings.node_name,
+                metrics=counts,
             ),
             kind="redis",
             on_start=presence.start,

@@ -180,5 +180,9 @@ class MemoryPresence:
         clients = self._rooms.get(room, {})
         return PresenceStats(len(clients), len({entry.get("user") for entry in clients.values()}))
 
+    def local_entries(self) -> int:
+        # Every entry is this node's (there is no other node); one pass over the rooms, when scraped.
+        return sum(len(clients) for clients in self._rooms.values())
+
     def __len__(self) -> int:
         return len(self._rooms)

@@ -35,9 +35,17 @@ from typing import Any
 from redis.exceptions import RedisError, ResponseError
 
 from hubbub import protocol
-from hubbub.backends.base import BackendUnavailable, BrokerEventHandler, HistoryResult, PublishResult, StreamOptions
+from hubbub.backends.base import (
+    BackendUnavailable,
+    BrokerEventHandler,
+    HistoryResult,
+    InsufficientStateCause,
+    PublishResult,
+    StreamOptions,
+)
 from hubbub.backends.redis_link import Arg, Link
-from hubbub.backends.redis_pool import RedisClients, stop_tasks
+from hubbub.backends.redis_pool import RedisClients, error_kind, stop_tasks
+from hubbub.metrics import RedisMetrics
 from hubbub.protocol import Publication
 from hubbub.types import JSONObject, Room
 
@@ -173,8 +181,18 @@ def _pub_from_entry(entry: Any) -> Publication:
 class RedisEngine:
     """Implements Broker and History."""
 
-    def __init__(self, clients: RedisClients, *, prefix: str, timeout: float, position_check_interval: float) -> None:
+    def __init__(
+        self,
+        clients: RedisClients,
+        *,
+        prefix: str,
+        timeout: float,
+        position_check_interval: float,
+        metrics: RedisMetrics | None = None,
+    ) -> None:
         self._clients = clients
+        self._metrics = metrics = metrics or RedisMetrics()
+        metrics.available.source = lambda: 1 if self.available else 0
         self._prefix = prefix
         self._timeout = timeout
         self._check_interval = position_check_interval
@@ -186,8 +204,14 @@ class RedisEngine:
             clients.connection_factory(),
             timeout=timeout,
             greeting=[("SCRIPT", "LOAD", script.source) for script in scripts],
+            latency=metrics.latency["broker"],
         )
-        self._sub = Link(clients.connection_factory(subscriber=True), timeout=timeout, on_push=self._on_push)
+        self._sub = Link(
+            clients.connection_factory(subscriber=True),
+            timeout=timeout,
+            on_push=self._on_push,
+            latency=metrics.latency["broker"],
+        )
         #: Newest (epoch, offset) this node published per room, most recent rooms last (bounded).
         self._seen: OrderedDict[Room, tuple[str, int]] = OrderedDict()
         self._rooms: dict[Room, _Subscription] = {}
@@ -236,6 +260,7 @@ class RedisEngine:
         try:
             return await reply
         except (RedisError, OSError) as exc:
+            self._metrics.error("broker", error_kind(exc))
             raise BackendUnavailable(f"redis: {type(exc).__name__}") from exc
 
     async def _script(self, script: _Script, keys: list[str], args: list[Arg]) -> Any:
@@ -243,8 +268,10 @@ class RedisEngine:
             return await self._link.call("EVALSHA", script.sha, len(keys), *keys, *args)
         except ResponseError as exc:
             if not str(exc).startswith("NOSCRIPT"):
+                self._metrics.error("broker", "response")
                 raise BackendUnavailable(f"redis: {exc}") from exc
         except (RedisError, OSError) as exc:
+            self._metrics.error("broker", error_kind(exc))
             raise BackendUnavailable(f"redis: {type(exc).__name__}") from exc
         # Redis forgot the script (SCRIPT FLUSH) since this connection loaded it.
         return await self._call(self._link.call("EVAL", script.source, len(keys), *keys, *args))
@@ -258,6 +285,7 @@ class RedisEngine:
                 self._commands_up = True
                 self._down_reason = None
             except (TimeoutError, RedisError, OSError) as exc:
+                self._metrics.error("broker", error_kind(exc))
                 # Once per outage, and again when the reason changes: a first attempt that merely timed out
                 # (a slow start) must not hide the cause an operator has to fix (a certificate, a password).
                 if self._commands_up or str(exc) != self._down_reason:
@@ -383,6 +411,8 @@ class RedisEngine:
 
     async def _subscriber_forever(self) -> None:
         delay = 0.1
+        #: Whether a subscriber connection was up before: the next one up is a reconnect.
+        was_up = False
         while True:
             try:
                 await self._sub.connect()
@@ -392,6 +422,9 @@ class RedisEngine:
                     self._sub.send("SUBSCRIBE", *(self._channel(r) for r in rooms[start : start + SUBSCRIBE_BATCH]))
                 await self._sub.call("PING")
                 self._subscriber_up = True
+                if was_up:
+                    self._metrics.reconnects.add(1)
+                was_up = True
                 delay = 0.1
                 if rooms:
                     log.warning("redis subscriber reconnected: backfilling %d rooms", len(rooms))
@@ -404,6 +437,7 @@ class RedisEngine:
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
+                self._metrics.error("broker", error_kind(exc))
                 if self._subscriber_up:
                     log.warning("redis subscriber connection lost: %s", exc)
             finally:
@@ -454,7 +488,7 @@ class RedisEngine:
             # The room's history was lost (Redis restarted empty): nobody can be sure what they missed.
             log.warning("room %s changed epoch %s -> %s: members must recover", room, state.epoch, epoch)
             state.epoch, state.offset = epoch, pub.offset
-            handler.on_insufficient_state(room)
+            handler.on_insufficient_state(room, "epoch_changed")
             handler.on_publication(room, epoch, pub)
             return True
         if pub.offset <= state.offset:
@@ -500,7 +534,7 @@ class RedisEngine:
             state.abandoned.add(old)
             state.epoch, state.offset = _decode(epoch), int(offset)
             state.recent.clear()
-            handler.on_insufficient_state(room)
+            handler.on_insufficient_state(room, "offsets_reused")
             pending, state.pending = state.pending, []
             state.pending = [(e, p) for e, p in pending if e not in state.abandoned and p.offset > state.offset]
         finally:
@@ -525,6 +559,8 @@ class RedisEngine:
     async def _backfill(self, room: Room, state: _Subscription) -> None:
         handler = self._handler
         assert handler is not None
+        #: Why the backfill gave up (the members are closed 4011), if it did.
+        lost: InsufficientStateCause | None = None
         try:
             for _attempt in range(BACKFILL_ATTEMPTS):
                 try:
@@ -537,13 +573,15 @@ class RedisEngine:
                 if epoch != state.epoch:
                     log.warning("room %s lost its history (epoch %s -> %s)", room, state.epoch, epoch)
                     state.epoch, state.offset = epoch, newest
-                    handler.on_insufficient_state(room)
+                    lost = "history_lost"
+                    handler.on_insufficient_state(room, lost)
                     state.pending = [(e, p) for e, p in state.pending if e == epoch and p.offset > newest]
                     return
                 if newest > state.offset and (not pubs or pubs[0].offset != state.offset + 1):
                     log.warning("room %s: offsets %d..%d are gone from history", room, state.offset + 1, newest)
                     state.offset = newest
-                    handler.on_insufficient_state(room)
+                    lost = "history_trimmed"
+                    handler.on_insufficient_state(room, lost)
                     state.pending = [(e, p) for e, p in state.pending if p.offset > newest]
                     return
                 for pub in pubs:
@@ -559,12 +597,14 @@ class RedisEngine:
                 if not state.pending:
                     return
             log.warning("room %s: gap not closed after %d backfills", room, BACKFILL_ATTEMPTS)
-            handler.on_insufficient_state(room)
+            lost = "backfill_exhausted"
+            handler.on_insufficient_state(room, lost)
             if state.pending:
                 state.offset = max(p.offset for _, p in state.pending)
             state.pending.clear()
         finally:
             state.backfilling = False
+            self._metrics.backfill("failed" if lost is not None else "ok")
 
     async def _positions_forever(self) -> None:
         while True:
@@ -590,6 +630,7 @@ class RedisEngine:
                     continue
                 if (_decode(epoch), state.epoch) == (before[room][0],) * 2 and int(offset) < before[room][1]:
                     state.backfilling = True
+                    self._metrics.position_repairs.add(1)
                     await self._renew_epoch(room, state)
                     continue
                 ahead = _decode(epoch) != state.epoch or int(offset) > state.offset
@@ -599,6 +640,7 @@ class RedisEngine:
                     # Ahead twice in a row without progress: not a publication in flight, a lost one.
                     state.suspect = -1
                     state.backfilling = True
+                    self._metrics.position_repairs.add(1)
                     await self._backfill(room, state)
                 else:
                     state.suspect = state.offset

@@ -13,14 +13,19 @@ import contextlib
 import logging
 import secrets
 import time
+from collections.abc import Awaitable
+from typing import TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from hubbub import protocol
 from hubbub.backends.base import BackendUnavailable, LocalNode
-from hubbub.backends.redis_pool import stop_tasks
+from hubbub.backends.redis_pool import error_kind, stop_tasks
+from hubbub.metrics import RedisMetrics
 from hubbub.types import JSONObject
+
+T = TypeVar("T")
 
 log = logging.getLogger("hubbub.redis")
 
@@ -32,8 +37,17 @@ COUNT_CHANNELS = "return #redis.call('PUBSUB', 'CHANNELS', ARGV[1])"
 
 
 class RedisCluster:
-    def __init__(self, commands: aioredis.Redis, subscriber: aioredis.Redis, *, prefix: str, name: str) -> None:
+    def __init__(
+        self,
+        commands: aioredis.Redis,
+        subscriber: aioredis.Redis,
+        *,
+        prefix: str,
+        name: str,
+        metrics: RedisMetrics | None = None,
+    ) -> None:
         self._redis = commands
+        self._metrics = metrics or RedisMetrics()
         self._subscriber = subscriber
         self._prefix = prefix
         self._name = name
@@ -48,6 +62,18 @@ class RedisCluster:
         self._local = local
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._heartbeat_forever()), loop.create_task(self._listen_forever())]
+
+    async def _call(self, reply: Awaitable[T], timeout: float) -> T:
+        """One round trip, timed and, when it fails, counted (the caller handles the exception)."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            result = await asyncio.wait_for(reply, timeout)
+        except (TimeoutError, RedisError, OSError) as exc:
+            self._metrics.error("cluster", error_kind(exc))
+            raise
+        self._metrics.latency["cluster"].observe(loop.time() - started)
+        return result
 
     async def aclose(self) -> None:
         await stop_tasks(self._tasks)
@@ -64,7 +90,7 @@ class RedisCluster:
                     pipe = self._redis.pipeline(transaction=False)
                     pipe.hset(f"{self._prefix}:nodes", self._name, protocol.dumps(self._local.info()))
                     pipe.zadd(f"{self._prefix}:nodes:seen", {self._name: time.time()})
-                    await asyncio.wait_for(pipe.execute(), HEARTBEAT)
+                    await self._call(pipe.execute(), HEARTBEAT)
             await asyncio.sleep(HEARTBEAT)
 
     async def _live(self) -> list[str]:
@@ -72,13 +98,13 @@ class RedisCluster:
         pipe = self._redis.pipeline(transaction=False)
         pipe.zremrangebyscore(f"{self._prefix}:nodes:seen", "-inf", cutoff)
         pipe.zrange(f"{self._prefix}:nodes:seen", 0, -1)
-        _, names = await pipe.execute()
+        _, names = await self._call(pipe.execute(), ANSWER_TIMEOUT)
         return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
 
     async def nodes(self) -> list[JSONObject]:
         try:
-            names = await asyncio.wait_for(self._live(), ANSWER_TIMEOUT)
-            raw = await asyncio.wait_for(self._redis.hmget(f"{self._prefix}:nodes", names), ANSWER_TIMEOUT)
+            names = await self._live()
+            raw = await self._call(self._redis.hmget(f"{self._prefix}:nodes", names), ANSWER_TIMEOUT)
         except (TimeoutError, RedisError, OSError) as exc:
             raise BackendUnavailable(f"redis: {type(exc).__name__}") from exc
         found = {name: protocol.loads(value) for name, value in zip(names, raw, strict=True) if value}
@@ -92,7 +118,7 @@ class RedisCluster:
         # inside Redis: only the number travels, not 10,000 channel names.
         pattern = f"{self._prefix}:{{*}}:ch"
         try:
-            count = await asyncio.wait_for(self._redis.eval(COUNT_CHANNELS, 0, pattern), ANSWER_TIMEOUT)
+            count = await self._call(self._redis.eval(COUNT_CHANNELS, 0, pattern), ANSWER_TIMEOUT)
         except (TimeoutError, RedisError, OSError) as exc:
             raise BackendUnavailable(f"redis: {type(exc).__name__}") from exc
         return int(count)
@@ -102,11 +128,11 @@ class RedisCluster:
         key = f"{self._prefix}:req:{request}"
         message = protocol.dumps({"op": "disconnect", "req": request, "user": user, "code": code, "reason": reason})
         try:
-            live = set(await asyncio.wait_for(self._live(), ANSWER_TIMEOUT)) | {self._name}
-            await asyncio.wait_for(self._redis.publish(self._control, message), ANSWER_TIMEOUT)
+            live = set(await self._live()) | {self._name}
+            await self._call(self._redis.publish(self._control, message), ANSWER_TIMEOUT)
             deadline = time.monotonic() + ANSWER_TIMEOUT
             while True:
-                answers = await asyncio.wait_for(self._redis.hgetall(key), ANSWER_TIMEOUT)
+                answers = await self._call(self._redis.hgetall(key), ANSWER_TIMEOUT)
                 answered = {k.decode() if isinstance(k, bytes) else str(k): int(v) for k, v in answers.items()}
                 if live <= answered.keys() or time.monotonic() > deadline:
                     return sum(answered.values())
@@ -122,15 +148,26 @@ class RedisCluster:
                 while True:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None and message["type"] == "message":
-                        await self._handle(protocol.loads(message["data"]))
+                        await self._answer(message["data"])
             except asyncio.CancelledError:
                 raise
             except (TimeoutError, RedisError, OSError, ValueError) as exc:
+                self._metrics.error("cluster", error_kind(exc))
+                self._metrics.control_failures.add(1)
                 log.warning("control channel: %s", exc)
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
             await asyncio.sleep(0.5)
+
+    async def _answer(self, data: bytes) -> None:
+        """Handle one control message. A malformed one, or an answer Redis did not take, is counted and
+        logged; the channel stays subscribed (resubscribing could miss the next request)."""
+        try:
+            await self._handle(protocol.loads(data))
+        except Exception as exc:
+            self._metrics.control_failures.add(1)
+            log.warning("control message not handled: %s", exc or type(exc).__name__)
 
     async def _handle(self, message: JSONObject) -> None:
         if message.get("op") != "disconnect" or self._local is None:
@@ -140,4 +177,4 @@ class RedisCluster:
         pipe = self._redis.pipeline(transaction=False)
         pipe.hset(key, self._name, count)
         pipe.expire(key, 60)
-        await pipe.execute()
+        await self._call(pipe.execute(), ANSWER_TIMEOUT)

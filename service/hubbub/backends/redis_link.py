@@ -28,13 +28,16 @@ import collections
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import hiredis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as LinkDown
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as LinkTimeout
+
+if TYPE_CHECKING:
+    from hubbub.metrics import Histogram
 
 log = logging.getLogger("hubbub.redis")
 
@@ -74,9 +77,12 @@ class Link:
         greeting: Sequence[Sequence[Arg]] = (),
         on_push: Callable[[list[Any]], None] | None = None,
         max_pending: int = MAX_PENDING,
+        latency: Histogram | None = None,
     ) -> None:
         self._factory = factory
         self._timeout = timeout
+        #: Where each reply's round trip is counted (from the call, so a wait for the connection counts too).
+        self._latency = latency
         #: Commands sent first on every new connection (SCRIPT LOAD): their replies are not awaited.
         self._greeting = [_pack(tuple(args)) for args in greeting]
         self._on_push = on_push
@@ -211,6 +217,10 @@ class Link:
         reader.feed(data)
         waiting = self._waiting
         on_push = self._on_push
+        latency = self._latency
+        # One clock read per read from the socket: its replies all arrived now. A command started at its
+        # deadline less the timeout, so its round trip is (now + timeout) - deadline: no timestamp of its own.
+        arrived = (self._get_loop().time() + self._timeout) if latency is not None else 0.0
         while True:
             try:
                 reply = reader.gets()
@@ -227,7 +237,9 @@ class Link:
             if not waiting:
                 self._drop(LinkDown(f"unexpected reply from redis: {reply!r:.100}"))
                 return
-            future, _ = waiting.popleft()
+            future, deadline = waiting.popleft()
+            if latency is not None and future is not None:
+                latency.observe(arrived - deadline)
             if type(reply) is ResponseError:
                 if str(reply).startswith(("READONLY", "MASTERDOWN")):
                     # A replica now (failover): reconnect, so discovery finds the new master.

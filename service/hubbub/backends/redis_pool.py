@@ -17,9 +17,12 @@ from redis._parsers import _AsyncRESP3Parser
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
+from hubbub.metrics import RedisErrorKind
 from hubbub.settings import Settings
 
 #: Pooled command connections per node; more callers wait (up to redis_timeout) for a free one.
@@ -120,3 +123,15 @@ async def stop_tasks(tasks: Iterable[asyncio.Task[None]]) -> None:
     for task in tasks:
         with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
             await task
+
+
+def error_kind(exc: BaseException) -> RedisErrorKind:
+    """What a failed Redis call counts as (hubbub_redis_errors_total's `kind`)."""
+    # Before OSError: the built-in TimeoutError is one.
+    if isinstance(exc, TimeoutError | RedisTimeoutError):
+        return "timeout"
+    if isinstance(exc, RedisConnectionError | OSError):
+        return "connection"
+    if isinstance(exc, ResponseError):
+        return "response"
+    return "other"

@@ -20,6 +20,8 @@ from redis.exceptions import RedisError
 
 from hubbub import protocol
 from hubbub.backends.base import BackendUnavailable, PresenceStats
+from hubbub.backends.redis_pool import error_kind
+from hubbub.metrics import RedisMetrics
 from hubbub.types import ClientId, JSONObject, Room
 
 log = logging.getLogger("hubbub.redis")
@@ -43,8 +45,11 @@ REFRESH_CHUNK = 500
 class RedisPresence:
     """Implements Presence."""
 
-    def __init__(self, client: aioredis.Redis, *, prefix: str, ttl: float, timeout: float) -> None:
+    def __init__(
+        self, client: aioredis.Redis, *, prefix: str, ttl: float, timeout: float, metrics: RedisMetrics | None = None
+    ) -> None:
         self._redis = client
+        self._metrics = metrics or RedisMetrics()
         self._prefix = prefix
         self._ttl_ms = int(ttl * 1000)
         self._ttl = ttl
@@ -59,10 +64,15 @@ class RedisPresence:
         return base, base + ":exp"
 
     async def _call(self, make: Callable[[], Awaitable[T]]) -> T:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
-            return await asyncio.wait_for(make(), self._timeout)
+            result = await asyncio.wait_for(make(), self._timeout)
         except (TimeoutError, RedisError, OSError) as exc:
+            self._metrics.error("presence", error_kind(exc))
             raise BackendUnavailable(f"redis: {type(exc).__name__}") from exc
+        self._metrics.latency["presence"].observe(loop.time() - started)
+        return result
 
     def start(self) -> None:
         self._refresher = asyncio.get_running_loop().create_task(self._refresh_forever())
@@ -110,6 +120,9 @@ class RedisPresence:
     async def stats(self, room: Room) -> PresenceStats:
         clients = await self.get(room)
         return PresenceStats(len(clients), len({entry.get("user") for entry in clients.values()}))
+
+    def local_entries(self) -> int:
+        return len(self._local)
 
     async def _refresh_forever(self) -> None:
         while True:
