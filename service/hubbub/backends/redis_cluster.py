@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 from hubbub import protocol
 from hubbub.backends.base import BackendUnavailable, LocalNode
 from hubbub.backends.redis_pool import stop_tasks
+from hubbub.throttle import RepeatedError
 from hubbub.types import JSONObject
 
 log = logging.getLogger("hubbub.redis")
@@ -39,6 +40,7 @@ class RedisCluster:
         self._name = name
         self._local: LocalNode | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._control_failed = RepeatedError(log, "control channel")
 
     @property
     def _control(self) -> str:
@@ -119,6 +121,7 @@ class RedisCluster:
             pubsub = self._subscriber.pubsub(ignore_subscribe_messages=True)
             try:
                 await asyncio.wait_for(pubsub.subscribe(self._control), HEARTBEAT)
+                self._control_failed.recovered()
                 while True:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None and message["type"] == "message":
@@ -126,7 +129,7 @@ class RedisCluster:
             except asyncio.CancelledError:
                 raise
             except (TimeoutError, RedisError, OSError, ValueError) as exc:
-                log.warning("control channel: %s", exc)
+                self._control_failed.failed(str(exc) or type(exc).__name__)
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
