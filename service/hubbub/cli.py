@@ -50,9 +50,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     logs.configure(settings)
     given = [name for name, value in flags.items() if value is not None]
-    log.info("%s", logs.summary(settings, env=logs.env_names(os.environ), flags=given))
+    summary = logs.summary(settings, env=logs.env_names(os.environ), flags=given)
     try:
-        return server.run(plan)
+        return server.run(plan, summary=summary)
     except server.StartupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
