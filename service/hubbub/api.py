@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import hmac
+import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable
 from typing import Any, Final
@@ -22,6 +23,7 @@ from hubbub.backends.base import BackendUnavailable
 from hubbub.codes import CLOSE_TABLE, CloseCode, CommandError, ErrorCode
 from hubbub.metrics import HTTP_ROUTES, Metrics
 from hubbub.node import Node
+from hubbub.throttle import Throttle
 from hubbub.types import JSONObject, Room
 
 MAX_BROADCAST_ROOMS = 1000
@@ -29,6 +31,10 @@ MAX_BROADCAST_ROOMS = 1000
 BODY_OVERHEAD = 4096
 
 Endpoint = Callable[[Request], Awaitable[Response]]
+
+log = logging.getLogger("hubbub.api")
+#: Refused API keys: anyone can send requests, so at most a few lines a minute (with a count of the rest).
+_refusals: Final = Throttle(log)
 
 
 def json_response(body: object, status: int = 200) -> Response:
@@ -56,6 +62,7 @@ def api_endpoint(handler: Callable[[Request, Node], Awaitable[object]]) -> Endpo
             or scheme.lower() != "bearer"
             or not hmac.compare_digest(presented.strip().encode(), expected.encode())
         ):
+            _log_refusal(request, expected, scheme)
             return error_response(401, "missing or wrong API key")
         try:
             return json_response(await handler(request, node))
@@ -65,6 +72,28 @@ def api_endpoint(handler: Callable[[Request, Node], Awaitable[object]]) -> Endpo
             return error_response(503, f"temporarily unavailable: {exc}")
 
     return endpoint
+
+
+def _log_refusal(request: Request, expected: str | None, scheme: str) -> None:
+    """An INFO line saying why a request was refused (never what it presented), rate-limited."""
+    if expected is None:
+        reason = "no api_key is configured"
+    elif not scheme:
+        reason = "no Authorization header"
+    elif scheme.lower() != "bearer":
+        reason = "the Authorization header is not `Bearer <api key>`"
+    else:
+        reason = "wrong API key"
+    peer = request.client.host if request.client else "?"
+    _refusals.log(
+        logging.INFO,
+        "api_key",
+        "API request refused (401): %s (%s %s from %s)",
+        reason,
+        request.method,
+        request.url.path,
+        peer,
+    )
 
 
 async def json_body(request: Request, limit: int) -> JSONObject:

@@ -43,15 +43,16 @@ def _settings(args: argparse.Namespace, **overrides: object) -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    settings = _settings(args, host=args.host, port=args.port, log_level=args.log_level)
+    flags = {"host": args.host, "port": args.port, "log_level": args.log_level, "log_format": args.log_format}
+    settings = _settings(args, **flags)
     plan = preflight(settings)
-    from hubbub import server  # the server's imports only once the configuration is known to be good
+    from hubbub import logs, server  # the server's imports only once the configuration is known to be good
 
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    logs.configure(settings)
+    given = [name for name, value in flags.items() if value is not None]
+    summary = logs.summary(settings, env=logs.env_names(os.environ), flags=given)
     try:
-        return server.run(plan)
+        return server.run(plan, summary=summary)
     except server.StartupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -174,6 +175,12 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=None, help="TCP port to listen on (default 8000)")
     serve.add_argument(
         "--log-level", default=None, choices=["debug", "info", "warning", "error"], help="log level (default info)"
+    )
+    serve.add_argument(
+        "--log-format",
+        default=None,
+        choices=["text", "json"],
+        help="log line format (default text; json: one object a line)",
     )
     serve.set_defaults(func=cmd_serve)
 

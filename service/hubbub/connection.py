@@ -29,7 +29,7 @@ from hubbub.codes import CloseCode
 from hubbub.metrics import HandshakeRefusal
 from hubbub.ratelimit import TokenBucket, Verdict
 from hubbub.refusals import REFUSALS
-from hubbub.session import Session, State
+from hubbub.session import Session, State, log_auth_failure
 
 if TYPE_CHECKING:
     from hubbub.node import Node
@@ -258,6 +258,7 @@ class WebSocketConnection(asyncio.Protocol):
             principal = await node.auth.authenticate(token)
         except AuthError as exc:
             node.metrics.auth_failures.add(1, {"reason": exc.reason})
+            log_auth_failure(exc.reason, exc.message, where="WebSocket upgrade")
             self._refuse(401, exc.message, why="auth")
             return
         if self.transport is not None and not self.transport.is_closing():

@@ -129,6 +129,8 @@ class Node:
         self.sessions.add(session)
         self.metrics.connections.add(1)
         session.connect_due = self._connect_q.add(weakref.ref(session), self.loop.time())
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("connection opened", extra={"conn": session.client_id, "user": session.user})
 
     def session_connected(self, session: Session) -> None:
         session.connect_due = None
@@ -138,6 +140,8 @@ class Node:
         self.schedule_expiry(session)
         self.metrics.connects.add(1)
         self.activity.connects += 1
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("connected", extra={"conn": session.client_id, "user": session.user})
 
     def schedule_expiry(self, session: Session) -> None:
         principal = session.principal
@@ -169,6 +173,11 @@ class Node:
         final = session.close_code or code
         self.metrics.disconnected(final)
         self.activity.disconnected(final, session.close_reason or _client_side_reason(final), session.user)
+        if log.isEnabledFor(logging.DEBUG):
+            reason = session.close_reason or _client_side_reason(final)
+            log.debug(
+                "connection closed: %d %s", final, reason, extra={"conn": session.client_id, "user": session.user}
+            )
 
     def sessions_of(self, user: str) -> list[Session]:
         return list(self._by_user.get(user, ()))

@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Final
 
+from hubbub.throttle import Throttle
+
 log = logging.getLogger("hubbub.origins")
 
 #: What a browser sends as `Origin` (RFC 6454 serialisation): a suggestion to add it is safe to print.
@@ -45,7 +47,13 @@ def shown(origin: str) -> str:
 
 
 class OriginRefusals:
-    """Counts refused origins and logs them within bounds (see the module docstring)."""
+    """Counts refused origins and logs them within bounds (see the module docstring).
+
+    The lines per interval and the count of what was held back are a `Throttle`'s (one kind, every
+    origin); on top of it, an origin logged once stays quiet for an interval.
+    """
+
+    KIND: Final = "origin"
 
     def __init__(
         self,
@@ -57,36 +65,34 @@ class OriginRefusals:
         logger: logging.Logger = log,
     ) -> None:
         self.interval = interval
-        self.per_interval = per_interval
         self.memory = memory
         self._clock = clock
         self._log = logger
+        self._throttle = Throttle(logger, per_interval=per_interval, interval=interval, clock=clock)
         #: origin → when it was last logged, oldest first; at most `memory` entries.
         self._logged: collections.OrderedDict[str, float] = collections.OrderedDict()
-        self._window_start = -float("inf")
-        self._window_lines = 0
-        #: Refusals not logged since the last line.
-        self.suppressed = 0
+
+    @property
+    def suppressed(self) -> int:
+        """Refusals not logged since the last line."""
+        return self._throttle.held(self.KIND)
 
     def refused(self, origin: str, what: str, allowed: Sequence[str]) -> bool:
         """Note that `what` ("a WebSocket", "/hubbub.js") was refused to `origin`; True if it was logged."""
         now = self._clock()
-        if now - self._window_start >= self.interval:
-            self._window_start, self._window_lines = now, 0
         last = self._logged.get(origin)
-        if (last is not None and now - last < self.interval) or self._window_lines >= self.per_interval:
-            self.suppressed += 1
+        if last is not None and now - last < self.interval:
+            self._throttle.hold(self.KIND)
+            return False
+        held = self._throttle.admit(self.KIND)
+        if held is None:
             return False
         self._logged[origin] = now
         self._logged.move_to_end(origin)
         while len(self._logged) > self.memory:
             self._logged.popitem(last=False)
-        self._window_lines += 1
-        held = ""
-        if self.suppressed:
-            held = f" ({self.suppressed} more refusal(s) not logged since the previous warning)"
-            self.suppressed = 0
-        self._log.warning("refused %s from origin %s: %s%s", what, shown(origin), advice(origin, allowed), held)
+        note = f" ({held} more refusal(s) not logged since the previous warning)" if held else ""
+        self._log.warning("refused %s from origin %s: %s%s", what, shown(origin), advice(origin, allowed), note)
         return True
 
 

@@ -156,10 +156,15 @@ def _url(sock: socket.socket) -> str:
     return f"http://{_join(host, port)}"
 
 
-def run(plan: Preflight) -> int:
-    """Serve until stopped; 0 after a drain or Ctrl-C. Raises StartupError when the node cannot start."""
+def run(plan: Preflight, *, summary: str | None = None) -> int:
+    """Serve until stopped; 0 after a drain or Ctrl-C. Raises StartupError when the node cannot start.
+
+    `summary` (hubbub.logs.summary) is logged once the address is bound: a node that cannot bind says
+    only that, in one line."""
     settings = plan.settings
     sockets = bind(settings.host, settings.port)
+    if summary is not None:
+        log.info("%s", summary)
     tune_collector()
     app = HubbubApp(settings)
     try:

@@ -28,12 +28,33 @@ from hubbub.outbox import Outbox, Sink
 from hubbub.protocol import Command, Publication, StreamPosition
 from hubbub.ratelimit import TokenBucket, Verdict
 from hubbub.settings import NamespaceOptions
+from hubbub.throttle import Throttle
 from hubbub.types import ClientId, JSONObject, Room
 
 if TYPE_CHECKING:
     from hubbub.node import Node
 
 log = logging.getLogger("hubbub.session")
+auth_log = logging.getLogger("hubbub.auth")
+#: Refused tokens: anyone can send them, so at most a few lines a minute per reason (with a count of the rest).
+AUTH_FAILURES: Final = Throttle(auth_log)
+#: Longest failure message quoted in the log (some quote a `kid` from the token's header, the client's to choose).
+MAX_SHOWN_REASON: Final = 200
+
+
+def log_auth_failure(reason: str, message: str, *, where: str, conn: str | None = None) -> None:
+    """One INFO line for a refused token: its reason (an AuthError.reason) and message, never the token."""
+    extra = {"conn": conn} if conn is not None else None
+    AUTH_FAILURES.log(
+        logging.INFO,
+        reason,
+        "authentication failed (%s): %s: %s",
+        where,
+        reason,
+        message[:MAX_SHOWN_REASON],
+        extra=extra,
+    )
+
 
 AfterReply = Callable[[], Awaitable[None]]
 
@@ -266,6 +287,7 @@ class Session:
         elif self.principal is None:
             if not node.settings.allow_anonymous:
                 node.metrics.auth_failures.add(1, {"reason": "missing_token"})
+                log_auth_failure("missing_token", "a token is required", where="connect", conn=self.client_id)
                 raise Disconnect(CloseCode.UNAUTHORIZED, "a token is required")
             self.principal = Principal(user="", rooms=(), publish=(), info=None, expires_at=None)
         self.state = State.CONNECTED
@@ -293,6 +315,7 @@ class Session:
             return await self.node.auth.authenticate(token)
         except AuthError as exc:
             self.node.metrics.auth_failures.add(1, {"reason": exc.reason})
+            log_auth_failure(exc.reason, exc.message, where="connect", conn=self.client_id)
             raise Disconnect(CloseCode.UNAUTHORIZED, exc.message) from None
 
     def _expires_in(self) -> int | None:
@@ -307,6 +330,7 @@ class Session:
             principal = await self.node.auth.authenticate(token)
         except AuthError as exc:
             self.node.metrics.auth_failures.add(1, {"reason": exc.reason})
+            log_auth_failure(exc.reason, exc.message, where="refresh", conn=self.client_id)
             raise CommandError(ErrorCode.UNAUTHORIZED, exc.message) from None
         if self.principal is not None and principal.user != self.principal.user:
             raise CommandError(ErrorCode.FORBIDDEN, "the new token is for another user")

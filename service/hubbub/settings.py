@@ -55,6 +55,10 @@ class Settings(BaseModel):
     port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on.")
     node_name: str = Field(default_factory=socket.gethostname, description="This node's name in `/api/info`.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="Log line format: `text` for people, `json` (one object per line) for log pipelines.",
+    )
 
     jwt_secret: SecretStr | None = Field(None, description="HMAC secret for HS256/384/512 tokens.")
     jwt_public_key: str | None = Field(None, description="PEM public key (RSA, EC P-256 or Ed25519) for tokens.")

@@ -47,6 +47,7 @@ from hubbub.backends.redis_link import Arg, Link
 from hubbub.backends.redis_pool import RedisClients, error_kind, stop_tasks
 from hubbub.metrics import RedisMetrics
 from hubbub.protocol import Publication
+from hubbub.throttle import RepeatedError
 from hubbub.types import JSONObject, Room
 
 log = logging.getLogger("hubbub.redis")
@@ -218,8 +219,9 @@ class RedisEngine:
         self._handler: BrokerEventHandler | None = None
         self._subscriber_up = False
         self._commands_up = True
-        #: Why Redis is unreachable, as last logged (None while it is reachable).
-        self._down_reason: str | None = None
+        #: An outage is logged once, then with backoff and a count (not every second), then its end.
+        self._unreachable = RepeatedError(log, "redis unreachable", recovery="redis reachable again")
+        self._subscriber_lost = RepeatedError(log, "redis subscriber connection lost", recovery="redis subscriber back")
         self._tasks: list[asyncio.Task[None]] = []
         self._reconnected = asyncio.Event()
 
@@ -280,18 +282,14 @@ class RedisEngine:
         while True:
             try:
                 await self._link.call("PING")
-                if not self._commands_up:
-                    log.warning("redis reachable again")
+                self._unreachable.recovered()
                 self._commands_up = True
-                self._down_reason = None
             except (TimeoutError, RedisError, OSError) as exc:
                 self._metrics.error("broker", error_kind(exc))
-                # Once per outage, and again when the reason changes: a first attempt that merely timed out
-                # (a slow start) must not hide the cause an operator has to fix (a certificate, a password).
-                if self._commands_up or str(exc) != self._down_reason:
-                    log.warning("redis unreachable: %s", exc)
+                # A changed reason is logged at once: a first attempt that merely timed out (a slow start)
+                # must not hide the cause an operator has to fix (a certificate, a password).
+                self._unreachable.failed(str(exc))
                 self._commands_up = False
-                self._down_reason = str(exc)
             await asyncio.sleep(1.0)
 
     # --- Broker -----------------------------------------------------------------------------------
@@ -425,6 +423,7 @@ class RedisEngine:
                 if was_up:
                     self._metrics.reconnects.add(1)
                 was_up = True
+                self._subscriber_lost.recovered()
                 delay = 0.1
                 if rooms:
                     log.warning("redis subscriber reconnected: backfilling %d rooms", len(rooms))
@@ -433,13 +432,15 @@ class RedisEngine:
                     await asyncio.wait([lost], timeout=SUBSCRIBER_PING)
                     if not lost.done():
                         await self._sub.call("PING")
-                log.warning("redis subscriber connection lost")
+                self._subscriber_lost.failed("the connection closed")
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
                 self._metrics.error("broker", error_kind(exc))
-                if self._subscriber_up:
-                    log.warning("redis subscriber connection lost: %s", exc)
+                # Before the first subscription the health check speaks for Redis; after a loss, every
+                # failed reconnection belongs to the outage this counts.
+                if self._subscriber_up or self._subscriber_lost.failing:
+                    self._subscriber_lost.failed(str(exc) or type(exc).__name__)
             finally:
                 self._subscriber_up = False
             await asyncio.sleep(delay)

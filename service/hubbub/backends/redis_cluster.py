@@ -23,6 +23,7 @@ from hubbub import protocol
 from hubbub.backends.base import BackendUnavailable, LocalNode
 from hubbub.backends.redis_pool import error_kind, stop_tasks
 from hubbub.metrics import RedisMetrics
+from hubbub.throttle import RepeatedError
 from hubbub.types import JSONObject
 
 T = TypeVar("T")
@@ -53,6 +54,7 @@ class RedisCluster:
         self._name = name
         self._local: LocalNode | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._control_failed = RepeatedError(log, "control channel")
 
     @property
     def _control(self) -> str:
@@ -145,6 +147,7 @@ class RedisCluster:
             pubsub = self._subscriber.pubsub(ignore_subscribe_messages=True)
             try:
                 await asyncio.wait_for(pubsub.subscribe(self._control), HEARTBEAT)
+                self._control_failed.recovered()
                 while True:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None and message["type"] == "message":
@@ -154,7 +157,7 @@ class RedisCluster:
             except (TimeoutError, RedisError, OSError, ValueError) as exc:
                 self._metrics.error("cluster", error_kind(exc))
                 self._metrics.control_failures.add(1)
-                log.warning("control channel: %s", exc)
+                self._control_failed.failed(str(exc) or type(exc).__name__)
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]

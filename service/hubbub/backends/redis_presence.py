@@ -22,6 +22,7 @@ from hubbub import protocol
 from hubbub.backends.base import BackendUnavailable, PresenceStats
 from hubbub.backends.redis_pool import error_kind
 from hubbub.metrics import RedisMetrics
+from hubbub.throttle import RepeatedError
 from hubbub.types import ClientId, JSONObject, Room
 
 log = logging.getLogger("hubbub.redis")
@@ -58,6 +59,7 @@ class RedisPresence:
         #: This node's own entries, re-added by the refresher.
         self._local: dict[tuple[Room, ClientId], str] = {}
         self._refresher: asyncio.Task[None] | None = None
+        self._refresh_failed = RepeatedError(log, "presence refresh failed")
 
     def _keys(self, room: Room) -> tuple[str, str]:
         base = f"{self._prefix}:{{{room}}}:presence"
@@ -132,5 +134,7 @@ class RedisPresence:
                 try:
                     await self._write(items[start : start + REFRESH_CHUNK])
                 except BackendUnavailable as exc:
-                    log.warning("presence refresh failed: %s", exc)
+                    self._refresh_failed.failed(str(exc))
                     break
+            else:
+                self._refresh_failed.recovered()
