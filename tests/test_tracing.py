@@ -14,9 +14,9 @@ from typing import Any, cast
 
 import httpx
 import pytest
-from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, get_tracer_provider
 from starlette.applications import Starlette
 
 from hubbub import __version__, api, tracing
@@ -134,7 +134,7 @@ async def test_an_api_publish_is_one_trace_from_the_callers_span_to_the_fanout()
     assert parent_of(publish) == call.context.span_id
     assert parent_of(broker) == publish.context.span_id
     assert parent_of(fanout) == broker.context.span_id
-    assert call.kind is trace.SpanKind.SERVER
+    assert call.kind is SpanKind.SERVER
     assert dict(call.attributes or {}) == {
         "http.request.method": "POST",
         "http.route": "/api/publish",
@@ -181,7 +181,7 @@ async def test_without_tracing_no_provider_is_made_and_publishing_works(monkeypa
         raise AssertionError("a TracerProvider was made with tracing off")
 
     monkeypatch.setattr(tracing, "TracerProvider", no_provider)
-    global_provider = trace.get_tracer_provider()
+    global_provider = get_tracer_provider()
     node = Node(settings(), memory_backends())
     assert node.tracing is None
     room = f"chat:{uuid.uuid4().hex[:10]}"
@@ -192,7 +192,7 @@ async def test_without_tracing_no_provider_is_made_and_publishing_works(monkeypa
         )
         assert response.status_code == 200
         assert len(member.pushes) == 1
-    assert trace.get_tracer_provider() is global_provider
+    assert get_tracer_provider() is global_provider
 
 
 def test_the_standard_otlp_variables_turn_tracing_on_and_the_setting_wins(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -321,6 +321,13 @@ async def test_through_redis_each_nodes_fanout_continues_the_publishers_trace(
             config = server_config(otlp_endpoint=receiver.url, node_name=name, redis_url=redis.url)
             nodes.append(ServerProcess(tmp_path, config).start())
         publisher_node, member_node = nodes
+        async with httpx.AsyncClient(timeout=5) as http:
+            for node in nodes:  # healthy at once; ready once its Redis connections are up
+
+                async def ready(url: str = node.http_url) -> bool:
+                    return (await http.get(url + "/readyz")).status_code == 200
+
+                await until(ready, what=f"{node.http_url}/readyz to answer 200")
         room = f"chat:{uuid.uuid4().hex[:10]}"
         member = await RawClient.connected(member_node.ws_url, "member-user")
         assert "ok" in await member.call("join", room=room)
