@@ -67,6 +67,10 @@ REFUSED: dict[str, tuple[dict[str, Any], str]] = {
     "node name": ({**GOOD, "node_name": "my node"}, "node_name: may hold only"),
     "jwks url": ({**GOOD, "jwt_jwks_url": "ftp://idp/keys"}, "jwt_jwks_url: must be an http:// or https:// URL"),
     "host": ({**GOOD, "host": "no-such-host.invalid"}, "host: 'no-such-host.invalid' is neither"),
+    "otlp endpoint": (
+        {**GOOD, "otlp_endpoint": "otel-collector:4318"},
+        "otlp_endpoint: must be an http:// or https://",
+    ),
     "both keys": (
         {**GOOD, "jwt_public_key": "x", "jwt_public_key_file": "/k.pem"},
         "set either jwt_public_key or jwt_public_key_file",

@@ -55,6 +55,11 @@ def api_endpoint(handler: Callable[[Request, Node], Awaitable[object]]) -> Endpo
 
     async def endpoint(request: Request) -> Response:
         node = _node(request)
+        if node.tracing is not None:
+            return await node.tracing.api_call(request, lambda: respond(request, node))
+        return await respond(request, node)
+
+    async def respond(request: Request, node: Node) -> Response:
         expected = node.settings.effective_api_key()
         scheme, _, presented = request.headers.get("authorization", "").partition(" ")
         if (

@@ -27,6 +27,7 @@ from hubbub.protocol import StreamPosition
 from hubbub.session import Session, State
 from hubbub.settings import NamespaceOptions, Settings
 from hubbub.timers import DeadlineHeap, FixedDelayQueue
+from hubbub.tracing import Tracing
 from hubbub.types import JSON, JSONObject, Room
 
 log = logging.getLogger("hubbub.node")
@@ -60,10 +61,14 @@ def _expiry_stands(due: float, ref: SessionRef) -> bool:
 
 
 class Node:
-    def __init__(self, settings: Settings, backends: Backends, *, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, settings: Settings, backends: Backends, *, metrics: Metrics | None = None, tracing: Tracing | None = None
+    ) -> None:
         self.settings = settings
         self.backends = backends
         self.metrics = metrics or Metrics(settings.node_name)
+        #: None when tracing is off: traced call sites test this once and then call no OpenTelemetry code.
+        self.tracing = tracing or Tracing.from_settings(settings)
         self.activity = Activity()
         self.hub = Hub(self.metrics, self.activity)
         self.auth = make_authenticator(settings)
@@ -95,7 +100,7 @@ class Node:
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         self.flusher = Flusher(self.loop)
-        await self.backends.start(self.hub, self)
+        await self.backends.start(self.hub if self.tracing is None else self.tracing.handler(self.hub), self)
         self._ticker = self.loop.create_task(self._tick_forever())
         self._lag.start(self.loop)
 
@@ -109,6 +114,9 @@ class Node:
         await self.backends.aclose()
         await self.auth.aclose()
         self.metrics.shutdown()
+        if self.tracing is not None:
+            # Exports what is buffered: up to the exporter's timeout when the receiver is down, so off the loop.
+            await asyncio.to_thread(self.tracing.shutdown)
 
     def readiness(self) -> tuple[bool, str]:
         if self.draining:
@@ -229,9 +237,11 @@ class Node:
         source: str,
     ) -> PublishResult:
         protocol.encode_data(data, self.settings.max_publication_bytes)
-        result = await self.backends.broker.publish(
+        published = self.backends.broker.publish(
             room, data, info=info, idempotency_key=idempotency_key, options=self.stream_options(options)
         )
+        tracing = self.tracing
+        result = await (published if tracing is None else tracing.publish(room, source, self.backends.kind, published))
         if not result.duplicate:
             self.metrics.publications.add(1, {"source": source})
             self.activity.publications += 1

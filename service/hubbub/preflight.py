@@ -51,7 +51,7 @@ class Preflight:
 def preflight(settings: Settings) -> Preflight:
     """Check everything `serve` will build from `settings`; raises ConfigurationError listing every error."""
     errors: list[Finding] = []
-    for check in (_keys, _jwks_url, _redis, _origins, _namespaces, _names, _host):
+    for check in (_keys, _jwks_url, _redis, _origins, _namespaces, _names, _host, _otlp_endpoint):
         errors.extend(check(settings))
     if errors:
         raise ConfigurationError(errors)
@@ -238,4 +238,27 @@ def _host(settings: Settings) -> list[Finding]:
         socket.getaddrinfo(settings.host, settings.port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError):
         return [Finding("host", f"{settings.host!r} is neither an IP address nor a name this machine resolves")]
+    return []
+
+
+def _otlp_endpoint(settings: Settings) -> list[Finding]:
+    from hubbub.tracing import configured_endpoint
+
+    found = configured_endpoint(settings)
+    if found is None:
+        return []
+    source, url = found
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 (a property that raises on a port out of range or not a number)
+    except ValueError:
+        return [Finding(source, f"{redact(url)!r} has no usable port")]
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return [
+            Finding(
+                source,
+                f"must be an http:// or https:// URL of an OTLP/HTTP receiver (e.g. http://otel-collector:4318), "
+                f"got {redact(url)!r}",
+            )
+        ]
     return []

@@ -159,6 +159,24 @@ class Settings(BaseModel):
         5.0, gt=0, description="Seconds between checks that every subscribed room's stream has no undelivered gap."
     )
 
+    otlp_endpoint: str = Field(
+        "",
+        description=(
+            "OTLP/HTTP receiver of traces (an OpenTelemetry Collector, Jaeger, Tempo): `http://collector:4318` "
+            "(`/v1/traces` is added to a URL without a path) or the full URL. Empty: tracing is off, unless "
+            "`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT` is set (docs/tracing.md)."
+        ),
+    )
+    trace_sample_ratio: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description=(
+            "Share of new traces recorded (0 to 1); a request that carries a `traceparent` follows its "
+            "caller's decision."
+        ),
+    )
+
     demo: bool | None = Field(
         None,
         description=(

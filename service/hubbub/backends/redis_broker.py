@@ -48,6 +48,7 @@ from hubbub.backends.redis_pool import RedisClients, error_kind, stop_tasks
 from hubbub.metrics import RedisMetrics
 from hubbub.protocol import Publication
 from hubbub.throttle import RepeatedError
+from hubbub.tracing import TracedHandler
 from hubbub.types import JSONObject, Room
 
 log = logging.getLogger("hubbub.redis")
@@ -81,8 +82,15 @@ if size > 0 then
 else
   redis.call('DEL', stream)
 end
+-- ARGV[12], from a tracing node only: the publisher's W3C traceparent, which other nodes continue
+-- (a field that nodes without tracing, and older nodes, ignore).
+local trace = ''
+if ARGV[12] then
+  trace = ',"tp":"' .. ARGV[12] .. '"'
+end
 redis.call('PUBLISH', ARGV[9],
-  '{"e":"' .. epoch .. '","o":' .. offset .. ',"t":' .. ARGV[3] .. ',"i":' .. ARGV[2] .. ',"d":' .. ARGV[1] .. '}')
+  '{"e":"' .. epoch .. '","o":' .. offset .. ',"t":' .. ARGV[3] .. ',"i":' .. ARGV[2] .. ',"d":' .. ARGV[1]
+  .. trace .. '}')
 if idem then
   redis.call('SET', idem, epoch .. ':' .. offset, 'PX', ARGV[6])
 end
@@ -217,6 +225,8 @@ class RedisEngine:
         self._seen: OrderedDict[Room, tuple[str, int]] = OrderedDict()
         self._rooms: dict[Room, _Subscription] = {}
         self._handler: BrokerEventHandler | None = None
+        #: Set when the node traces: publications then carry their trace context through Redis.
+        self._traced: TracedHandler | None = None
         self._subscriber_up = False
         self._commands_up = True
         #: An outage is logged once, then with backoff and a count (not every second), then its end.
@@ -241,6 +251,7 @@ class RedisEngine:
 
     async def start(self, handler: BrokerEventHandler) -> None:
         self._handler = handler
+        self._traced = handler if isinstance(handler, TracedHandler) else None
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._subscriber_forever(), name="hubbub-redis-subscriber"),
@@ -318,6 +329,10 @@ class RedisEngine:
             self._channel(room),
             *self._floor(room),
         ]
+        if self._traced is not None:
+            traceparent = self._traced.tracing.traceparent()
+            if traceparent is not None:
+                args.append(traceparent)
         epoch, offset, duplicate = await self._script(self._publish, keys, args)
         result = PublishResult(_decode(epoch), int(offset), duplicate=bool(duplicate))
         self._remember(room, result.epoch, result.offset)
@@ -472,7 +487,11 @@ class RedisEngine:
         if not state.ready or state.backfilling:
             state.pending.append((epoch, pub))
             return
-        self._deliver(room, state, epoch, pub)
+        if self._traced is None:
+            self._deliver(room, state, epoch, pub)
+        else:
+            with self._traced.remote_parent(message.get("tp")):
+                self._deliver(room, state, epoch, pub)
 
     def _deliver(self, room: Room, state: _Subscription, epoch: str, pub: Publication) -> bool:
         """Hand `pub` to the hub if it is the next one; False when it reveals a gap."""
