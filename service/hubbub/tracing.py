@@ -40,7 +40,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from hubbub import __version__
-from hubbub.backends.base import PublishResult
+from hubbub.backends.base import InsufficientStateCause, PublishResult
 from hubbub.preflight import redact
 from hubbub.protocol import Publication
 from hubbub.rules import namespace_of
@@ -201,6 +201,9 @@ class TracedHandler:
         self.tracing = tracing
         self._parent: Context | None = None
 
+    def traceparent(self) -> str | None:
+        return self.tracing.traceparent()
+
     @contextlib.contextmanager
     def remote_parent(self, traceparent: object) -> Iterator[None]:
         """Fan-outs within this block continue `traceparent` (from another node); a root span without one."""
@@ -222,5 +225,5 @@ class TracedHandler:
     def on_leave(self, room: Room, info: JSONObject) -> None:
         self.hub.on_leave(room, info)
 
-    def on_insufficient_state(self, room: Room) -> None:
-        self.hub.on_insufficient_state(room)
+    def on_insufficient_state(self, room: Room, cause: InsufficientStateCause) -> None:
+        self.hub.on_insufficient_state(room, cause)

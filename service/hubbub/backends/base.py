@@ -7,8 +7,9 @@ against every implementation. Guarantees are stated on each method.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 from hubbub.protocol import Publication
 from hubbub.types import ClientId, JSONObject, Room
@@ -71,6 +72,18 @@ class BrokerEventHandler(Protocol):
 
     def on_insufficient_state(self, room: Room, cause: InsufficientStateCause) -> None:
         """Publications of `room` were lost and cannot be backfilled: local members must recover (4011)."""
+
+
+@runtime_checkable
+class TracingEventHandler(BrokerEventHandler, Protocol):
+    """A BrokerEventHandler of a tracing node (`tracing.TracedHandler`): a broker that carries messages to other
+    processes passes the publisher's trace context along, and hands it back around the remote fan-out."""
+
+    def traceparent(self) -> str | None:
+        """The current span's context as a W3C traceparent, for a message that leaves the process."""
+
+    def remote_parent(self, traceparent: object) -> AbstractContextManager[None]:
+        """Fan-outs within this block continue `traceparent` (from another node's message, or None)."""
 
 
 class Broker(Protocol):

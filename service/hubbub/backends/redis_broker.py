@@ -42,13 +42,13 @@ from hubbub.backends.base import (
     InsufficientStateCause,
     PublishResult,
     StreamOptions,
+    TracingEventHandler,
 )
 from hubbub.backends.redis_link import Arg, Link
 from hubbub.backends.redis_pool import RedisClients, error_kind, stop_tasks
 from hubbub.metrics import RedisMetrics
 from hubbub.protocol import Publication
 from hubbub.throttle import RepeatedError
-from hubbub.tracing import TracedHandler
 from hubbub.types import JSONObject, Room
 
 log = logging.getLogger("hubbub.redis")
@@ -226,7 +226,7 @@ class RedisEngine:
         self._rooms: dict[Room, _Subscription] = {}
         self._handler: BrokerEventHandler | None = None
         #: Set when the node traces: publications then carry their trace context through Redis.
-        self._traced: TracedHandler | None = None
+        self._traced: TracingEventHandler | None = None
         self._subscriber_up = False
         self._commands_up = True
         #: An outage is logged once, then with backoff and a count (not every second), then its end.
@@ -251,7 +251,7 @@ class RedisEngine:
 
     async def start(self, handler: BrokerEventHandler) -> None:
         self._handler = handler
-        self._traced = handler if isinstance(handler, TracedHandler) else None
+        self._traced = handler if isinstance(handler, TracingEventHandler) else None
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._subscriber_forever(), name="hubbub-redis-subscriber"),
@@ -330,7 +330,7 @@ class RedisEngine:
             *self._floor(room),
         ]
         if self._traced is not None:
-            traceparent = self._traced.tracing.traceparent()
+            traceparent = self._traced.traceparent()
             if traceparent is not None:
                 args.append(traceparent)
         epoch, offset, duplicate = await self._script(self._publish, keys, args)
