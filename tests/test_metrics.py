@@ -379,7 +379,7 @@ async def test_a_slow_consumer_shows_in_queue_bytes_then_is_counted_when_closed(
         await until(queued, what="a sample of over 1 MiB queued (sampled every 5 s)")
         assert scrape(proc).value("hubbub_slow_consumer_disconnects_total") == 0
         await publish(20)
-    assert (await slow.closed()).code in (4008, 1006, None)  # None: dropped (it did not read our close)
+    # It reads nothing, so its close frame never goes out: it is dropped CLOSE_GRACE later, then counted.
     found = await scraped(
         proc, lambda s: s.value("hubbub_disconnects_total", code="4008") == 1, "the 4008 close counted"
     )

@@ -274,9 +274,6 @@ class Tally:
         key = tuple(attributes.items()) if attributes else ()
         self._counts[key] = self._counts.get(key, 0) + amount
 
-    def value(self, attributes: Mapping[str, str] | None = None) -> int:
-        return self._counts.get(tuple(attributes.items()) if attributes else (), 0)
-
     def observe(self, _options: CallbackOptions) -> Iterable[Observation]:
         return [Observation(total, dict(key)) for key, total in list(self._counts.items())]
 
