@@ -294,7 +294,7 @@ async def test_no_secret_or_message_body_reaches_the_log_of_a_node_at_debug_leve
         )
         server = ServerProcess(tmp_path, config)
         stack.callback(server.kill)
-        server.start()
+        server.start().wait_ready()
 
         room = f"chat:{uuid.uuid4().hex[:8]}"
         client = await RawClient.connected(server.ws_url, "alice", token=good_token)

@@ -399,7 +399,7 @@ def redis_node(tmp_path: Path) -> Iterator[tuple[RedisServer, ServerProcess]]:
         ),
     )
     try:
-        proc.start()
+        proc.start().wait_ready()
         yield redis, proc
     finally:
         proc.kill()

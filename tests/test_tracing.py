@@ -319,7 +319,7 @@ async def test_through_redis_each_nodes_fanout_continues_the_publishers_trace(
     try:
         for name in ("node-a", "node-b"):
             config = server_config(otlp_endpoint=receiver.url, node_name=name, redis_url=redis.url)
-            nodes.append(ServerProcess(tmp_path, config).start())
+            nodes.append(ServerProcess(tmp_path, config).start().wait_ready())
         publisher_node, member_node = nodes
         async with httpx.AsyncClient(timeout=5) as http:
             for node in nodes:  # healthy at once; ready once its Redis connections are up

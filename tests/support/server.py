@@ -116,6 +116,19 @@ class ServerProcess:
         self.kill()  # nobody else would: the caller gets no server to stop
         raise RuntimeError(f"server did not become healthy in {timeout}s:\n{self.log()}")
 
+    def wait_ready(self, timeout: float = 30.0) -> ServerProcess:
+        """Wait until `/readyz` answers 200: `/healthz` only says the process serves, not that its Redis
+        subscriber is up (joins answer 503 until it is)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.http_url + "/readyz", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"{self.http_url}/readyz did not answer 200 in {timeout}s:\n{self.log()[-3000:]}")
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
