@@ -10,12 +10,14 @@ from dataclasses import dataclass, field
 import pytest
 
 from hubbub.backends import Backends, create_backends
-from hubbub.backends.base import InsufficientStateCause, StreamOptions
+from hubbub.backends.base import BackendUnavailable, InsufficientStateCause, StreamOptions
 from hubbub.backends.memory import MemoryEngine, MemoryPresence
+from hubbub.backends.redis_presence import RedisPresence
 from hubbub.loader import load_settings
 from hubbub.protocol import Publication
 from hubbub.types import ClientId, JSONObject, Room
 from tests.support.polling import until
+from tests.support.procs import free_port
 from tests.support.redis_server import RedisServer
 
 OPTIONS = StreamOptions(history_size=5, history_ttl=60, idempotency_window=60, meta_ttl=600)
@@ -229,3 +231,21 @@ async def test_presence_counts_connections_and_distinct_users(backends: tuple[Ba
         await p.remove(ROOM, ClientId(c))
     assert await p.get(ROOM) == {}
     assert (await p.stats(Room("empty"))).clients == 0
+
+
+@pytest.mark.redis
+async def test_a_presence_entry_whose_write_failed_is_not_kept_to_be_refreshed_into_redis_later() -> None:
+    # Nothing listens on this port: the write fails, the join is refused, and the node must not keep re-adding
+    # the entry once Redis is back (a member everyone would see and no one could remove).
+    settings = load_settings(
+        env={}, overrides={"redis_url": f"redis://127.0.0.1:{free_port()}", "redis_timeout": 0.5, "presence_ttl": 3}
+    )
+    made = create_backends(settings)
+    presence = made.presence
+    assert isinstance(presence, RedisPresence)
+    try:
+        with pytest.raises(BackendUnavailable):
+            await presence.add(Room("chat:ghost"), ClientId("c1"), {"user": "u1"})
+        assert presence.local_entries() == 0
+    finally:
+        await made.aclose()

@@ -87,8 +87,17 @@ class RedisPresence:
 
     async def add(self, room: Room, client: ClientId, entry: JSONObject) -> None:
         encoded = protocol.dumps(entry)
-        self._local[(room, client)] = encoded
-        await self._write([(room, client, encoded)])
+        key = (room, client)
+        self._local[key] = encoded
+        try:
+            await self._write([(room, client, encoded)])
+        except BaseException:
+            # The join fails with the write (the session rolls it back). A local entry left behind would be
+            # refreshed into Redis for as long as the node runs: a member everyone sees and no one can remove.
+            # Whatever the failed write may have stored expires after presence_ttl.
+            if self._local.get(key) is encoded:
+                del self._local[key]
+            raise
 
     async def _write(self, items: list[tuple[Room, ClientId, str]]) -> None:
         expires = int(time.time() * 1000) + self._ttl_ms
