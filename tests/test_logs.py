@@ -87,6 +87,14 @@ def test_a_json_line_stays_one_line_whatever_a_client_put_in_the_message() -> No
     assert json.loads(line)["message"] == "origin evil\n\x1b[31m\u2028"
 
 
+def test_a_text_line_stays_one_line_whatever_a_client_put_in_the_message() -> None:
+    # A refused API request's path is quoted, percent-decoded: `/api/x%0a2024-01-01 ... INFO forged` must not
+    # become a second, forged line.
+    line = TextFormatter().format(record("refused (%s)", "/api/x\r\n2024-01-01 00:00:00,000 INFO forged\x1b[31m"))
+    assert line.count("\n") == 0 and "\r" not in line and "\x1b" not in line
+    assert line.endswith("refused (/api/x\\x0d\\x0a2024-01-01 00:00:00,000 INFO forged\\x1b[31m)")
+
+
 def test_the_text_format_is_the_classic_one_with_the_connection_appended() -> None:
     text = TextFormatter()
     assert text.format(record("listening")).endswith(" INFO hubbub.node: listening")

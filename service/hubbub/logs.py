@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Iterable
@@ -30,6 +31,8 @@ from hubbub.preflight import redact
 from hubbub.settings import ENV_PREFIX, Settings
 
 TEXT_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: Control characters but tab: a client can put them in what a line quotes (a URL path is percent-decoded).
+_CONTROL: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 #: Record attributes (from `extra=`) that say which connection a line is about.
 CONNECTION_FIELDS: Final = ("conn", "user")
 
@@ -41,9 +44,14 @@ class TextFormatter(logging.Formatter):
         super().__init__(TEXT_FORMAT)
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        line = super().formatMessage(record)
+        # Escaped, so that what a client sent cannot end the line and forge the next one.
+        line = _CONTROL.sub(_escaped, super().formatMessage(record))
         about = [f"{name}={getattr(record, name)}" for name in CONNECTION_FIELDS if hasattr(record, name)]
         return f"{line} [{' '.join(about)}]" if about else line
+
+
+def _escaped(match: re.Match[str]) -> str:
+    return f"\\x{ord(match.group()):02x}"
 
 
 class JsonFormatter(logging.Formatter):

@@ -38,7 +38,7 @@ from matplotlib.axes import Axes
 from matplotlib.ticker import FuncFormatter
 
 from hubbub.monitoring.alerts import rule_groups
-from tests.support.monitored import MonitoredFleet
+from tests.support.monitored import PODS, MonitoredFleet
 from tests.support.prometheus import NAMESPACE, Prometheus
 
 REPO = Path(__file__).resolve().parents[2]
@@ -211,6 +211,8 @@ async def scenario(fleet: MonitoredFleet, *, calm: float) -> None:
         # The graphs need time to pass between events (nothing is awaited but the clock).
         await asyncio.sleep(seconds)
 
+    # A baseline first: an event counted before Prometheus's first scrapes of a node has no increase to show.
+    await pause(calm / 2)
     await fleet.exercise()
     await pause(calm)
     burst = await fleet.connection_burst(40)
@@ -230,6 +232,9 @@ async def scenario(fleet: MonitoredFleet, *, calm: float) -> None:
         await pause(calm / 2)
     finally:
         fleet.start_redis()
+    await pause(calm / 2)
+    # A rolling restart: one node drains (the draining and 1012 panels), then comes back and takes load again.
+    await fleet.rolling_restart(PODS[1])
     await pause(calm)
 
 
