@@ -34,6 +34,7 @@ from typing import Any
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.typing import Origin
 
 from tests.support.prometheus import Prometheus
 from tests.support.redis_server import RedisServer
@@ -269,6 +270,10 @@ class MonitoredFleet:
         dropped = await RawClient.connected(node.ws_url, "dropped")
         dropped.ws.transport.abort()
         RawClient.opened.discard(dropped)
+        # An upgrade from a page on an origin that is not allowed: refused 403 before the upgrade.
+        with contextlib.suppress(InvalidStatus):
+            async with connect(node.ws_url, origin=Origin("https://elsewhere.example"), open_timeout=10):
+                raise AssertionError("a WebSocket from an origin that is not allowed was accepted")
         async with httpx.AsyncClient(base_url=node.http_url, timeout=10) as http:
             assert (await http.post("/api/publish", json={"room": "chat:x", "data": 1})).status_code == 401
             assert (
