@@ -145,7 +145,10 @@ def test_tools_variables_and_kubernetes_service_links_are_not_settings() -> None
     }
     assert load_settings(env=env).port == 8000
     # Without the Service's other variables, HUBBUB_PORT is the user's, and must be a port.
-    with pytest.raises(SettingsError, match="HUBBUB_PORT"):
+    # A service link's value alone says what it is and what to change, not merely "must be a whole number".
+    with pytest.raises(SettingsError, match=r"HUBBUB_PORT\): 'tcp://10\.96\.0\.12:8000' is a Kubernetes service link"):
+        load_settings(env={"HUBBUB_PORT": "tcp://10.96.0.12:8000"})
+    with pytest.raises(SettingsError, match="enableServiceLinks: false"):
         load_settings(env={"HUBBUB_PORT": "tcp://10.96.0.12:8000"})
 
 

@@ -91,9 +91,15 @@ def env_settings(env: Mapping[str, str]) -> dict[str, Any]:
         name = names.get(variable)
         if name is None:
             unknown.append(variable)
-        elif name == "port" and service_link and _SERVICE_LINK_PORT.fullmatch(raw):
-            # Kubernetes' link to a Service named `hubbub` (tcp://10.0.0.1:8000), not a port for us.
-            continue
+        elif name == "port" and _SERVICE_LINK_PORT.fullmatch(raw):
+            if service_link:
+                # Kubernetes' link to a Service named `hubbub` (tcp://10.0.0.1:8000), not a port for us.
+                continue
+            raise SettingsError(
+                f"invalid configuration:\n  port ({variable}): {raw!r} is a Kubernetes service link (a Service named "
+                "`hubbub` in the pod's namespace), not a port: set `enableServiceLinks: false` in the pod spec, "
+                f"or set {variable} to the port to listen on"
+            )
         else:
             values[name] = _env_value(variable, name, raw)
     if unknown:

@@ -54,8 +54,8 @@ HandshakeRefusal = Literal[
     "draining",
     "capacity",
 ]
-#: Which limit said no: a command's 429, the ping/pong budget, the HTTP API, the demo's token endpoint.
-RateLimit = Literal["commands", "control_frames", "api", "demo_token"]
+#: Which limit said no: a command's 429, the ping/pong budget, the demo's token endpoint (the HTTP API has none).
+RateLimit = Literal["commands", "control_frames", "demo_token"]
 RedisClient = Literal["broker", "presence", "cluster"]
 RedisErrorKind = Literal["timeout", "connection", "response", "other"]
 BackfillResult = Literal["ok", "failed"]
