@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from hubbub.cli import config_doc
-from hubbub.loader import load_settings
-from hubbub.settings import DEV_API_KEY, DEV_JWT_SECRET, SettingsError
+from hubbub.loader import ENV_NOT_SETTINGS, load_settings
+from hubbub.settings import DEV_API_KEY, DEV_JWT_SECRET, ENV_PREFIX, Settings, SettingsError
 
 SECRET = "s" * 40
 
@@ -128,6 +128,29 @@ def test_an_environment_mistake_names_the_variable() -> None:
         load_settings(env={}, overrides={"port": 70000})
     with pytest.raises(SettingsError, match=r"HUBBUB_NAMESPACES: must be JSON, e\.g\."):
         load_settings(env={"HUBBUB_NAMESPACES": "chat"})
+
+
+#: How the project's scripts and tests read a variable: a `$` or `${` reference, `export` or an assignment in shell;
+#: `os.environ[…]`, `os.environ.get(…)` or `os.getenv(…)` with the name as a string literal in Python.
+_SHELL_VARIABLE = re.compile(r"\$\{?(HUBBUB_[A-Z0-9_]+)|\bexport (HUBBUB_[A-Z0-9_]+)|^\s*(HUBBUB_[A-Z0-9_]+)=", re.M)
+_PYTHON_VARIABLE = re.compile(r"""(?:environ(?:\.get\()?\[?|getenv\()\s*["'](HUBBUB_[A-Z0-9_]+)""")
+
+
+def test_every_variable_the_projects_tools_read_is_a_setting_or_known_not_to_be_one() -> None:
+    # `hubbub serve` refuses unknown HUBBUB_ variables (a misspelled setting must not pass unnoticed); a tool's
+    # variable exported in the same shell (CI's scripts/test exports some) must not stop every server it starts.
+    root = Path(__file__).parent.parent
+    found: dict[str, str] = {}
+    for path in [*(root / "scripts").iterdir(), root / ".ci" / "run"]:
+        for match in _SHELL_VARIABLE.finditer(path.read_text()):
+            found.setdefault(next(name for name in match.groups() if name), str(path.relative_to(root)))
+    for path in [*(root / "tests").rglob("*.py"), *(root / "bench").rglob("*.py")]:
+        for name in _PYTHON_VARIABLE.findall(path.read_text()):
+            found.setdefault(name, str(path.relative_to(root)))
+    settings = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    stray = {name: where for name, where in found.items() if name not in settings | ENV_NOT_SETTINGS}
+    assert not stray, f"add these tool variables to loader.ENV_NOT_SETTINGS: {stray}"
+    assert "HUBBUB_REQUIRE_PROMETHEUS" in found  # the search finds what it is for
 
 
 def test_tools_variables_and_kubernetes_service_links_are_not_settings() -> None:

@@ -23,7 +23,12 @@ from pydantic import BaseModel, ValidationError
 from hubbub.settings import ENV_PREFIX, NamespaceOptions, Settings, SettingsError
 
 #: `HUBBUB_*` variables that are not settings: the config file's path, and the project's own scripts'.
-ENV_NOT_SETTINGS: Final = frozenset({"HUBBUB_CONFIG", "HUBBUB_CACHE_DIR", "HUBBUB_BENCH_LOADGEN"})
+#: A test (tests/test_settings.py) finds every variable the scripts, tests and bench read and checks it is here
+#: or a setting: an exported tool variable must not stop `hubbub serve` (CI's HUBBUB_REQUIRE_PROMETHEUS once
+#: did, in the bench).
+ENV_NOT_SETTINGS: Final = frozenset(
+    {"HUBBUB_CONFIG", "HUBBUB_CACHE_DIR", "HUBBUB_BENCH_LOADGEN", "HUBBUB_REQUIRE_PROMETHEUS", "HUBBUB_PYTHON27"}
+)
 FILE_TYPES: Final = {".yaml": "YAML", ".yml": "YAML", ".json": "JSON", ".toml": "TOML"}
 #: Kubernetes gives every pod `<SERVICE>_SERVICE_HOST`, `<SERVICE>_PORT=tcp://…` and friends for every
 #: Service in its namespace (enableServiceLinks); a Service named `hubbub` yields `HUBBUB_*` variables.
