@@ -41,7 +41,9 @@ class Nodes:
             ServerProcess(
                 workdir,
                 server_config(
-                    redis_url=redis_url, node_name=f"node{i}", presence_ttl=3, position_check_interval=0.5, **overrides
+                    redis_url=redis_url,
+                    node_name=f"node{i}",
+                    **{"presence_ttl": 3, "position_check_interval": 0.5, **overrides},
                 ),
             )
             for i in range(count)
@@ -269,6 +271,37 @@ async def test_sigkill_of_a_node_loses_nothing_and_presence_forgets_its_clients(
     for r in group:
         assert r.offsets == list(range(1, 101))
         assert all(r.recovered), "a reconnect inside the history window must recover"
+
+
+async def test_a_killed_nodes_presence_is_purged_within_seconds_not_after_presence_ttl(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    # presence_ttl of five minutes: only the purge of a node whose heartbeats stopped can explain a prompt removal.
+    group = Nodes(tmp_path, redis_server.url, 2, presence_ttl=300).start()
+    try:
+        name = room()
+
+        def users() -> set[str]:
+            clients = group[1].api("GET", f"/api/presence/{name}").json()["clients"]
+            return {entry["user"] for entry in clients.values()}
+
+        doomed = await RawClient.connected(group[0].ws_url, "doomed-user")
+        staying = await RawClient.connected(group[1].ws_url, "staying-user")
+        for client in (doomed, staying):
+            assert "ok" in await client.call("join", room=name)
+        await until(lambda: users() == {"doomed-user", "staying-user"}, what="both members in presence")
+        group[0].signal(signal.SIGKILL)
+        # A node is declared gone NODE_TTL (6 s) after its last heartbeat and buried at a live node's next
+        # heartbeat (2 s); the bound leaves slack for a loaded machine and is far below presence_ttl.
+        await until(lambda: users() == {"staying-user"}, timeout=40, what="the killed node's member purged")
+        await until(
+            lambda: [n["name"] for n in group[1].api("GET", "/api/info").json()["nodes"]] == ["node1"],
+            what="the killed node gone from /api/info",
+        )
+        assert group[1].wait_for_log("stopped sending heartbeats: removed its 1 presence entries")
+        await staying.close()
+    finally:
+        group.stop()
 
 
 async def test_redis_restart_with_aof_keeps_every_acknowledged_publication(

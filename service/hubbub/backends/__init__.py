@@ -70,6 +70,7 @@ def create_backends(settings: Settings, metrics: Metrics | None = None) -> Backe
             prefix=settings.redis_prefix,
             ttl=settings.presence_ttl,
             timeout=settings.redis_timeout,
+            node=settings.node_name,
             metrics=counts,
         )
         return Backends(
@@ -82,6 +83,7 @@ def create_backends(settings: Settings, metrics: Metrics | None = None) -> Backe
                 prefix=settings.redis_prefix,
                 name=settings.node_name,
                 metrics=counts,
+                on_node_gone=presence.purge,
             ),
             kind="redis",
             on_start=presence.start,

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import redis.asyncio as aioredis
@@ -32,9 +32,19 @@ log = logging.getLogger("hubbub.redis")
 
 HEARTBEAT = 2.0
 NODE_TTL = 6.0
+#: Seconds one node holds the right to bury a dead one (clear its presence, forget it).
+PURGE_LOCK = 30
 #: How long a cluster-wide operation waits for the other nodes' answers.
 ANSWER_TIMEOUT = 2.0
 COUNT_CHANNELS = "return #redis.call('PUBSUB', 'CHANNELS', ARGV[1])"
+FORGET = """
+local seen = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if seen and tonumber(seen) <= tonumber(ARGV[2]) then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('HDEL', KEYS[2], ARGV[1])
+end
+return 0
+"""
 
 
 class RedisCluster:
@@ -46,8 +56,12 @@ class RedisCluster:
         prefix: str,
         name: str,
         metrics: RedisMetrics | None = None,
+        on_node_gone: Callable[[str], Awaitable[int]] | None = None,
     ) -> None:
         self._redis = commands
+        #: Clears what a dead node left behind (its presence entries); returns how much there was.
+        self._on_node_gone = on_node_gone
+        self._forget = commands.register_script(FORGET)
         self._metrics = metrics or RedisMetrics()
         self._subscriber = subscriber
         self._prefix = prefix
@@ -93,14 +107,36 @@ class RedisCluster:
                     pipe.hset(f"{self._prefix}:nodes", self._name, protocol.dumps(self._local.info()))
                     pipe.zadd(f"{self._prefix}:nodes:seen", {self._name: time.time()})
                     await self._call(pipe.execute(), HEARTBEAT)
+                with contextlib.suppress(RedisError, OSError, asyncio.TimeoutError, BackendUnavailable):
+                    await self._bury_the_dead()
             await asyncio.sleep(HEARTBEAT)
 
-    async def _live(self) -> list[str]:
+    async def _bury_the_dead(self) -> None:
+        """Clear what nodes not seen for NODE_TTL left behind, then forget them; one live node does each.
+
+        A node stays listed as seen (though not live) until it is buried, so a failed clear is tried again
+        at the next heartbeat; the lock, held for PURGE_LOCK seconds, keeps the others from doing it twice.
+        """
         cutoff = time.time() - NODE_TTL
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.zremrangebyscore(f"{self._prefix}:nodes:seen", "-inf", cutoff)
-        pipe.zrange(f"{self._prefix}:nodes:seen", 0, -1)
-        _, names = await self._call(pipe.execute(), ANSWER_TIMEOUT)
+        seen = f"{self._prefix}:nodes:seen"
+        dead = await self._call(self._redis.zrangebyscore(seen, "-inf", cutoff), HEARTBEAT)
+        for raw in dead:
+            name = raw.decode() if isinstance(raw, bytes) else str(raw)
+            lock = f"{self._prefix}:burying:{name}"
+            if name == self._name or not await self._call(
+                self._redis.set(lock, self._name, nx=True, ex=PURGE_LOCK), HEARTBEAT
+            ):
+                continue
+            cleared = await self._on_node_gone(name) if self._on_node_gone is not None else 0
+            # Forgotten only if it did not come back meanwhile (a heartbeat newer than the cutoff).
+            await self._call(self._forget(keys=[seen, f"{self._prefix}:nodes"], args=[name, cutoff]), HEARTBEAT)
+            log.warning("node %s stopped sending heartbeats: removed its %d presence entries", name, cleared)
+
+    async def _live(self) -> list[str]:
+        # Dead nodes stay in the set until one node has buried them (_bury_the_dead): only read here.
+        names = await self._call(
+            self._redis.zrangebyscore(f"{self._prefix}:nodes:seen", time.time() - NODE_TTL, "+inf"), ANSWER_TIMEOUT
+        )
         return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
 
     async def nodes(self) -> list[JSONObject]:

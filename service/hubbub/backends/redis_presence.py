@@ -2,8 +2,14 @@
 
 `<prefix>:{room}:presence` (hash: client → entry JSON) and `<prefix>:{room}:presence:exp`
 (sorted set: client → expiry, ms). Each node re-adds its own clients every `presence_ttl / 3`,
-so a node that crashes loses its clients from presence within `presence_ttl`, and a Redis that
-restarted empty is repopulated within a refresh. Reads drop expired entries as they go.
+so a Redis that restarted empty is repopulated within a refresh. Reads drop expired entries as they go.
+
+A node that dies (SIGKILL, a lost Kubernetes node) cannot remove its clients' entries, and waiting
+for `presence_ttl` shows ghosts for half a minute. So each node also lists its entries in
+`<prefix>:presence-of:<node>` (a set of `[room, client]` JSON pairs, refreshed with them), and
+`purge(node)` removes them: the cluster view calls it for a node whose heartbeat stopped (within
+seconds, see redis_cluster). A process restarted under the same name within that time is not seen
+to have gone: its previous process's entries expire after `presence_ttl`, as before.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -41,15 +47,25 @@ return redis.call('HGETALL', entries)
 """
 
 REFRESH_CHUNK = 500
+#: Entries removed per round trip by `purge`.
+PURGE_CHUNK = 500
 
 
 class RedisPresence:
     """Implements Presence."""
 
     def __init__(
-        self, client: aioredis.Redis, *, prefix: str, ttl: float, timeout: float, metrics: RedisMetrics | None = None
+        self,
+        client: aioredis.Redis,
+        *,
+        prefix: str,
+        ttl: float,
+        timeout: float,
+        node: str = "",
+        metrics: RedisMetrics | None = None,
     ) -> None:
         self._redis = client
+        self._node = node
         self._metrics = metrics or RedisMetrics()
         self._prefix = prefix
         self._ttl_ms = int(ttl * 1000)
@@ -60,6 +76,9 @@ class RedisPresence:
         self._local: dict[tuple[Room, ClientId], str] = {}
         self._refresher: asyncio.Task[None] | None = None
         self._refresh_failed = RepeatedError(log, "presence refresh failed")
+
+    def _index(self, node: str) -> str:
+        return f"{self._prefix}:presence-of:{node}"
 
     def _keys(self, room: Room) -> tuple[str, str]:
         base = f"{self._prefix}:{{{room}}}:presence"
@@ -102,12 +121,15 @@ class RedisPresence:
     async def _write(self, items: list[tuple[Room, ClientId, str]]) -> None:
         expires = int(time.time() * 1000) + self._ttl_ms
         pipe = self._redis.pipeline(transaction=False)
+        index = self._index(self._node)
         for room, client, encoded in items:
             entries, expiry = self._keys(room)
             pipe.hset(entries, client, encoded)
             pipe.zadd(expiry, {client: expires})
             pipe.pexpire(entries, self._ttl_ms * 2)
             pipe.pexpire(expiry, self._ttl_ms * 2)
+            pipe.sadd(index, protocol.dumps([room, client]))
+        pipe.pexpire(index, self._ttl_ms * 2)
         await self._call(pipe.execute)
 
     async def remove(self, room: Room, client: ClientId) -> None:
@@ -116,7 +138,32 @@ class RedisPresence:
         pipe = self._redis.pipeline(transaction=False)
         pipe.hdel(entries, client)
         pipe.zrem(expiry, client)
+        pipe.srem(self._index(self._node), protocol.dumps([room, client]))
         await self._call(pipe.execute)
+
+    async def purge(self, node: str) -> int:
+        """Remove the entries `node` listed (it is gone, or this is its next process); how many there were.
+
+        Only the pairs read are removed from the list: entries a restarted node adds meanwhile stay.
+        """
+        index = self._index(node)
+        members = await self._call(lambda: self._redis.smembers(index))
+        pairs: list[tuple[Any, Room, ClientId]] = []
+        for member in members:
+            room, client = protocol.loads(member)
+            # A restarted node's own live entries are not its previous process's: they stay.
+            if node != self._node or (room, client) not in self._local:
+                pairs.append((member, Room(room), ClientId(client)))
+        for start in range(0, len(pairs), PURGE_CHUNK):
+            chunk = pairs[start : start + PURGE_CHUNK]
+            pipe = self._redis.pipeline(transaction=False)
+            for _member, room, client in chunk:
+                entries, expiry = self._keys(room)
+                pipe.hdel(entries, client)
+                pipe.zrem(expiry, client)
+            pipe.srem(index, *(member for member, _room, _client in chunk))
+            await self._call(pipe.execute)
+        return len(pairs)
 
     async def get(self, room: Room) -> dict[ClientId, JSONObject]:
         entries, expiry = self._keys(room)
