@@ -82,8 +82,7 @@ STATUS: Final[dict[str, Any]] = {
         "skipped": {
             "type": "array",
             "items": {"type": "string"},
-            "description": "Objects the spec asks for that were not created, each with why "
-            "(a CRD not installed).",
+            "description": "Objects the spec asks for that were not created, each with why (a CRD not installed).",
         },
         "conditions": {
             "type": "array",
@@ -157,7 +156,7 @@ def crd() -> dict[str, Any]:
                             "connections, and monitoring.",
                             "required": ["spec"],
                             "properties": {
-                                "apiVersion": {"type": "string", "description": "The API version: hubbub.dev/v1alpha1."},
+                                "apiVersion": {"type": "string", "description": "hubbub.dev/v1alpha1."},
                                 "kind": {"type": "string", "description": "RealtimeService."},
                                 "metadata": {"type": "object"},
                                 "spec": spec_schema(),

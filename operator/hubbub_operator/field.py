@@ -139,7 +139,8 @@ def native(path: str, description: str, kind: Literal["object", "array"]) -> Fie
     """A Kubernetes-native structure (ResourceRequirements, Toleration) kept as given."""
     if kind == "object":
         return Field(path, "object", description, preserve=True)
-    return Field(path, "array", description, extra={"items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}})
+    item = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+    return Field(path, "array", description, extra={"items": item})
 
 
 def secret_ref(path: str, what: str, default_key: str) -> tuple[Field, ...]:

@@ -66,8 +66,7 @@ SPEC: Final[tuple[Field, ...]] = (
     string_map("podLabels", "Extra labels on the pods (the operator's own labels win)."),
     obj(
         "replicas",
-        "How many hubbub pods run. With autoscaling, the autoscaler moves between min and max; without, "
-        "min pods run.",
+        "How many hubbub pods run. With autoscaling, the autoscaler moves between min and max; without, min pods run.",
         Rule("self.min <= self.max", "replicas.min must not exceed replicas.max"),
         default={},
     ),
@@ -126,8 +125,7 @@ SPEC: Final[tuple[Field, ...]] = (
         "How clients' tokens (JWT) are checked, and the HTTP API's key.",
         Rule(
             _one_of("jwtSecretRef", "publicKeySecretRef", "jwksURL"),
-            "auth needs exactly one of jwtSecretRef (an HMAC secret), publicKeySecretRef (a PEM public key) "
-            "or jwksURL",
+            "auth needs exactly one of jwtSecretRef (an HMAC secret), publicKeySecretRef (a PEM public key) or jwksURL",
         ),
         required=True,
     ),
@@ -135,7 +133,11 @@ SPEC: Final[tuple[Field, ...]] = (
     *secret_ref(
         "auth.publicKeySecretRef", "the PEM public key (RSA, EC P-256 or Ed25519) of signed tokens", "public-key.pem"
     ),
-    string("auth.jwksURL", "JWKS URL of the identity provider; keys are cached and refetched on rotation.", pattern=r"^https?://"),
+    string(
+        "auth.jwksURL",
+        "JWKS URL of the identity provider; keys are cached and refetched on rotation.",
+        pattern=r"^https?://",
+    ),
     string("auth.audience", "Required `aud` claim."),
     string("auth.issuer", "Required `iss` claim."),
     *secret_ref(
@@ -254,12 +256,14 @@ SPEC: Final[tuple[Field, ...]] = (
         ),
         Rule("!has(self.tls) || has(self.host)", "exposure.ingress.tls needs host: the name the certificate is for"),
     ),
-    boolean("exposure.ingress.enabled", "Create the Ingress (set false to keep the section but drop it).", default=True),
+    boolean(
+        "exposure.ingress.enabled", "Create the Ingress (false: keep the section, drop the Ingress).", default=True
+    ),
     string("exposure.ingress.className", "IngressClass name (unset: the cluster's default class)."),
     string("exposure.ingress.host", "Host name clients connect to.", pattern=DNS_NAME, max_length=253),
     string("exposure.ingress.path", "Path prefix routed to hubbub.", default="/", pattern="^/"),
     obj("exposure.ingress.tls", "Terminate TLS at the Ingress."),
-    string("exposure.ingress.tls.secretName", "The Secret (type kubernetes.io/tls) with the certificate.", max_length=253),
+    string("exposure.ingress.tls.secretName", "The Secret (kubernetes.io/tls) with the certificate.", max_length=253),
     string_map("exposure.ingress.annotations", "Extra Ingress annotations; they override the operator's."),
     obj(
         "exposure.gateway",
@@ -293,9 +297,10 @@ SPEC: Final[tuple[Field, ...]] = (
     string("monitoring.serviceMonitor.interval", "Scrape interval.", default="30s", pattern=DURATION, max_length=32),
     string_map(
         "monitoring.serviceMonitor.labels",
-        "Extra labels, to match your Prometheus's serviceMonitorSelector (kube-prometheus-stack: `release: <its release>`).",
+        "Extra labels, to match your Prometheus's serviceMonitorSelector "
+        "(kube-prometheus-stack: `release: <its release>`).",
     ),
-    obj("monitoring.prometheusRule", "A PrometheusRule with hubbub's alerts (docs/runbooks.md) for this service's pods."),
+    obj("monitoring.prometheusRule", "A PrometheusRule with hubbub's alerts (docs/runbooks.md) for these pods."),
     boolean("monitoring.prometheusRule.enabled", "Create it.", default=True),
     string_map("monitoring.prometheusRule.labels", "Extra labels, to match your Prometheus's ruleSelector."),
     string_map("monitoring.prometheusRule.alertLabels", "Labels added to every alert (routing: team, cluster)."),
@@ -310,7 +315,7 @@ SPEC: Final[tuple[Field, ...]] = (
     boolean("monitoring.dashboards.enabled", "Create it.", default=True),
     string_map(
         "monitoring.dashboards.labels",
-        "Extra labels on the ConfigMap (it always has `grafana_dashboard: \"1\"`, the sidecar's default).",
+        'Extra labels on the ConfigMap (it always has `grafana_dashboard: "1"`, the sidecar\'s default).',
     ),
     string_map(
         "monitoring.dashboards.annotations",

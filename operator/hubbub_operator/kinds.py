@@ -19,7 +19,9 @@ HTTP_ROUTE: Final = "gateway.networking.k8s.io/v1/HTTPRoute"
 #: `gateway.networking.k8s.io/channel` is `experimental`; a standard-channel CRD would refuse the field.
 HTTP_ROUTE_SESSION_PERSISTENCE: Final = "gateway.networking.k8s.io/v1/HTTPRoute#sessionPersistence"
 
-OPTIONAL: Final = frozenset({SERVICE_MONITOR, PROMETHEUS_RULE, SCALED_OBJECT, HTTP_ROUTE, HTTP_ROUTE_SESSION_PERSISTENCE})
+OPTIONAL: Final = frozenset(
+    {SERVICE_MONITOR, PROMETHEUS_RULE, SCALED_OBJECT, HTTP_ROUTE, HTTP_ROUTE_SESSION_PERSISTENCE}
+)
 
 #: Every (apiVersion, kind) a plan may hold: the runtime watches these and prunes the ones it owns
 #: that a new plan no longer holds (a switch from HPA to KEDA, an Ingress turned off).
