@@ -340,8 +340,8 @@ def test_settings_hubbub_refuses_become_problems_not_children() -> None:
     p = planned(minimal(settings={"namespaces": {"chat": {"history_size": -1}}, "max_conections": 5}))
     assert p.children == []
     assert (
-        "settings refused by hubbub: spec.settings.namespaces.chat.history_size: must be greater than or equal to 0 (got -1)"
-        in p.problems
+        "settings refused by hubbub: spec.settings.namespaces.chat.history_size: "
+        "must be greater than or equal to 0 (got -1)" in p.problems
     )
     assert any("max_conections: unknown setting; did you mean max_connections?" in x for x in p.problems)
     crossed = planned(minimal(settings={"ping_interval": 2, "pong_timeout": 10}))
