@@ -9,6 +9,7 @@ with HUBBUB_UPDATE_GOLDEN=1 after a deliberate change, and read the diff.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 from datetime import UTC, datetime, timedelta
@@ -110,7 +111,7 @@ def test_settings_in_the_spec_are_hubbubs_own_less_those_the_operator_decides() 
 
 def test_thresholds_in_the_spec_are_the_alert_rules_thresholds() -> None:
     in_spec = schema.at("monitoring.prometheusRule.thresholds")["properties"]
-    assert list(in_spec) == [f.name for f in alerts.dataclasses.fields(alerts.Thresholds)]
+    assert list(in_spec) == [f.name for f in dataclasses.fields(alerts.Thresholds)]
     assert "HubbubNearConnectionCapacity" in in_spec["capacity_ratio"]["description"]
     assert in_spec["capacity_ratio"]["maximum"] == 1
     assert in_spec["connection_spike_ratio"]["minimum"] == 1
@@ -500,3 +501,14 @@ def test_condition_reasons_must_be_camel_case() -> None:
 def test_field_table_paths_are_unique() -> None:
     paths = [f.path for f in fields.SPEC]
     assert len(paths) == len(set(paths))
+
+
+def test_docs_field_reference_is_the_field_tables() -> None:
+    """docs/operator.md's reference is rendered from the table the CRD is (python -m hubbub_operator.reference)."""
+    from hubbub_operator import reference
+
+    doc = (ROOT / "docs" / "operator.md").read_text(encoding="utf-8")
+    assert reference.markdown() in doc, "run: .venv/bin/python -m hubbub_operator.reference --update docs/operator.md"
+    for row in fields.SPEC:
+        if not row.path.endswith("[]"):
+            assert f"`spec.{row.path.replace('.*', '.<name>')}`" in doc

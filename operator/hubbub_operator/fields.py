@@ -58,8 +58,8 @@ SPEC: Final[tuple[Field, ...]] = (
     native(
         "topologySpreadConstraints",
         "How pods spread over zones and nodes (pod spec `topologySpreadConstraints`); give `labelSelector` "
-        "or `matchLabelKeys: [pod-template-hash]`, the pods carry the labels app.kubernetes.io/instance=<name> "
-        "and app.kubernetes.io/component=server.",
+        "or `matchLabelKeys: [pod-template-hash]`; the pods carry the labels `app.kubernetes.io/instance: <name>` "
+        "and `app.kubernetes.io/component: server`.",
         "array",
     ),
     string_map("podAnnotations", "Extra annotations on the pods."),
@@ -143,7 +143,7 @@ SPEC: Final[tuple[Field, ...]] = (
     *secret_ref(
         "auth.apiKeySecretRef",
         "the bearer key of the HTTP API (publishing from back ends). Unset: the operator generates one in the "
-        "Secret <name>-api-key",
+        "Secret `<name>-api-key`",
         "api-key",
     ),
     # -- Redis -----------------------------------------------------------------------------------------
