@@ -154,6 +154,31 @@ INVALID = [
 ]
 
 
+VALID = [
+    pytest.param({"redis": {"mode": "none"}, "replicas": {"min": 1, "max": 1}}, id="embedded-broker-single-pod"),
+    pytest.param(
+        {
+            "exposure": {
+                "ingress": {"enabled": False, "host": "a.example.com"},
+                "gateway": {"parentRefs": [{"name": "g"}]},
+            }
+        },
+        id="ingress-off-gateway-on",
+    ),
+    pytest.param(
+        {"exposure": {"sessionAffinity": "Cookie", "gateway": {"parentRefs": [{"name": "g"}], "hostnames": ["a.b"]}}},
+        id="cookie-through-gateway",
+    ),
+    pytest.param({"redis": {"mode": "external", "external": {"sentinels": {"addresses": ["s:26379"]}}}}, id="sentinel"),
+    pytest.param({"auth": {"jwksURL": "https://id.example.com/jwks"}, "autoscaling": {"provider": "none"}}, id="jwks"),
+]
+
+
+@pytest.mark.parametrize("change", VALID)
+async def test_edge_cases_of_the_rules_are_accepted(k8s: Cluster, namespace: str, change: dict[str, Any]) -> None:
+    k8s.apply(rts(namespace, {"auth": AUTH, **change}, name="edge"))
+
+
 @pytest.mark.parametrize(("change", "message"), INVALID)
 async def test_invalid_specs_are_refused_with_a_clear_message(
     k8s: Cluster, namespace: str, change: dict[str, Any], message: str

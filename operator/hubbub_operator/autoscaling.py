@@ -113,20 +113,19 @@ def scaled_object(instance: Instance) -> dict[str, Any]:
         triggers.append(
             {"type": "cpu", "metricType": "Utilization", "metadata": {"value": str(section["targetCPUUtilization"])}}
         )
-    return manifest(
-        "keda.sh/v1alpha1",
-        "ScaledObject",
-        instance.metadata(instance.name, COMPONENT),
-        spec={
-            "scaleTargetRef": _target(instance),
-            "minReplicaCount": replicas["min"],
-            "maxReplicaCount": replicas["max"],
-            "pollingInterval": 15,
-            "fallback": {"failureThreshold": 3, "replicas": replicas["min"], "behavior": "currentReplicasIfHigher"},
-            "advanced": {
-                "restoreToOriginalReplicaCount": False,
-                "horizontalPodAutoscalerConfig": {"name": f"{instance.name}-keda", "behavior": behavior(instance)},
-            },
-            "triggers": triggers,
-        },
-    )
+    body: dict[str, Any] = {
+        "scaleTargetRef": _target(instance),
+        "minReplicaCount": replicas["min"],
+        "maxReplicaCount": replicas["max"],
+        "pollingInterval": 15,
+    }
+    if len(triggers) == 1:
+        # Prometheus unreachable: keep the pods there are (at least min). KEDA refuses a fallback
+        # beside a cpu trigger, so with one the HPA simply holds its last decision.
+        body["fallback"] = {"failureThreshold": 3, "replicas": replicas["min"], "behavior": "currentReplicasIfHigher"}
+    body["advanced"] = {
+        "restoreToOriginalReplicaCount": False,
+        "horizontalPodAutoscalerConfig": {"name": f"{instance.name}-keda", "behavior": behavior(instance)},
+    }
+    body["triggers"] = triggers
+    return manifest("keda.sh/v1alpha1", "ScaledObject", instance.metadata(instance.name, COMPONENT), spec=body)
