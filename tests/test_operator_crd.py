@@ -208,7 +208,7 @@ async def test_kubectl_explain_prints_the_field_descriptions(k8s: Cluster, names
 async def test_planned_children_of_built_in_kinds_pass_the_api_server(k8s: Cluster, namespace: str, path: Path) -> None:
     """Server-side applied as a dry run (dryRun=All): the API server validates each object in full."""
     obj = k8s.apply(example(path, namespace), manager="hubbub-tests")
-    p = plan(obj, available_kinds=frozenset(), redis_password="a-password", api_key="an-api-key")
+    p = plan(obj, available_kinds=frozenset(), redis_password="a-generated-password", api_key="an-api-key")
     assert p.children and not p.problems
     for child in p.children:
         response = k8s.api(

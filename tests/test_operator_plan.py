@@ -360,6 +360,17 @@ def test_managed_redis_password_is_the_callers_and_stays_off_command_lines() -> 
     assert "volumeClaimTemplates" not in statefulset["spec"]
     missing = plan(minimal(), available_kinds=ALL_KINDS, api_key="k")
     assert missing.children == [] and any("password" in x for x in missing.problems)
+    spaced = plan(minimal(), available_kinds=ALL_KINDS, api_key="k", redis_password="a password with spaces")
+    assert spaced.children == [] and any("[A-Za-z0-9_-]" in x for x in spaced.problems)
+
+
+def test_a_resource_without_a_token_key_is_a_problem() -> None:
+    obj = minimal()
+    del obj["spec"]["auth"]
+    p = planned(obj)
+    assert p.children == [] and p.problems == [
+        "spec.auth needs one of jwtSecretRef, publicKeySecretRef or jwksURL: hubbub checks tokens"
+    ]
 
 
 def test_persistence_asks_for_a_volume() -> None:

@@ -19,6 +19,7 @@ can keep them as golden files.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -27,6 +28,7 @@ from hubbub_operator import autoscaling, config, exposure, kinds, monitoring, re
 from hubbub_operator.resource import Instance, manifest
 
 Autoscaler = Literal["hpa", "keda", "none"]
+_PASSWORD = re.compile(r"[A-Za-z0-9_-]{16,}")
 
 
 @dataclass(frozen=True)
@@ -65,8 +67,14 @@ def plan(
     problems = list(rendered.problems)
     redis_mode = instance.section("redis")["mode"]
     auth = instance.section("auth")
+    if not any(key in auth for key in ("jwtSecretRef", "publicKeySecretRef", "jwksURL")):
+        # The CRD requires one; a resource stored under an older schema may still lack it.
+        problems.append("spec.auth needs one of jwtSecretRef, publicKeySecretRef or jwksURL: hubbub checks tokens")
     if redis_mode == "managed" and not redis_password:
         problems.append("internal: no password given for the managed Redis (the runtime generates it)")
+    elif redis_mode == "managed" and not _PASSWORD.fullmatch(redis_password or ""):
+        # It goes into redis.conf and a URL as it is: letters, digits, - and _ only (secrets.token_urlsafe).
+        problems.append("internal: the managed Redis password must be 16+ characters of [A-Za-z0-9_-]")
     if "apiKeySecretRef" not in auth and not api_key:
         problems.append("internal: no generated API key given (the runtime generates it)")
     skipped: list[str] = []
