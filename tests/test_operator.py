@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
+import json
 import os
 import subprocess
 import sys
@@ -25,6 +27,7 @@ import yaml
 from hubbub_operator import MANAGER, crd, deploy, kinds, redis
 from hubbub_operator.kube import OPTIONAL_CRDS
 from hubbub_operator.plan import api_key_ref, plan
+from hubbub_operator.reconcile import secret_references
 from hubbub_operator.resource import Instance
 from hubbub_operator.workload import CHECKSUM_ANNOTATION
 from tests.support import promtool
@@ -40,7 +43,14 @@ API = "/apis/hubbub.dev/v1alpha1"
 #: Generous: a loaded 2-core machine runs the control plane, kwok and the operator at once.
 DEADLINE = 60.0
 JWT_SECRET = "0123456789abcdef0123456789abcdef"
-PUBLIC_KEY = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n-----END PUBLIC KEY-----\n"
+PUBLIC_KEY = "\n".join(
+    [
+        "-----BEGIN PUBLIC KEY-----",
+        "MCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=",
+        "-----END PUBLIC KEY-----",
+        "",
+    ]
+)
 
 
 def crds_dir() -> Path:
@@ -89,7 +99,8 @@ async def install_ecosystem_crds(k8s: Cluster) -> None:
     for doc in docs:
         k8s.apply(doc, manager="hubbub-tests", force=True)
     for doc in docs:
-        await until(lambda name=doc["metadata"]["name"]: established(k8s, name), what=f"{doc['metadata']['name']}")
+        name = doc["metadata"]["name"]
+        await until(functools.partial(established, k8s, name), timeout=DEADLINE, what=f"{name} Established")
 
 
 async def remove_ecosystem_crds(k8s: Cluster) -> None:
@@ -98,7 +109,17 @@ async def remove_ecosystem_crds(k8s: Cluster) -> None:
         k8s.api("DELETE", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
     for name in names:
         path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}"
-        await until(lambda path=path: k8s.get(path) is None, timeout=DEADLINE, what=f"{name} deleted")
+        await until(functools.partial(gone, k8s, path), timeout=DEADLINE, what=f"{name} deleted")
+
+
+def gone(k8s: Cluster, path: str) -> bool:
+    return k8s.get(path) is None
+
+
+def replaced(k8s: Cluster, path: str, uid: str) -> bool:
+    """The object at `path` exists again, as a new object."""
+    found = k8s.get(path)
+    return found is not None and found["metadata"]["uid"] != uid
 
 
 # -- the operator as a process -----------------------------------------------------------------------
@@ -248,7 +269,7 @@ def the_plan(k8s: Cluster, obj: dict[str, Any]) -> Any:
 
 def planned_children_match(k8s: Cluster, namespace: str, name: str = "chat") -> list[dict[str, Any]]:
     obj = rts(k8s, namespace, name)
-    children = the_plan(k8s, obj).children
+    children: list[dict[str, Any]] = the_plan(k8s, obj).children
     assert children, "nothing planned"
     for manifest in children:
         stored = child(k8s, manifest)
@@ -266,6 +287,12 @@ def planned_children_match(k8s: Cluster, namespace: str, name: str = "chat") -> 
     return children
 
 
+def event_reasons(k8s: Cluster, namespace: str) -> set[str]:
+    """The reasons of the Events posted on RealtimeServices in the namespace."""
+    events = k8s.api("GET", f"/api/v1/namespaces/{namespace}/events").json()["items"]
+    return {e["reason"] for e in events if e["involvedObject"]["kind"] == "RealtimeService"}
+
+
 def deployment(k8s: Cluster, namespace: str, name: str = "chat") -> dict[str, Any]:
     return k8s.get(f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}") or {}
 
@@ -278,7 +305,9 @@ def ready(k8s: Cluster, namespace: str, name: str = "chat") -> dict[str, Any] | 
 async def running_minimal(k8s: Cluster, namespace: str) -> dict[str, Any]:
     secret(k8s, namespace, "chat-jwt", {"jwt-secret": JWT_SECRET})
     k8s.apply(example("minimal", namespace), manager="hubbub-tests")
-    return await until(lambda: ready(k8s, namespace), timeout=DEADLINE, what="Ready=True")  # type: ignore[no-any-return]
+    found = await until(functools.partial(ready, k8s, namespace), timeout=DEADLINE, what="Ready=True")
+    assert found is not None
+    return found
 
 
 # -- the tests ---------------------------------------------------------------------------------------
@@ -313,6 +342,36 @@ async def test_without_the_ecosystem_crds_optional_children_are_skipped_with_a_r
     assert {"ServiceMonitor", "PrometheusRule", "Ingress"} <= {c["kind"] for c in children}
 
 
+async def test_keda_and_gateway_children_are_created_when_their_crds_exist(k8s: Cluster, namespace: str) -> None:
+    await install_ecosystem_crds(k8s)
+    obj = example("external-redis-keda-gateway", namespace)
+    for name, key in secret_references(plan(obj, available_kinds=kinds.OPTIONAL, api_key="k" * 32).children):
+        secret(k8s, namespace, name, {key or "value": "redis://redis.example:6379/0"})
+    k8s.apply(obj, manager="hubbub-tests")
+    children = await until(
+        lambda: planned_children_match(k8s, namespace, "events"), timeout=DEADLINE, what="every child"
+    )
+    kinds_made = {c["kind"] for c in children}
+    assert {"ScaledObject", "HTTPRoute", "ServiceMonitor", "PrometheusRule"} <= kinds_made, kinds_made
+    assert "HorizontalPodAutoscaler" not in kinds_made and "StatefulSet" not in kinds_made
+    route = k8s.get(f"/apis/gateway.networking.k8s.io/v1/namespaces/{namespace}/httproutes/events") or {}
+    assert all("sessionPersistence" in rule for rule in route["spec"]["rules"]), route["spec"]
+    await until(lambda: ready(k8s, namespace, "events"), timeout=DEADLINE, what="Ready=True")
+    assert rts(k8s, namespace, "events")["status"]["skipped"] == []
+
+
+def test_the_namespaced_rbac_variant_is_accepted_by_the_api_server(k8s: Cluster, operator: Operator) -> None:
+    for obj in deploy.namespaced_rbac():
+        response = k8s.api(
+            "PATCH",
+            resource_path(obj),
+            params={"fieldManager": "hubbub-tests", "dryRun": "All", "force": "true"},
+            headers={"Content-Type": "application/apply-patch+yaml"},
+            content=json.dumps(obj),
+        )
+        assert response.status_code < 400, response.text
+
+
 async def test_the_rendered_prometheus_rule_passes_promtool(k8s: Cluster, namespace: str, tmp_path: Path) -> None:
     tool = promtool.require("promtool")
     await install_ecosystem_crds(k8s)
@@ -321,7 +380,8 @@ async def test_the_rendered_prometheus_rule_passes_promtool(k8s: Cluster, namesp
     obj["spec"]["monitoring"] = {"prometheusRule": {"thresholds": {"capacity_ratio": 0.7}}}
     k8s.apply(obj, manager="hubbub-tests")
     path = f"/apis/monitoring.coreos.com/v1/namespaces/{namespace}/prometheusrules/chat"
-    rule = await until(lambda: k8s.get(path), timeout=DEADLINE, what="the PrometheusRule")
+    rule = await until(functools.partial(k8s.get, path), timeout=DEADLINE, what="the PrometheusRule")
+    assert rule is not None
     rules = tmp_path / "rules.yaml"
     rules.write_text(yaml.safe_dump(rule["spec"]))
     result = promtool.run(tool, "check", "rules", str(rules), cwd=tmp_path)
@@ -347,8 +407,10 @@ async def test_minimal_example_runs_every_planned_child_and_turns_ready(k8s: Clu
     assert listing[0].split()[:5] == ["NAME", "READY", "REPLICAS", "CONNECTIONS", "ENDPOINT"]
     row = listing[1].split()
     assert row[:3] == ["chat", "True", "2"] and obj["status"]["endpoint"] in row
-    events = k8s.api("GET", f"/api/v1/namespaces/{namespace}/events").json()["items"]
-    assert {"Created", "Ready"} <= {e["reason"] for e in events if e["involvedObject"]["kind"] == "RealtimeService"}
+    await until(
+        lambda: {"Created", "Ready"} <= event_reasons(k8s, namespace), timeout=DEADLINE, what="Created and Ready events"
+    )
+    assert "Updated" not in event_reasons(k8s, namespace), "a reconcile with nothing to change rewrote a child"
 
 
 async def test_a_settings_change_rewrites_the_config_and_rolls_the_pods(k8s: Cluster, namespace: str) -> None:
@@ -360,18 +422,19 @@ async def test_a_settings_change_rewrites_the_config_and_rolls_the_pods(k8s: Clu
     obj["spec"]["settings"]["namespaces"]["chat"]["history_size"] = 321
     k8s.apply(obj, manager="hubbub-tests")
 
-    after = await until(
-        lambda: (k8s.get(config_path) or {}).get("data") != before.get("data") and k8s.get(config_path),
-        timeout=DEADLINE,
-        what="the ConfigMap rewritten",
-    )
+    def rewritten() -> dict[str, Any] | None:
+        found = k8s.get(config_path)
+        return found if found is not None and found.get("data") != before.get("data") else None
+
+    after = await until(rewritten, timeout=DEADLINE, what="the ConfigMap rewritten")
+    assert after is not None
     assert "321" in "".join(after["data"].values())
 
     def rolled() -> bool:
         found = deployment(k8s, namespace)
         new = found["spec"]["template"]["metadata"]["annotations"][CHECKSUM_ANNOTATION]
         status = found.get("status", {})
-        return (
+        return bool(
             new != checksum
             and status.get("observedGeneration") == found["metadata"]["generation"]
             and status.get("updatedReplicas") == status.get("replicas") == status.get("readyReplicas")
@@ -389,11 +452,7 @@ async def test_deleted_or_hand_edited_children_are_restored(k8s: Cluster, namesp
     for path in uids:
         assert k8s.api("DELETE", path).is_success
     for path, uid in uids.items():
-        await until(
-            lambda path=path, uid=uid: (k8s.get(path) or {}).get("metadata", {}).get("uid", uid) != uid,
-            timeout=DEADLINE,
-            what=f"{path} recreated",
-        )
+        await until(functools.partial(replaced, k8s, path, uid), timeout=DEADLINE, what=f"{path} recreated")
 
     # A hand edit under another field manager, forced: the operator's next apply takes it back.
     config = k8s.get(config_path) or {}
@@ -402,8 +461,7 @@ async def test_deleted_or_hand_edited_children_are_restored(k8s: Cluster, namesp
     k8s.apply({**edited, "data": {key: "{}"}}, manager="someone-by-hand", force=True)
     await until(lambda: (k8s.get(config_path) or {})["data"][key] == config["data"][key], timeout=DEADLINE)
     await until(lambda: planned_children_match(k8s, namespace), timeout=DEADLINE, what="children as planned")
-    events = k8s.api("GET", f"/api/v1/namespaces/{namespace}/events").json()["items"]
-    assert "Restored" in {e["reason"] for e in events}
+    await until(lambda: "Restored" in event_reasons(k8s, namespace), timeout=DEADLINE, what="a Restored event")
 
 
 async def test_deleting_the_resource_garbage_collects_its_children(k8s: Cluster, namespace: str) -> None:
@@ -480,7 +538,7 @@ async def test_the_hpa_scales_on_connections_and_the_operator_leaves_replicas_to
     pdb = f"/apis/policy/v1/namespaces/{namespace}/poddisruptionbudgets/chat"
     uid = (k8s.get(pdb) or {})["metadata"]["uid"]
     k8s.api("DELETE", pdb)
-    await until(lambda: (k8s.get(pdb) or {}).get("metadata", {}).get("uid", uid) != uid, timeout=DEADLINE)
+    await until(functools.partial(replaced, k8s, pdb, uid), timeout=DEADLINE, what="the PDB restored")
     assert int(deployment(k8s, namespace)["spec"]["replicas"]) >= replicas
 
 

@@ -72,10 +72,10 @@ def notify(resource: Mapping[str, Any], type_: str, reason: str, message: str) -
             "uid": resource["metadata"].get("uid", ""),
         },
     }
-    try:
+    meta = body["metadata"]
+    log.info("%s/%s: %s %s: %s", meta["namespace"], meta["name"], type_, reason, message)
+    with contextlib.suppress(LookupError):  # outside the operator's context (a test): the log only
         kopf.event(kopf.Body(cast(Any, body)), type=type_, reason=reason, message=message[:1000])
-    except LookupError:  # outside the operator's context (a test calling the reconciler): logs only
-        log.info("%s %s: %s", type_, reason, message)
 
 
 @kopf.on.startup()
@@ -90,6 +90,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.client_timeout = 330
     settings.networking.error_backoffs = [1, 2, 5, 10]
     settings.peering.priority = OPTIONS.priority
+    # lightkube's HTTP client logs every request at INFO: one line per apply is noise, failures say enough.
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
     kube = LightkubeKube.from_env()
     memo.kube = kube
     memo.reconciler = Reconciler(kube, notify)

@@ -111,6 +111,7 @@ class LightkubeKube:
         await self.client.close()
 
     async def apply(self, manifest: Mapping[str, Any], *, manager: str = MANAGER) -> dict[str, Any]:
+        manifest = encoded(manifest)
         meta = manifest["metadata"]
         res = resource(manifest["apiVersion"], manifest["kind"])
         try:
@@ -188,6 +189,17 @@ class LightkubeKube:
             out[key] = base64.b64decode(value).decode("utf-8", errors="replace")
         out.update(secret.get("stringData") or {})
         return out
+
+
+def encoded(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """A Secret's `stringData` as `data`: stringData is write-only (the API stores data), so an
+    apply that keeps sending it can never match what is stored, and would rewrite the Secret."""
+    out = dict(manifest)
+    if out.get("kind") == "Secret" and out.get("stringData"):
+        strings = out.pop("stringData")
+        data = {k: base64.b64encode(str(v).encode()).decode() for k, v in strings.items()}
+        out["data"] = {**(out.get("data") or {}), **data}
+    return out
 
 
 def _serves(crd: Mapping[str, Any], version: str) -> bool:

@@ -86,6 +86,8 @@ class Reconciler:
         self.clock = clock or (lambda: datetime.now(UTC))
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._waiting: set[tuple[str, str]] = set()
+        #: Per resource uid, the children this process has applied (to tell a restore from a create).
+        self._applied: dict[str, set[tuple[str, str]]] = {}
 
     async def request(self, namespace: str, name: str) -> Outcome | None:
         """Reconcile the resource as it is now (read from the API once this resource's previous
@@ -191,7 +193,7 @@ class Reconciler:
         except KubeError as exc:
             outcome.errors.append(str(exc))
             return
-        first_reconcile = not before
+        applied_before = self._applied.setdefault(instance.uid, set())
         for child in the_plan.children:
             what = f"{child['kind']} {child['metadata']['name']}"
             existing = before.get(key(child))
@@ -209,9 +211,11 @@ class Reconciler:
                 outcome.errors.append(str(exc))
                 continue
             if existing is None:
-                (outcome.created if first_reconcile else outcome.restored).append(what)
-            elif _version(existing) != _version(stored):
+                # Restored: this operator applied it before, and someone deleted it since.
+                (outcome.restored if key(child) in applied_before else outcome.created).append(what)
+            elif _content(existing) != _content(stored):
                 outcome.corrected.append(what)
+            applied_before.add(key(child))
         if outcome.errors:
             return  # prune only after a complete apply: a half-applied plan is no basis for deleting
         desired = {key(c) for c in the_plan.children}
@@ -296,11 +300,12 @@ def _identity(obj: Mapping[str, Any]) -> dict[str, Any]:
     return {"name": meta["name"], "namespace": meta["namespace"]}
 
 
-def _version(obj: Mapping[str, Any]) -> str:
-    """What changes when an apply changed the object: its generation where it has one (so a status
-    written by a controller meanwhile does not count), else its resourceVersion."""
+def _content(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """What an apply can change: the object less its status and bookkeeping (resourceVersion,
+    managedFields, generation), which controllers move on their own between two reads."""
     meta = obj.get("metadata") or {}
-    return str(meta.get("generation") or meta.get("resourceVersion", ""))
+    kept = {k: meta.get(k) for k in ("labels", "annotations", "ownerReferences")}
+    return {**{k: v for k, v in obj.items() if k not in ("status", "metadata")}, "metadata": kept}
 
 
 def _differs(previous: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
