@@ -27,6 +27,8 @@ from hubbub_operator.resource import Instance
 
 #: notify(resource, type "Normal" | "Warning", reason, message): a Kubernetes Event on the resource.
 Notify = Callable[[Mapping[str, Any], str, str, str], None]
+#: The API's refusal to create anything in a namespace being deleted.
+TERMINATING: Final = "because it is being terminated"
 MANAGED_BY: Final = "app.kubernetes.io/managed-by"
 INSTANCE: Final = "app.kubernetes.io/instance"
 #: Optional kinds (their CRD may be absent): never listed nor pruned unless served.
@@ -131,6 +133,8 @@ class Reconciler:
                 await self.kube.patch_status(instance.namespace, instance.name, outcome.status)
             except KubeError as exc:
                 outcome.errors.append(str(exc))
+        if any(TERMINATING in error for error in outcome.errors):
+            return outcome  # the namespace is being deleted, the resource with it: nothing to tell
         self._announce(resource, previous, outcome)
         return outcome
 
@@ -285,10 +289,15 @@ class Reconciler:
         now = conditions.find(outcome.status.get("conditions"), conditions.READY)
         if now is None:
             return
-        changed = before is None or (before.get("status"), before.get("message")) != (now["status"], now["message"])
-        if changed and now["status"] == "True":
+        # Ready once when it becomes so (not at every pod count); not ready again at each new reason.
+        was = (before or {}).get("status")
+        if now["status"] == "True" and was != "True":
             notify(resource, "Normal", "Ready", now["message"])
-        elif changed and now["reason"] not in ("NoReadyPods",):
+        elif (
+            now["status"] != "True"
+            and now["reason"] != "NoReadyPods"
+            and (was, (before or {}).get("message")) != (now["status"], now["message"])
+        ):
             notify(resource, "Warning", now["reason"], now["message"])
         skipped = list(outcome.plan.skipped)
         if skipped and skipped != list(previous.get("skipped") or ()):
