@@ -34,6 +34,7 @@ ENV_NOT_SETTINGS: Final = frozenset(
         "HUBBUB_REQUIRE_PROMETHEUS",
         "HUBBUB_PYTHON27",
         "HUBBUB_CRDS_DIR",
+        "HUBBUB_UPDATE_GOLDEN",
     }
 )
 FILE_TYPES: Final = {".yaml": "YAML", ".yml": "YAML", ".json": "JSON", ".toml": "TOML"}
