@@ -287,6 +287,10 @@ def planned_children_match(k8s: Cluster, namespace: str, name: str = "chat") -> 
     return children
 
 
+def identity(api_version: str, kind: str, namespace: str, name: str = "chat") -> dict[str, Any]:
+    return {"apiVersion": api_version, "kind": kind, "metadata": {"name": name, "namespace": namespace}}
+
+
 def event_reasons(k8s: Cluster, namespace: str) -> set[str]:
     """The reasons of the Events posted on RealtimeServices in the namespace."""
     events = k8s.api("GET", f"/api/v1/namespaces/{namespace}/events").json()["items"]
@@ -460,6 +464,16 @@ async def test_deleted_or_hand_edited_children_are_restored(k8s: Cluster, namesp
     edited = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "chat-config", "namespace": namespace}}
     k8s.apply({**edited, "data": {key: "{}"}}, manager="someone-by-hand", force=True)
     await until(lambda: (k8s.get(config_path) or {})["data"][key] == config["data"][key], timeout=DEADLINE)
+    # The Deployment's pod spec too: another image, forced by hand, is put back.
+    deploy_path = f"/apis/apps/v1/namespaces/{namespace}/deployments/chat"
+    image = deployment(k8s, namespace)["spec"]["template"]["spec"]["containers"][0]["image"]
+    patch = {"spec": {"template": {"spec": {"containers": [{"name": "hubbub", "image": "example/other:1"}]}}}}
+    k8s.apply({**identity("apps/v1", "Deployment", namespace), **patch}, manager="someone-by-hand", force=True)
+
+    def image_back() -> bool:
+        return bool(deployment(k8s, namespace)["spec"]["template"]["spec"]["containers"][0]["image"] == image)
+
+    await until(image_back, timeout=DEADLINE, what=f"{deploy_path} back on {image}")
     await until(lambda: planned_children_match(k8s, namespace), timeout=DEADLINE, what="children as planned")
     await until(lambda: "Restored" in event_reasons(k8s, namespace), timeout=DEADLINE, what="a Restored event")
 
