@@ -21,7 +21,7 @@ from typing import Any, Final
 
 from hubbub_operator import API_VERSION as _API
 from hubbub_operator import MANAGER, conditions, kinds, redis
-from hubbub_operator.kube import INITIAL_MANAGER, Kube, KubeError, owned_by
+from hubbub_operator.kube import INITIAL_MANAGER, Kube, KubeError, encoded, owned_by
 from hubbub_operator.plan import Plan, api_key_ref, plan
 from hubbub_operator.resource import Instance
 
@@ -217,7 +217,7 @@ class Reconciler:
             if existing is None:
                 # Restored: this operator applied it before, and someone deleted it since.
                 (outcome.restored if key(child) in applied_before else outcome.created).append(what)
-            elif _content(existing) != _content(stored):
+            elif _project(existing, encoded(child)) != _project(stored, encoded(child)):
                 outcome.corrected.append(what)
             applied_before.add(key(child))
         if outcome.errors:
@@ -309,12 +309,13 @@ def _identity(obj: Mapping[str, Any]) -> dict[str, Any]:
     return {"name": meta["name"], "namespace": meta["namespace"]}
 
 
-def _content(obj: Mapping[str, Any]) -> dict[str, Any]:
-    """What an apply can change: the object less its status and bookkeeping (resourceVersion,
-    managedFields, generation), which controllers move on their own between two reads."""
-    meta = obj.get("metadata") or {}
-    kept = {k: meta.get(k) for k in ("labels", "annotations", "ownerReferences")}
-    return {**{k: v for k, v in obj.items() if k not in ("status", "metadata")}, "metadata": kept}
+def _project(obj: Any, shape: Any) -> Any:
+    """`obj` cut down to the fields `shape` (a manifest) sets: what an apply of it can change.
+    Others' fields (a controller's annotations, status, resourceVersion) are left out, since they
+    move on their own between two reads."""
+    if isinstance(shape, dict) and isinstance(obj, dict):
+        return {k: _project(obj.get(k), v) for k, v in shape.items()}
+    return obj
 
 
 def _differs(previous: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
