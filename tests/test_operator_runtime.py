@@ -285,3 +285,13 @@ def test_the_command_line_needs_a_scope_and_says_so_without_a_traceback() -> Non
     assert result.returncode == 2
     assert "one of the arguments -A/--all-namespaces -n/--namespace is required" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_namespaced_variant_grants_nothing_cluster_wide_but_reads() -> None:
+    cluster_scoped = [o for o in deploy.namespaced_rbac() if o["kind"] == "ClusterRole"]
+    verbs = {v for role in cluster_scoped for rule in role["rules"] for v in rule["verbs"]}
+    assert verbs == {"get", "list", "watch"}
+    assert all(
+        o["kind"] != "ClusterRoleBinding" or o["roleRef"]["name"].endswith("-cluster-reads")
+        for o in deploy.namespaced_rbac()
+    )
