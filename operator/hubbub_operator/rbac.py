@@ -15,6 +15,7 @@ Why each verb:
   to who may update the owner's finalizers.
 - customresourcedefinitions `get`/`list`/`watch`: which optional kinds exist, and kopf's scanning.
 - events `create`: kopf posts the operator's Events.
+- namespaces `list`/`watch`: kopf, in single-namespace mode, follows which namespaces exist.
 - kopf.dev peerings: `get`/`list`/`watch`/`patch` for HA (only used when a peering object exists).
 """
 
@@ -67,6 +68,8 @@ def cluster_reads() -> list[dict[str, Any]]:
             "resources": ["customresourcedefinitions"],
             "verbs": ["get", "list", "watch"],
         },
+        # kopf with --namespace watches which namespaces exist (names only; it retries without).
+        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
     ]
 
 
