@@ -26,6 +26,7 @@ from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICE = ROOT / "service"
+OPERATOR = ROOT / "operator"
 BENCH = ROOT / "bench"
 PROJECT = canonicalize_name("hubbub")
 
@@ -322,9 +323,16 @@ def test_alert_rules_and_catalog_need_only_the_standard_library(module: str) -> 
     assert not imported, f"{module} imports beyond the standard library: {sorted(imported)}"
 
 
+def test_operator_imports_only_what_the_operator_extra_provides() -> None:
+    """hubbub_operator with the hubbub modules it takes (settings, the alert rules, the catalog)."""
+    roots = modules_under(OPERATOR / "hubbub_operator", OPERATOR)
+    assert any(m.name == "hubbub_operator.plan" for m in roots)
+    assert_provided("operator", roots, (OPERATOR, SERVICE), exact=True)
+
+
 def test_bench_imports_only_what_the_bench_extra_provides() -> None:
     assert_provided("bench", modules_under(BENCH, BENCH), (BENCH, SERVICE), exact=False)
 
 
 def test_tests_import_only_what_the_dev_extra_provides() -> None:
-    assert_provided("dev", modules_under(ROOT / "tests", ROOT), (ROOT, SERVICE), exact=False)
+    assert_provided("dev", modules_under(ROOT / "tests", ROOT), (ROOT, SERVICE, OPERATOR), exact=False)

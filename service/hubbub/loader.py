@@ -27,7 +27,15 @@ from hubbub.settings import ENV_PREFIX, NamespaceOptions, Settings, SettingsErro
 #: or a setting: an exported tool variable must not stop `hubbub serve` (CI's HUBBUB_REQUIRE_PROMETHEUS once
 #: did, in the bench).
 ENV_NOT_SETTINGS: Final = frozenset(
-    {"HUBBUB_CONFIG", "HUBBUB_CACHE_DIR", "HUBBUB_BENCH_LOADGEN", "HUBBUB_REQUIRE_PROMETHEUS", "HUBBUB_PYTHON27"}
+    {
+        "HUBBUB_CONFIG",
+        "HUBBUB_CACHE_DIR",
+        "HUBBUB_BENCH_LOADGEN",
+        "HUBBUB_REQUIRE_PROMETHEUS",
+        "HUBBUB_PYTHON27",
+        "HUBBUB_CRDS_DIR",
+        "HUBBUB_UPDATE_GOLDEN",
+    }
 )
 FILE_TYPES: Final = {".yaml": "YAML", ".yml": "YAML", ".json": "JSON", ".toml": "TOML"}
 #: Kubernetes gives every pod `<SERVICE>_SERVICE_HOST`, `<SERVICE>_PORT=tcp://…` and friends for every

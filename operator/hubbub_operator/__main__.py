@@ -1,0 +1,67 @@
+"""`python -m hubbub_operator` (or `hubbub-operator`): run the operator.
+
+    hubbub-operator --all-namespaces                 # every namespace (a ClusterRole)
+    hubbub-operator --namespace chat --namespace ops  # only these (a Role in each, deploy/rbac-namespaced.yaml)
+
+The API is reached with $KUBECONFIG, else the pod's ServiceAccount. kopf serves its liveness probe
+at --liveness (GET /healthz). With kopf's peering objects installed (docs/operator.md), replicas of
+the operator elect one active member by --priority; without them each runs standalone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+
+import kopf
+
+from hubbub_operator import handlers
+
+LIVENESS = "http://0.0.0.0:8080/healthz"
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="hubbub-operator", description="Reconciles RealtimeServices (hubbub.dev).")
+    scope = parser.add_mutually_exclusive_group(required=True)
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace")
+    scope.add_argument(
+        "-n", "--namespace", action="append", default=[], metavar="NAME", help="watch this namespace (repeatable)"
+    )
+    parser.add_argument("--liveness", default=LIVENESS, metavar="URL", help=f"health endpoint (default {LIVENESS})")
+    parser.add_argument(
+        "--resync-seconds", type=float, default=30.0, metavar="S", help="reconcile everything every S seconds"
+    )
+    parser.add_argument("--standalone", action="store_true", help="no peering, even if a peering object exists")
+    parser.add_argument(
+        "--priority", type=int, default=None, help="peering priority (default: random, so two replicas never tie)"
+    )
+    parser.add_argument("--verbose", action="store_true", help="kopf's debug logs")
+    args = parser.parse_args(argv)
+    if args.resync_seconds < 1:
+        parser.error("--resync-seconds must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    priority = args.priority if args.priority is not None else random.randint(1, 32767)
+    handlers.configure(
+        handlers.Options(namespaces=tuple(args.namespace), resync=args.resync_seconds, priority=priority)
+    )
+    kopf.configure(verbose=args.verbose)
+    try:
+        kopf.run(
+            clusterwide=args.all_namespaces,
+            namespaces=args.namespace,
+            liveness_endpoint=args.liveness or None,
+            standalone=True if args.standalone else None,
+            priority=priority,
+        )
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
