@@ -302,8 +302,14 @@ def deployment(k8s: Cluster, namespace: str, name: str = "chat") -> dict[str, An
 
 
 def ready(k8s: Cluster, namespace: str, name: str = "chat") -> dict[str, Any] | None:
+    """The resource once its status says Ready about its current spec (a Ready of an older generation is not)."""
     obj = rts(k8s, namespace, name)
-    return obj if condition(obj, "Ready").get("status") == "True" else None
+    generation = obj.get("metadata", {}).get("generation")
+    status = obj.get("status") or {}
+    current = status.get("observedGeneration") == generation and all(
+        c.get("observedGeneration") == generation for c in status.get("conditions") or ()
+    )
+    return obj if current and condition(obj, "Ready").get("status") == "True" else None
 
 
 async def running_minimal(k8s: Cluster, namespace: str) -> dict[str, Any]:
