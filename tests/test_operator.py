@@ -13,14 +13,11 @@ import functools
 import json
 import os
 import subprocess
-import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import yaml
 
@@ -32,8 +29,8 @@ from hubbub_operator.resource import Instance
 from hubbub_operator.workload import CHECKSUM_ANNOTATION
 from tests.support import promtool
 from tests.support.cluster import Cluster, resource_path
+from tests.support.operator_process import Operator, running_operator
 from tests.support.polling import until
-from tests.support.procs import free_port
 
 pytestmark = [pytest.mark.k8s, pytest.mark.slow]
 
@@ -125,20 +122,6 @@ def replaced(k8s: Cluster, path: str, uid: str) -> bool:
 # -- the operator as a process -----------------------------------------------------------------------
 
 
-class Operator:
-    def __init__(self, proc: subprocess.Popen[bytes], log_path: Path, health: str) -> None:
-        self.proc, self.log_path, self.health = proc, log_path, health
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def healthy(self) -> bool:
-        assert self.proc.poll() is None, f"the operator exited with {self.proc.returncode}:\n{self.log()[-3000:]}"
-        with contextlib.suppress(httpx.HTTPError):
-            return httpx.get(self.health, timeout=2).status_code == 200
-        return False
-
-
 @pytest.fixture(scope="module")
 def operator(k8s: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
     """Our CRD, the shipped RBAC and the operator running as its ServiceAccount."""
@@ -147,32 +130,8 @@ def operator(k8s: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     for obj in deploy.cluster_rbac():
         k8s.apply(obj, manager="hubbub-tests", force=True)
     kubeconfig = k8s.service_account_kubeconfig(deploy.NAMESPACE, deploy.NAME)
-    workdir = tmp_path_factory.mktemp("operator")
-    log_path = workdir / "operator.log"
-    health = f"http://127.0.0.1:{free_port()}/healthz"
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "hubbub_operator", "--all-namespaces", f"--liveness={health}", "--resync-seconds=3"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=workdir,
-        )
-    running = Operator(proc, log_path, health)
-    try:
-        end = time.monotonic() + DEADLINE
-        while not running.healthy():
-            assert time.monotonic() < end, f"no /healthz within {DEADLINE}s:\n{running.log()[-3000:]}"
-            time.sleep(0.2)
+    with running_operator(["--all-namespaces"], kubeconfig, tmp_path_factory.mktemp("operator")) as running:
         yield running
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 @pytest.fixture

@@ -5,10 +5,6 @@ no cluster-wide binding): it runs the resources of its namespace and leaves the 
 from __future__ import annotations
 
 import functools
-import os
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
 
@@ -16,9 +12,9 @@ import pytest
 
 from hubbub_operator import MANAGER, crd, deploy
 from tests.support.cluster import Cluster
+from tests.support.operator_process import Operator, running_operator
 from tests.support.polling import until
-from tests.support.procs import free_port
-from tests.test_operator import DEADLINE, JWT_SECRET, Operator, example, ready, rts, secret
+from tests.test_operator import DEADLINE, JWT_SECRET, example, ready, rts, secret
 
 pytestmark = [pytest.mark.k8s]
 
@@ -39,31 +35,11 @@ def namespaced_operator(k8s: Cluster, watched: str, tmp_path_factory: pytest.Tem
     for obj in deploy.namespaced_rbac(watched):
         k8s.apply(obj, manager="hubbub-tests", force=True)
     kubeconfig = k8s.service_account_kubeconfig(deploy.NAMESPACE, deploy.NAME)
-    log_path = tmp_path_factory.mktemp("namespaced-operator") / "operator.log"
-    health = f"http://127.0.0.1:{free_port()}/healthz"
-    command = [sys.executable, "-m", "hubbub_operator", f"--namespace={watched}", f"--liveness={health}"]
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen(
-            [*command, "--resync-seconds=3"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "KUBECONFIG": str(kubeconfig)},
-            cwd=log_path.parent,
-        )
-    running = Operator(proc, log_path, health)
+    workdir = tmp_path_factory.mktemp("namespaced-operator")
     try:
-        end = time.monotonic() + DEADLINE
-        while not running.healthy():
-            assert time.monotonic() < end, f"no /healthz within {DEADLINE}s:\n{running.log()[-3000:]}"
-            time.sleep(0.2)
-        yield running
+        with running_operator([f"--namespace={watched}"], kubeconfig, workdir) as running:
+            yield running
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
         k8s.api("DELETE", f"/api/v1/namespaces/{watched}")
 
 

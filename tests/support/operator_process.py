@@ -1,0 +1,63 @@
+"""The operator (`python -m hubbub_operator`) as a real process for the Kubernetes tests: started with a
+kubeconfig (a ServiceAccount's, so it has exactly the RBAC it ships), awaited healthy, stopped by its PID."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+from tests.support.procs import free_port
+
+#: Seconds the operator has to answer on its health endpoint.
+START_DEADLINE = 60.0
+
+
+class Operator:
+    def __init__(self, proc: subprocess.Popen[bytes], log_path: Path, health: str) -> None:
+        self.proc, self.log_path, self.health = proc, log_path, health
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def healthy(self) -> bool:
+        assert self.proc.poll() is None, f"the operator exited with {self.proc.returncode}:\n{self.log()[-3000:]}"
+        with contextlib.suppress(httpx.HTTPError):
+            return httpx.get(self.health, timeout=2).status_code == 200
+        return False
+
+
+@contextlib.contextmanager
+def running_operator(args: list[str], kubeconfig: Path, workdir: Path) -> Iterator[Operator]:
+    """`python -m hubbub_operator <args> --liveness=… --resync-seconds=3`, its output in workdir/operator.log."""
+    log_path = workdir / "operator.log"
+    health = f"http://127.0.0.1:{free_port()}/healthz"
+    command = [sys.executable, "-m", "hubbub_operator", *args, f"--liveness={health}", "--resync-seconds=3"]
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "KUBECONFIG": str(kubeconfig)},
+            cwd=workdir,
+        )
+    running = Operator(proc, log_path, health)
+    try:
+        end = time.monotonic() + START_DEADLINE
+        while not running.healthy():
+            assert time.monotonic() < end, f"no /healthz within {START_DEADLINE}s:\n{running.log()[-3000:]}"
+            time.sleep(0.2)
+        yield running
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
