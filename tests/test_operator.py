@@ -274,7 +274,16 @@ def ready(k8s: Cluster, namespace: str, name: str = "chat") -> dict[str, Any] | 
 async def running_minimal(k8s: Cluster, namespace: str) -> dict[str, Any]:
     secret(k8s, namespace, "chat-jwt", {"jwt-secret": JWT_SECRET})
     k8s.apply(example("minimal", namespace), manager="hubbub-tests")
-    found = await until(functools.partial(ready, k8s, namespace), timeout=DEADLINE, what="Ready=True")
+
+    def settled() -> dict[str, Any] | None:
+        # Ready means clients can connect, which one pod is enough for: await both of the example's pods.
+        obj = ready(k8s, namespace)
+        return obj if obj is not None and obj["status"].get("readyReplicas") == 2 else None
+
+    try:
+        found = await until(settled, timeout=2 * DEADLINE, what="Ready=True with both pods ready")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; status: {rts(k8s, namespace).get('status')}") from None
     assert found is not None
     return found
 
