@@ -114,8 +114,8 @@ class RedisCluster:
     async def _bury_the_dead(self) -> None:
         """Clear what nodes not seen for NODE_TTL left behind, then forget them; one live node does each.
 
-        A node stays listed as seen (though not live) until it is buried, so a failed clear is tried again
-        at the next heartbeat; the lock, held for PURGE_LOCK seconds, keeps the others from doing it twice.
+        A node stays listed as seen (though not live) until it is buried; the lock, held for PURGE_LOCK
+        seconds, keeps the others from doing it twice, and a clear that failed is tried again once it expires.
         """
         cutoff = time.time() - NODE_TTL
         seen = f"{self._prefix}:nodes:seen"

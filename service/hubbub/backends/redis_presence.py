@@ -142,9 +142,10 @@ class RedisPresence:
         await self._call(pipe.execute)
 
     async def purge(self, node: str) -> int:
-        """Remove the entries `node` listed (it is gone, or this is its next process); how many there were.
+        """Remove the entries `node` listed (its heartbeats stopped); how many there were.
 
-        Only the pairs read are removed from the list: entries a restarted node adds meanwhile stay.
+        Only the pairs read are removed from the list: entries added meanwhile (a node of that name that came
+        back) stay. No leave event is published for them, as none is when an entry merely expires.
         """
         index = self._index(node)
         members = await self._call(lambda: self._redis.smembers(index))
