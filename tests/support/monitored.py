@@ -25,7 +25,6 @@ import json
 import signal
 import socket
 import threading
-import time
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,6 +35,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Origin
 
+from tests.support.polling import wait_until
 from tests.support.prometheus import Prometheus
 from tests.support.redis_server import RedisServer
 from tests.support.server import API_KEY, ServerProcess, server_config
@@ -95,12 +95,11 @@ class Load:
         self._thread.start()
         if not self._started.wait(timeout):
             raise RuntimeError("the load's event loop did not start")
-        deadline = time.monotonic() + timeout
-        while sum(self.live.values()) < self.members:
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"the load's members did not all connect in {timeout:g} s: {self.live}")
-            time.sleep(0.05)
+        try:
+            wait_until(lambda: sum(self.live.values()) >= self.members, timeout=timeout, what="the load's members")
+        except AssertionError as exc:
+            self.stop()
+            raise RuntimeError(f"{exc}: {self.live}") from None
         return self
 
     def stop(self, timeout: float = 15.0) -> None:

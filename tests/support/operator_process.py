@@ -7,12 +7,12 @@ import contextlib
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 
+from tests.support.polling import wait_until
 from tests.support.procs import free_port
 
 #: Seconds the operator has to answer on its health endpoint.
@@ -49,10 +49,7 @@ def running_operator(args: list[str], kubeconfig: Path, workdir: Path) -> Iterat
         )
     running = Operator(proc, log_path, health)
     try:
-        end = time.monotonic() + START_DEADLINE
-        while not running.healthy():
-            assert time.monotonic() < end, f"no /healthz within {START_DEADLINE}s:\n{running.log()[-3000:]}"
-            time.sleep(0.2)
+        wait_until(running.healthy, timeout=START_DEADLINE, what="the operator's /healthz")
         yield running
     finally:
         proc.terminate()

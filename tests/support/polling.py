@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar, overload
+from typing import Any, NoReturn, TypeVar, overload
 
 T = TypeVar("T")
 
@@ -70,9 +71,36 @@ async def until(
                 return value
             last_error, last_value = None, value
         if loop.time() >= deadline:
-            subject = what or getattr(check, "__name__", "condition")
-            waited = f"timed out after {timeout:g} s waiting for {subject}"
-            if last_error is not None:
-                raise AssertionError(f"{waited}: {last_error}") from last_error
-            raise AssertionError(f"{waited} (last value: {last_value!r})")
+            _timed_out(check, timeout, what, last_error, last_value)
         await asyncio.sleep(interval)
+
+
+def wait_until(
+    check: Callable[[], T], *, timeout: float = DEADLINE, interval: float = INTERVAL, what: str | None = None
+) -> T:
+    """`until` for synchronous code (fixtures, support classes that start processes): the same semantics."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    last_value: object = None
+    while True:
+        try:
+            value = check()
+        except Exception as exc:  # "not yet"; kept for the message
+            last_error = exc
+        else:
+            if value:
+                return value
+            last_error, last_value = None, value
+        if time.monotonic() >= deadline:
+            _timed_out(check, timeout, what, last_error, last_value)
+        time.sleep(interval)
+
+
+def _timed_out(
+    check: Callable[[], Any], timeout: float, what: str | None, last_error: Exception | None, last_value: object
+) -> NoReturn:
+    subject = what or getattr(check, "__name__", "condition")
+    waited = f"timed out after {timeout:g} s waiting for {subject}"
+    if last_error is not None:
+        raise AssertionError(f"{waited}: {last_error}") from last_error
+    raise AssertionError(f"{waited} (last value: {last_value!r})")

@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 
+from tests.support.polling import wait_until
 from tests.support.procs import free_port
 
 SECRET = "test-secret-0123456789abcdef0123456789abcdef"
@@ -119,15 +120,11 @@ class ServerProcess:
     def wait_ready(self, timeout: float = 30.0) -> ServerProcess:
         """Wait until `/readyz` answers 200: `/healthz` only says the process serves, not that its Redis
         subscriber is up (joins answer 503 until it is)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(self.http_url + "/readyz", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError(f"{self.http_url}/readyz did not answer 200 in {timeout}s:\n{self.log()[-3000:]}")
+        try:
+            wait_until(lambda: httpx.get(self.http_url + "/readyz", timeout=2).status_code == 200, timeout=timeout)
+        except AssertionError as exc:
+            raise AssertionError(f"{self.http_url}/readyz did not answer 200: {exc}\n{self.log()[-3000:]}") from None
+        return self
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
