@@ -235,10 +235,14 @@ class IngressNginx:
             target = "hubbub_balanced"
             cookie_header = ""
         host = route.host
-        locations = [f"location {route.path}"] if route.path == "/" else [
-            f"location = {route.path}",
-            f"location {route.path.rstrip('/')}/",
-        ]
+        locations = (
+            [f"location {route.path}"]
+            if route.path == "/"
+            else [
+                f"location = {route.path}",
+                f"location {route.path.rstrip('/')}/",
+            ]
+        )
         proxied = "".join(
             f"""\
         {loc} {{
