@@ -13,10 +13,11 @@ nginx config that reproduces ingress-nginx's observable behaviour for `affinity-
 * A request whose cookie names a live endpoint goes to that endpoint (`map $http_cookie` → an upstream
   group of its own) and gets no new cookie.
 * The endpoint fails (connection refused or timed out): with `session-cookie-change-on-failure: "true"`
-  the other endpoints are that group's `backup` servers, and the response re-pins the client to the one
-  that answered (a new cookie); without it, the request fails like ingress-nginx's retries on the same
-  endpoint do. An endpoint no longer in the Service's endpoints (a pod gone: `Nginx.reload()` with the
-  live ports) matches no cookie, so the client is balanced and re-pinned like a new one.
+  the other endpoints are that group's `backup` servers (tried in order, where ingress-nginx picks one of
+  them at random), and the response re-pins the client to the one that answered (a new cookie); without
+  it, the request fails like ingress-nginx's retries on the same endpoint do. An endpoint no longer in
+  the Service's endpoints (a pod gone: `Nginx.reload()` with the live ports) matches no cookie, so the
+  client is balanced and re-pinned like a new one.
 * Cookie attributes: `Max-Age`, `Path` (the annotation, else the Ingress path), `HttpOnly` (always),
   `Secure` (the annotation), `SameSite` (the annotation), in the order lua-resty-cookie writes them.
 * `proxy-read-timeout`, `proxy-send-timeout`, `proxy-connect-timeout` (defaults 60, 60, 5 s), HTTP/1.1 with
