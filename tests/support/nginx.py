@@ -18,6 +18,10 @@ Routing (upstream `hubbub`):
   (`map $http_upgrade $connection_upgrade`) and 3600 s read/send timeouts.
 
 The access log (`access.log`) records the upstream that served each request.
+
+That routing is `SidRouting`, the default. Another `Routing` (tests/support/ingress.py renders an
+Ingress the way ingress-nginx would) replaces the maps, upstreams and server blocks; the process
+management, the temp paths, the logs and the `$connection_upgrade` map stay the same.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 import psutil
 
@@ -46,14 +50,75 @@ class NginxError(RuntimeError):
     """nginx rejected its config or did not come up; the message carries nginx's own error."""
 
 
+class Routing(Protocol):
+    """What goes into nginx's `http {}` block after the shared part: maps, upstreams and servers.
+
+    Every server that listens on `port` must answer `health_location(port)` (start() and reload()
+    tell their nginx from another listener by it)."""
+
+    def http_block(self, port: int, upstreams: list[int]) -> str: ...
+
+
+def health_location(port: int) -> str:
+    """The location nginx answers itself, for start() to tell this nginx from another listener."""
+    return f"""\
+        location = {HEALTH_PATH} {{
+            access_log off;
+            return 200 "nginx {port}\\n";
+        }}
+"""
+
+
+class SidRouting:
+    """Sticky by `?sid=<id>` (`hash ... consistent`), spread otherwise; see the module docstring."""
+
+    def http_block(self, port: int, upstreams: list[int]) -> str:
+        servers = "\n".join(f"        server 127.0.0.1:{p} max_fails=1 fail_timeout=2s;" for p in upstreams)
+        return f"""\
+    # Sticky by ?sid=<id>; without a sid, spread by client address and port.
+    map $arg_sid $hubbub_affinity {{
+        ''      $remote_addr:$remote_port;
+        default $arg_sid;
+    }}
+
+    upstream hubbub {{
+        hash $hubbub_affinity consistent;
+{servers}
+    }}
+
+    server {{
+        listen 127.0.0.1:{port};
+
+{health_location(port)}
+        location / {{
+            proxy_pass http://hubbub;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection $connection_upgrade;
+            proxy_set_header Host $host;
+            proxy_set_header X-Real-IP $remote_addr;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_connect_timeout 2s;
+            proxy_read_timeout 3600s;
+            proxy_send_timeout 3600s;
+            proxy_buffering off;
+            proxy_next_upstream error timeout;
+        }}
+    }}
+"""
+
+
 class Nginx:
     """nginx on 127.0.0.1:`port` load-balancing HTTP and WebSocket over 127.0.0.1:`upstreams`."""
 
-    def __init__(self, workdir: Path, upstreams: list[int], *, port: int | None = None) -> None:
+    def __init__(
+        self, workdir: Path, upstreams: list[int], *, port: int | None = None, routing: Routing | None = None
+    ) -> None:
         if not upstreams:
             raise ValueError("nginx needs at least one upstream port")
         self.workdir = Path(workdir)
         self.upstreams = list(upstreams)
+        self.routing: Routing = routing if routing is not None else SidRouting()
         self._port = port if port is not None else free_port()
         self.config_path = self.workdir / "nginx.conf"
         self.error_log = self.workdir / "error.log"
@@ -108,7 +173,6 @@ class Nginx:
 
     def config_text(self) -> str:
         tmp = self.workdir / "tmp"
-        servers = "\n".join(f"        server 127.0.0.1:{port} max_fails=1 fail_timeout=2s;" for port in self.upstreams)
         # The master runs as whoever runs the tests; as root, nginx would switch the workers to
         # `nobody`, which cannot reach a private temp dir, so keep them as the same user.
         user = f"user {pwd.getpwuid(os.geteuid()).pw_name};" if os.geteuid() == 0 else ""
@@ -140,41 +204,7 @@ http {{
         ''      close;
     }}
 
-    # Sticky by ?sid=<id>; without a sid, spread by client address and port.
-    map $arg_sid $hubbub_affinity {{
-        ''      $remote_addr:$remote_port;
-        default $arg_sid;
-    }}
-
-    upstream hubbub {{
-        hash $hubbub_affinity consistent;
-{servers}
-    }}
-
-    server {{
-        listen 127.0.0.1:{self._port};
-
-        location = {HEALTH_PATH} {{
-            access_log off;
-            return 200 "nginx {self._port}\\n";
-        }}
-
-        location / {{
-            proxy_pass http://hubbub;
-            proxy_http_version 1.1;
-            proxy_set_header Upgrade $http_upgrade;
-            proxy_set_header Connection $connection_upgrade;
-            proxy_set_header Host $host;
-            proxy_set_header X-Real-IP $remote_addr;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_connect_timeout 2s;
-            proxy_read_timeout 3600s;
-            proxy_send_timeout 3600s;
-            proxy_buffering off;
-            proxy_next_upstream error timeout;
-        }}
-    }}
-}}
+{self.routing.http_block(self._port, self.upstreams)}}}
 """
 
     def _write_config(self) -> None:
