@@ -166,6 +166,8 @@ def test_hubbub_pods_on_a_real_kubelet_answer_a_client_through_the_cluster_ip(tm
         pods = ready_pods(node)
         assert all(p["spec"]["nodeName"] == node.name for p in pods)
         assert all(p["status"]["podIP"].startswith("10.244.0.") for p in pods), [p["status"] for p in pods]
+        # The pods' cgroups are below the node's own root, not the machine's /kubepods.
+        assert any((h / node.cgroup_root.lstrip("/") / "kubepods").is_dir() for h in cgroup_hierarchies())
 
         cluster_ip = node.cluster.get(f"/api/v1/namespaces/{NAMESPACE}/services/{APP}")["spec"]["clusterIP"]  # type: ignore[index]
         # kube-proxy programs the ClusterIP in the node's namespace (and only there).
@@ -184,5 +186,5 @@ def test_hubbub_pods_on_a_real_kubelet_answer_a_client_through_the_cluster_ip(tm
     finally:
         node.stop()
         node.timings["whole test"] = round(time.monotonic() - started, 1)
-        print(f"real node timings (s): {node.timings}")
+        print(f"real node timings (s): {node.timings}, stop: {node.stop_timings}")
     assert leftovers(node) == []
