@@ -5,6 +5,12 @@ deployment, replicaset, HPA, namespace, serviceaccount controllers), kube-schedu
 fake nodes so Pods become Running and Ready, and the custom-metrics test adapter registered as
 `custom.metrics.k8s.io` so a test can set a per-pod metric. Binaries come from
 `scripts/build-k8s`. Run by hand: `scripts/cluster` (prints the kubeconfig to use).
+
+With `netns` (the name of a network namespace under /run/netns) every process runs inside that
+namespace (`nsenter --net`, which keeps the host's /sys and cgroups, unlike `ip netns exec`) and
+listens on `address`, an address of that namespace the host can route to (a veth's end): the
+test adapter's fixed port 8080 and any iptables rules stay off the host. tests/support/realnode.py
+adds a real kubelet, containerd and kube-proxy next to it.
 """
 
 from __future__ import annotations
@@ -76,6 +82,9 @@ class Cluster:
     bin_dir: Path = field(default_factory=default_bin_dir)
     nodes: int = 2
     with_metrics: bool = True
+    #: Run every process in this network namespace (/run/netns/NAME), listening on `address`.
+    netns: str | None = None
+    address: str = "127.0.0.1"
     processes: list[_Process] = field(default_factory=list)
     server: str = ""
     etcd_url: str = ""
@@ -88,12 +97,15 @@ class Cluster:
             missing.append("test-adapter")
         if missing:
             raise ClusterError(f"missing binaries in {self.bin_dir}: {', '.join(missing)}; run scripts/build-k8s")
-        if self.with_metrics and port_in_use(ADAPTER_WRITE_PORT):
+        if self.netns is not None and not Path(f"/run/netns/{self.netns}").exists():
+            raise ClusterError(f"network namespace {self.netns} does not exist (/run/netns/{self.netns})")
+        if self.with_metrics and self.netns is None and port_in_use(ADAPTER_WRITE_PORT):
             raise ClusterError(
                 f"port {ADAPTER_WRITE_PORT} is taken: the custom-metrics test adapter needs it for metric writes"
             )
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.pki = Pki(self.workdir / "pki").create()
+        extra_ips = (self.address,) if self.address != "127.0.0.1" else ()
+        self.pki = Pki(self.workdir / "pki", extra_ips).create()
         deadline = time.monotonic() + timeout
         try:
             self._start_etcd(deadline)
@@ -221,7 +233,7 @@ class Cluster:
 
     def set_pod_metric(self, namespace: str, pod: str, metric: str, value: str) -> None:
         """Set a per-pod custom metric (a Kubernetes quantity such as "500m") in the test adapter."""
-        url = f"http://127.0.0.1:{ADAPTER_WRITE_PORT}/write-metrics/namespaces/{namespace}/pods/{pod}/{metric}"
+        url = f"http://{self.address}:{ADAPTER_WRITE_PORT}/write-metrics/namespaces/{namespace}/pods/{pod}/{metric}"
         response = httpx.post(url, content=json.dumps(value), headers={"Content-Type": "application/json"})
         response.raise_for_status()
 
@@ -243,10 +255,18 @@ class Cluster:
 
     # --- components -----------------------------------------------------------------------------
 
-    def _spawn(self, name: str, args: list[str]) -> _Process:
+    def in_netns(self, argv: list[str]) -> list[str]:
+        """`argv` run inside the cluster's network namespace (as is without one). nsenter execs the
+        command without forking, so the process's PID is the command's own."""
+        if self.netns is None:
+            return argv
+        return ["nsenter", f"--net=/run/netns/{self.netns}", "--", *argv]
+
+    def _spawn(self, name: str, args: list[str], *, binary: str | None = None) -> _Process:
         log_path = self.workdir / f"{name}.log"
         log = log_path.open("ab")
-        proc = subprocess.Popen([str(self.bin_dir / name), *args], stdout=log, stderr=subprocess.STDOUT)
+        argv = self.in_netns([binary or str(self.bin_dir / name), *args])
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         process = _Process(name, proc, log_path, log)
         self.processes.append(process)
         return process
@@ -265,7 +285,7 @@ class Cluster:
 
     def _start_etcd(self, deadline: float) -> None:
         client, peer = free_port(), free_port()
-        self.etcd_url = f"http://127.0.0.1:{client}"
+        self.etcd_url = f"http://{self.address}:{client}"
         self._spawn(
             "etcd",
             [
@@ -288,13 +308,13 @@ class Cluster:
         pki = self.pki
         tokens = pki.path("tokens.csv")
         tokens.write_text(f'{ADMIN_TOKEN},admin,admin,"system:masters"\n')
-        self.server = f"https://127.0.0.1:{port}"
+        self.server = f"https://{self.address}:{port}"
         self._spawn(
             "kube-apiserver",
             [
                 f"--etcd-servers={self.etcd_url}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={self.address}",
+                f"--advertise-address={self.address}",
                 f"--secure-port={port}",
                 f"--tls-cert-file={pki.path('apiserver.crt')}",
                 f"--tls-private-key-file={pki.path('apiserver.key')}",
@@ -314,6 +334,8 @@ class Cluster:
                 "--requestheader-username-headers=X-Remote-User",
                 "--requestheader-group-headers=X-Remote-Group",
                 "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                # `kubectl logs`/`exec` reach a real kubelet at its node IP (it has no resolvable name).
+                *(["--kubelet-preferred-address-types=InternalIP"] if self.netns else []),
                 "--v=1",
             ],
         )

@@ -31,8 +31,10 @@ def _name(common_name: str, organization: str | None = None) -> x509.Name:
 class Pki:
     """Creates every file the control plane needs under `root`; `Pki(root).create()` is idempotent."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, extra_ips: tuple[str, ...] = ()) -> None:
         self.root = root
+        #: More addresses the apiserver answers on (a cluster in a network namespace: its node IP).
+        self.extra_ips = extra_ips
 
     def path(self, name: str) -> Path:
         return self.root / name
@@ -84,6 +86,7 @@ class Pki:
             x509.DNSName("kubernetes"),
             x509.DNSName("kubernetes.default"),
             x509.DNSName("kubernetes.default.svc"),
+            *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in self.extra_ips),
         ]
         leaf("apiserver", _name("kube-apiserver"), ExtendedKeyUsageOID.SERVER_AUTH, sans)
         leaf("admin", _name("admin", "system:masters"), ExtendedKeyUsageOID.CLIENT_AUTH, [])
