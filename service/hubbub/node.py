@@ -423,5 +423,12 @@ class Node:
             session.close(CloseCode.DRAINING, SHED_REASON)
             self.metrics.shed.add(1)
 
-        closed = await pacing.close_evenly(self._open_sessions, close, period=period, loop=self.loop, limit=count)
+        # Only connections open when the shed began: one that reconnects here meanwhile (the load balancer
+        # may send it back) is not closed again.
+        began = self._open_sessions()
+
+        def candidates() -> list[Session]:
+            return [s for s in began if s.close_code is None]
+
+        closed = await pacing.close_evenly(candidates, close, period=period, loop=self.loop, limit=count)
         log.info("shed %d connections to rebalance", closed)
