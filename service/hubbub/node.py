@@ -407,8 +407,12 @@ class Node:
         if replaced:
             assert self._shedder is not None
             self._shedder.cancel()
-        count = min(connections, len(self._open_sessions()))
-        self._shedder = self.loop.create_task(self._shed(count, period)) if count else None
+        # Only connections open now: one that reconnects here meanwhile (the load balancer may send it
+        # back) is not closed again.
+        # Weakly: a shed may last minutes, and a gone connection's session, outbox and socket must not wait for it.
+        began: weakref.WeakSet[Session] = weakref.WeakSet(self._open_sessions())
+        count = min(connections, len(began))
+        self._shedder = self.loop.create_task(self._shed(began, count, period)) if count else None
         log.info(
             "shedding %d of %d connections over %.1fs to rebalance%s",
             count,
@@ -418,14 +422,10 @@ class Node:
         )
         return Shedding(count, replaced)
 
-    async def _shed(self, count: int, period: float) -> None:
+    async def _shed(self, began: weakref.WeakSet[Session], count: int, period: float) -> None:
         def close(session: Session) -> None:
             session.close(CloseCode.DRAINING, SHED_REASON)
             self.metrics.shed.add(1)
-
-        # Only connections open when the shed began: one that reconnects here meanwhile (the load balancer
-        # may send it back) is not closed again.
-        began = self._open_sessions()
 
         def candidates() -> list[Session]:
             return [s for s in began if s.close_code is None]
