@@ -331,7 +331,7 @@ def test_operator_imports_only_what_the_operator_extra_provides() -> None:
 
 
 def test_bench_imports_only_what_the_bench_extra_provides() -> None:
-    assert_provided("bench", modules_under(BENCH, BENCH), (BENCH, SERVICE), exact=False)
+    assert_provided("bench", modules_under(BENCH, BENCH), (BENCH, SERVICE, OPERATOR), exact=False)
 
 
 def test_tests_import_only_what_the_dev_extra_provides() -> None:

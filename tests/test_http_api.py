@@ -27,6 +27,7 @@ def room(ns: str = "chat") -> str:
         ("GET", "/api/presence/chat:x"),
         ("GET", "/api/presence_stats/chat:x"),
         ("POST", "/api/disconnect"),
+        ("POST", "/api/shed"),
         ("GET", "/api/info"),
         ("GET", "/api/status"),
     ],

@@ -36,6 +36,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--priority", type=int, default=None, help="peering priority (default: random, so two replicas never tie)"
     )
+    parser.add_argument(
+        "--no-rebalance",
+        action="store_true",
+        help="never call the pods' HTTP API to rebalance their connections, whatever spec.rebalance says "
+        "(for clusters whose pod IPs the operator cannot or must not reach)",
+    )
     parser.add_argument("--verbose", action="store_true", help="kopf's debug logs")
     args = parser.parse_args(argv)
     if args.resync_seconds < 1:
@@ -47,7 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     priority = args.priority if args.priority is not None else random.randint(1, 32767)
     handlers.configure(
-        handlers.Options(namespaces=tuple(args.namespace), resync=args.resync_seconds, priority=priority)
+        handlers.Options(
+            namespaces=tuple(args.namespace),
+            resync=args.resync_seconds,
+            priority=priority,
+            rebalance=not args.no_rebalance,
+        )
     )
     kopf.configure(verbose=args.verbose)
     try:

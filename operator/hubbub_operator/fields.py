@@ -117,6 +117,31 @@ SPEC: Final[tuple[Field, ...]] = (
         required=True,
         pattern=r"^https?://",
     ),
+    obj(
+        "rebalance",
+        "Rebalancing after a scale-out: new pods start empty while the old ones keep their long-lived connections, "
+        "so once the Deployment is rolled out and every pod is Ready the operator asks the most loaded pods "
+        "(`POST /api/shed`) to close their excess with 1012 (reason `rebalancing`); their clients reconnect "
+        "through the Service and recover what they missed.",
+        default={},
+    ),
+    boolean("rebalance.enabled", "Rebalance the pods' connections.", default=True),
+    integer(
+        "rebalance.tolerance",
+        "Percent of the mean connections per pod that a pod may be above or below it (and at least one "
+        "connection) before the pods above shed down to the mean.",
+        default=20,
+        minimum=0,
+        maximum=100,
+    ),
+    integer(
+        "rebalance.period",
+        "Seconds over which a pod spreads the closes it sheds (its clients' reconnects with them). The operator "
+        "looks again no sooner than this plus 10 s.",
+        default=10,
+        minimum=1,
+        maximum=600,
+    ),
     # -- the service's own settings --------------------------------------------------------------------
     *derived.settings_fields("settings"),
     # -- auth ---------------------------------------------------------------------------------------------

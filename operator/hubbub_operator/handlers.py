@@ -9,7 +9,9 @@ its plan (hubbub_operator.reconcile), whatever the cause.
   its owner. A deleted child is recreated, a hand edit of a field the operator sets is undone, and
   a Deployment that becomes ready updates the status at once.
 - a resync loop (every `Options.resync` seconds) reconciles every RealtimeService in scope: the
-  backstop for what no watch reports (a generated Secret deleted, a referenced Secret created).
+  backstop for what no watch reports (a generated Secret deleted, a referenced Secret created),
+  and the periodic look of rebalancing (hubbub_operator.rebalance; a Deployment that becomes ready
+  with more replicas causes one at once through its watch event).
   It is a plain task, not a kopf timer: a timer would put kopf's finalizer on each resource, and
   deleting one would then hang while the operator is down. Children need no finalizer either:
   their ownerReferences make the garbage collector delete them with the resource.
@@ -31,6 +33,7 @@ import kopf
 
 from hubbub_operator import API_VERSION, GROUP, KIND, MANAGER, PLURAL, VERSION, kinds
 from hubbub_operator.kube import KubeError, LightkubeKube, plural
+from hubbub_operator.rebalance import Rebalancing
 from hubbub_operator.reconcile import MANAGED_BY, Reconciler
 
 #: Seconds before kopf retries a reconcile that the cluster may let succeed later.
@@ -50,6 +53,8 @@ class Options:
     resync: float = 30.0
     #: Peering priority (kopf): among operators sharing a peering, the highest one works.
     priority: int = 0
+    #: Rebalance the pods' connections after a scale-out (off: never call the pods, whatever the spec says).
+    rebalance: bool = True
 
 
 OPTIONS = Options()
@@ -94,7 +99,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     logging.getLogger("httpx2").setLevel(logging.WARNING)
     kube = LightkubeKube.from_env()
     memo.kube = kube
-    memo.reconciler = Reconciler(kube, notify)
+    memo.reconciler = Reconciler(kube, notify, rebalancing=Rebalancing(enabled=OPTIONS.rebalance))
     memo.resync = asyncio.create_task(_resync(memo.reconciler, kube, OPTIONS))
 
 

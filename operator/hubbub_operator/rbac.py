@@ -15,6 +15,8 @@ Why each verb:
   to who may update the owner's finalizers.
 - customresourcedefinitions `get`/`list`/`watch`: which optional kinds exist, and kopf's scanning.
 - events `create`: kopf posts the operator's Events.
+- pods `list`: rebalancing (hubbub_operator.rebalance) finds the instance's pods, their readiness and
+  their IPs; it then calls their HTTP API directly on the pod IP (no `pods/proxy`).
 - namespaces `list`/`watch`: kopf, in single-namespace mode, follows which namespaces exist.
 - kopf.dev peerings: `get`/`list`/`watch`/`patch` for HA (only used when a peering object exists).
 """
@@ -56,6 +58,7 @@ def namespaced_rules(*, peering: str) -> list[dict[str, Any]]:
         {"apiGroups": [GROUP], "resources": [f"{PLURAL}/finalizers"], "verbs": ["update"]},
         *child_rules(),
         {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
         {"apiGroups": ["kopf.dev"], "resources": [peering], "verbs": ["get", "list", "watch", "patch"]},
     ]
 

@@ -23,6 +23,7 @@ from hubbub_operator import API_VERSION as _API
 from hubbub_operator import MANAGER, conditions, kinds, redis
 from hubbub_operator.kube import INITIAL_MANAGER, Kube, KubeError, encoded, owned_by
 from hubbub_operator.plan import Plan, api_key_ref, plan
+from hubbub_operator.rebalance import Rebalancing
 from hubbub_operator.resource import Instance
 
 #: notify(resource, type "Normal" | "Warning", reason, message): a Kubernetes Event on the resource.
@@ -82,10 +83,19 @@ def secret_references(children: Iterable[Mapping[str, Any]]) -> list[tuple[str, 
 class Reconciler:
     """Reconciles resources one at a time each; a request while one runs is coalesced into one rerun."""
 
-    def __init__(self, kube: Kube, notify: Notify, *, clock: Callable[[], datetime] | None = None) -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        notify: Notify,
+        *,
+        clock: Callable[[], datetime] | None = None,
+        rebalancing: Rebalancing | None = None,
+    ) -> None:
         self.kube = kube
         self.notify = notify
         self.clock = clock or (lambda: datetime.now(UTC))
+        #: Asks loaded pods to shed connections after a scale-out (hubbub_operator.rebalance).
+        self.rebalancing = rebalancing or Rebalancing()
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._waiting: set[tuple[str, str]] = set()
         #: Per resource uid, the children this process has applied (to tell a restore from a create).
@@ -107,6 +117,8 @@ class Reconciler:
         try:
             resource = await self.kube.get(_API, "RealtimeService", namespace, name)
             if resource is None or resource["metadata"].get("deletionTimestamp"):
+                if resource is not None:
+                    self.rebalancing.forget(str(resource["metadata"].get("uid", "")))
                 return None
             return await self._reconcile(resource)
         finally:
@@ -136,6 +148,9 @@ class Reconciler:
         if any(TERMINATING in error for error in outcome.errors):
             return outcome  # the namespace is being deleted, the resource with it: nothing to tell
         self._announce(resource, previous, outcome)
+        if not the_plan.problems and not outcome.errors:
+            # Last: the children are as planned; it looks at the pods only when they are all rolled out.
+            await self.rebalancing.check(self.kube, resource, self.notify)
         return outcome
 
     # -- the steps ---------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import hmac
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable
 from typing import Any, Final
@@ -239,6 +240,33 @@ async def disconnect(request: Request, node: Node) -> object:
     return {"disconnected": await node.backends.cluster.disconnect_user(user, int(code), reason)}
 
 
+#: Longest period a shed may be spread over: the operator waits it out before looking again.
+MAX_SHED_PERIOD: Final = 600.0
+
+
+async def shed(request: Request, node: Node) -> object:
+    """Close `connections` of this node's connections with 1012 evenly over `period` seconds (rebalancing)."""
+    body = await _body(request, node, ("connections", "period"))
+    count = body.get("connections")
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise CommandError(ErrorCode.BAD_REQUEST, "`connections` must be an integer of at least 1")
+    period = body.get("period", min(node.settings.drain_period, MAX_SHED_PERIOD))
+    if (
+        not isinstance(period, int | float)
+        or isinstance(period, bool)
+        or not math.isfinite(period)
+        or not 0 <= period <= MAX_SHED_PERIOD
+    ):
+        raise CommandError(ErrorCode.BAD_REQUEST, f"`period` must be a number of seconds from 0 to {MAX_SHED_PERIOD:g}")
+    started = node.shed(count, float(period))
+    return {
+        "shedding": started.connections,
+        "connections": len(node.sessions),
+        "period": protocol.wire_number(float(period)),
+        "replaced": started.replaced,
+    }
+
+
 async def info(request: Request, node: Node) -> object:
     nodes = await node.backends.cluster.nodes()
     own = node.settings.node_name
@@ -285,6 +313,7 @@ def routes() -> list[BaseRoute]:
         Route("/api/presence/{room:path}", api_endpoint(presence), methods=["GET"]),
         Route("/api/presence_stats/{room:path}", api_endpoint(presence_stats), methods=["GET"]),
         Route("/api/disconnect", api_endpoint(disconnect), methods=["POST"]),
+        Route("/api/shed", api_endpoint(shed), methods=["POST"]),
         Route("/api/info", api_endpoint(info), methods=["GET"]),
         Route("/api/status", api_endpoint(status), methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),

@@ -109,6 +109,7 @@ HTTP_ROUTES: Final = (
     "/api/presence/{room:path}",
     "/api/presence_stats/{room:path}",
     "/api/disconnect",
+    "/api/shed",
     "/api/info",
     "/api/status",
     "/healthz",
@@ -166,6 +167,12 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
         "hubbub_auth_failures_total", "counter", ("reason",), "Rejected tokens by reason.", {"reason": _AUTH_REASONS}
     ),
     MetricSpec("hubbub_draining", "gauge", (), "1 while this node is draining, else 0."),
+    MetricSpec(
+        "hubbub_shed_connections_total",
+        "counter",
+        (),
+        "Connections closed 1012 (reason rebalancing) at the request of POST /api/shed.",
+    ),
     MetricSpec(
         "hubbub_handshake_refusals_total",
         "counter",
@@ -475,6 +482,7 @@ class Metrics:
         self.slow_consumers = counter("hubbub_slow_consumer_disconnects_total", zero=True)
         self.auth_failures = counter("hubbub_auth_failures_total")
         self.draining = gauge("hubbub_draining")
+        self.shed = counter("hubbub_shed_connections_total", zero=True)
         self.handshake_refusals = counter(
             "hubbub_handshake_refusals_total", Tally(series=[{"reason": r} for r in get_args(HandshakeRefusal)])
         )

@@ -9,16 +9,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 import weakref
 from collections.abc import Iterator
+from dataclasses import dataclass
 
-from hubbub import __version__, protocol
+from hubbub import __version__, pacing, protocol
 from hubbub.activity import Activity
 from hubbub.backends import Backends
 from hubbub.backends.base import BackendUnavailable, HistoryResult, PublishResult, StreamOptions
-from hubbub.codes import CloseCode
+from hubbub.codes import CloseCode, CommandError, ErrorCode
 from hubbub.hub import Hub
 from hubbub.metrics import LagProbe, Metrics
 from hubbub.outbox import Flusher, Outbox
@@ -34,6 +34,16 @@ log = logging.getLogger("hubbub.node")
 
 #: Seconds between two samples of every connection's queued bytes (hubbub_outbound_queue_bytes).
 QUEUE_SAMPLE_INTERVAL = 5.0
+#: The reason of a shed connection's 1012 close: clients and logs tell it from a drain ("node draining").
+SHED_REASON = "rebalancing"
+
+
+@dataclass(frozen=True, slots=True)
+class Shedding:
+    """What a shed request started: how many connections will be closed, and whether it replaced a running one."""
+
+    connections: int
+    replaced: bool
 
 
 #: Timer entries hold weak references: an entry is cancelled lazily, and a strong one would keep a gone
@@ -87,6 +97,7 @@ class Node:
         self._expiry: DeadlineHeap[SessionRef] = DeadlineHeap()
         self._ticker: asyncio.Task[None] | None = None
         self._drainer: asyncio.Task[None] | None = None
+        self._shedder: asyncio.Task[None] | None = None
         self.drained = asyncio.Event()
         self._sampled = 0.0
         self._queues_sampled = 0.0
@@ -106,7 +117,7 @@ class Node:
 
     async def stop(self) -> None:
         self._lag.stop()
-        for task in (self._ticker, self._drainer):
+        for task in (self._ticker, self._drainer, self._shedder):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -351,6 +362,8 @@ class Node:
             return
         self.draining = True
         self.metrics.draining.add(1)
+        if self._shedder is not None:
+            self._shedder.cancel()  # the drain closes every connection: a shed would only race it
         log.warning(
             "draining: unready now, closing %d connections in %.1fs over %.1fs",
             len(self.sessions),
@@ -362,24 +375,60 @@ class Node:
     async def _drain(self) -> None:
         await asyncio.sleep(self.settings.drain_delay)
         self.closing = True
-        period = self.settings.drain_period
-        started = self.loop.time()
-        closed = 0
-        while True:
-            open_sessions = [s for s in self.sessions if s.close_code is None]
-            if not open_sessions:
-                break
-            elapsed = self.loop.time() - started
-            # Close in proportion to elapsed time so reconnects arrive evenly over the period.
-            total = closed + len(open_sessions)
-            target = total if period <= 0 or elapsed >= period else math.ceil(total * elapsed / period)
-            for session in open_sessions[: max(0, target - closed)]:
-                session.close(CloseCode.DRAINING)
-                closed += 1
-            await asyncio.sleep(min(0.05, period / max(total, 1)) if period > 0 else 0)
+        closed = await pacing.close_evenly(
+            self._open_sessions,
+            lambda s: s.close(CloseCode.DRAINING),
+            period=self.settings.drain_period,
+            loop=self.loop,
+        )
         # Give close handshakes a moment to finish before the server stops.
         deadline = self.loop.time() + 3.0
         while self.sessions and self.loop.time() < deadline:
             await asyncio.sleep(0.05)
         log.warning("drained: %d connections closed", closed)
         self.drained.set()
+
+    def _open_sessions(self) -> list[Session]:
+        return [s for s in self.sessions if s.close_code is None]
+
+    # --- shedding (rebalancing) -----------------------------------------------------------------
+
+    def shed(self, connections: int, period: float) -> Shedding:
+        """Close `connections` of this node's open connections with 1012 ("rebalancing"), evenly over
+        `period` seconds, so their clients reconnect (through the load balancer) to less loaded nodes.
+
+        A shed already running is replaced, not extended: the caller (the operator) computes each
+        request from the counts it sees now, which already reflect what the running one has closed.
+        Raises CommandError 409 while draining: the drain closes everything anyway.
+        """
+        if self.draining:
+            raise CommandError(ErrorCode.CONFLICT, "the node is draining: it closes all its connections anyway")
+        replaced = self._shedder is not None and not self._shedder.done()
+        if replaced:
+            assert self._shedder is not None
+            self._shedder.cancel()
+        # Only connections open now: one that reconnects here meanwhile (the load balancer may send it
+        # back) is not closed again.
+        # Weakly: a shed may last minutes, and a gone connection's session, outbox and socket must not wait for it.
+        began: weakref.WeakSet[Session] = weakref.WeakSet(self._open_sessions())
+        count = min(connections, len(began))
+        self._shedder = self.loop.create_task(self._shed(began, count, period)) if count else None
+        log.info(
+            "shedding %d of %d connections over %.1fs to rebalance%s",
+            count,
+            len(self.sessions),
+            period,
+            " (replacing the running shed)" if replaced else "",
+        )
+        return Shedding(count, replaced)
+
+    async def _shed(self, began: weakref.WeakSet[Session], count: int, period: float) -> None:
+        def close(session: Session) -> None:
+            session.close(CloseCode.DRAINING, SHED_REASON)
+            self.metrics.shed.add(1)
+
+        def candidates() -> list[Session]:
+            return [s for s in began if s.close_code is None]
+
+        closed = await pacing.close_evenly(candidates, close, period=period, loop=self.loop, limit=count)
+        log.info("shed %d connections to rebalance", closed)

@@ -10,10 +10,14 @@ Routing (upstream `hubbub`):
   connection with the same sid lands on the same node while that node is up. Requests without
   `sid` hash on `$remote_addr:$remote_port` instead, i.e. each new TCP connection lands on an
   effectively random node (spread, not sticky). The choice is made by a `map` on `$arg_sid`.
+  `SidRouting(balance="least_conn")` or `"round_robin"` replace the hash (no affinity): new connections
+  go to the node with the fewest of this nginx's connections, or to each node in turn (tests/test_rebalance.py).
 * Failover: every server has `max_fails=1 fail_timeout=2s` and the proxy uses
   `proxy_next_upstream error timeout`, so when a node is down a new connection (including a
   sid-pinned one) is retried on the next node of the hash ring, and the dead node is skipped
   for 2 s before nginx tries it again.
+* Reload: the old worker keeps its open connections for `shutdown_timeout` seconds (2 by default),
+  then cuts them; a test that must keep them across a reload (rebalancing) sets it long.
 * HTTP and WebSocket: `proxy_http_version 1.1` with `Upgrade`/`Connection` passed through
   (`map $http_upgrade $connection_upgrade`) and 3600 s read/send timeouts.
 
@@ -34,7 +38,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, Literal, Protocol
 
 import psutil
 
@@ -44,6 +48,13 @@ NGINX = "/usr/sbin/nginx"
 STOP_GRACE = 5.0
 #: Answered by nginx itself (never proxied), so start() can tell nginx from another listener.
 HEALTH_PATH = "/__nginx_health"
+#: How SidRouting's upstream picks a node for a new connection.
+Balance = Literal["hash", "least_conn", "round_robin"]
+_BALANCE: dict[str, str] = {
+    "hash": "hash $hubbub_affinity consistent;",
+    "least_conn": "least_conn;",
+    "round_robin": "",
+}
 
 
 class NginxError(RuntimeError):
@@ -72,6 +83,9 @@ def health_location(port: int) -> str:
 class SidRouting:
     """Sticky by `?sid=<id>` (`hash ... consistent`), spread otherwise; see the module docstring."""
 
+    def __init__(self, balance: Balance = "hash") -> None:
+        self.balance = balance
+
     def http_block(self, port: int, upstreams: list[int]) -> str:
         servers = "\n".join(f"        server 127.0.0.1:{p} max_fails=1 fail_timeout=2s;" for p in upstreams)
         return f"""\
@@ -82,7 +96,7 @@ class SidRouting:
     }}
 
     upstream hubbub {{
-        hash $hubbub_affinity consistent;
+        {_BALANCE[self.balance]}
 {servers}
     }}
 
@@ -112,10 +126,17 @@ class Nginx:
     """nginx on 127.0.0.1:`port` load-balancing HTTP and WebSocket over 127.0.0.1:`upstreams`."""
 
     def __init__(
-        self, workdir: Path, upstreams: list[int], *, port: int | None = None, routing: Routing | None = None
+        self,
+        workdir: Path,
+        upstreams: list[int],
+        *,
+        port: int | None = None,
+        routing: Routing | None = None,
+        shutdown_timeout: float = 2.0,
     ) -> None:
         if not upstreams:
             raise ValueError("nginx needs at least one upstream port")
+        self.shutdown_timeout = shutdown_timeout
         self.workdir = Path(workdir)
         self.upstreams = list(upstreams)
         self.routing: Routing = routing if routing is not None else SidRouting()
@@ -180,7 +201,7 @@ class Nginx:
 daemon off;
 master_process on;
 worker_processes 1;
-worker_shutdown_timeout 2s;
+worker_shutdown_timeout {self.shutdown_timeout:g}s;
 {user}
 pid {quote(self.pid_path)};
 lock_file {quote(self.workdir / "nginx.lock")};

@@ -35,10 +35,20 @@ class Operator:
 
 @contextlib.contextmanager
 def running_operator(args: list[str], kubeconfig: Path, workdir: Path) -> Iterator[Operator]:
-    """`python -m hubbub_operator <args> --liveness=… --resync-seconds=3`, its output in workdir/operator.log."""
+    """`python -m hubbub_operator <args> --liveness=… --resync-seconds=3 --no-rebalance`, its output in
+    workdir/operator.log. No rebalancing: the control plane's pods are kwok's, whose IPs are nobody's
+    (a call would leave the machine); tests/test_rebalance.py runs the Rebalancer against real nodes."""
     log_path = workdir / "operator.log"
     health = f"http://127.0.0.1:{free_port()}/healthz"
-    command = [sys.executable, "-m", "hubbub_operator", *args, f"--liveness={health}", "--resync-seconds=3"]
+    command = [
+        sys.executable,
+        "-m",
+        "hubbub_operator",
+        *args,
+        f"--liveness={health}",
+        "--resync-seconds=3",
+        "--no-rebalance",
+    ]
     with log_path.open("ab") as log:
         proc = subprocess.Popen(
             command,

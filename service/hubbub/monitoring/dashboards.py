@@ -441,6 +441,14 @@ NODE: Final = DashboardSpec(
                     q(f"max by (pod) (hubbub_draining{{{SEL}}})", "{{pod}} draining"),
                 ),
                 panel(
+                    "Rebalancing sheds by pod",
+                    "Connections each pod closed per second (1012, reason rebalancing) when asked to shed "
+                    "its excess after a scale-out (hubbub_shed_connections_total; the operator's Rebalanced "
+                    "events say why). Their clients reconnect to the other pods, recovering.",
+                    "cps",
+                    q(rate("hubbub_shed_connections_total", "pod"), "{{pod}} shed"),
+                ),
+                panel(
                     "Event-loop lag by pod",
                     "p50 and p99 lateness of each pod's 0.5 s probe timer.",
                     "s",
