@@ -35,6 +35,8 @@ ENV_NOT_SETTINGS: Final = frozenset(
         "HUBBUB_PYTHON27",
         "HUBBUB_CRDS_DIR",
         "HUBBUB_UPDATE_GOLDEN",
+        "HUBBUB_IMAGE_DIR",
+        "HUBBUB_IMAGES",
     }
 )
 FILE_TYPES: Final = {".yaml": "YAML", ".yml": "YAML", ".json": "JSON", ".toml": "TOML"}

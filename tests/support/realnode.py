@@ -87,12 +87,20 @@ def missing_requirements(bin_dir: Path | None = None) -> list[str]:
 
 
 def default_images() -> list[Path]:
-    """The tarballs of scripts/build-image, from HUBBUB_IMAGE_DIR (or its default cache)."""
+    """The tarballs of scripts/build-image: those HUBBUB_IMAGES names (`:`-separated, as scripts/test
+    exports them), else the newest of each kind in HUBBUB_IMAGE_DIR (or its default cache)."""
+    named = os.environ.get("HUBBUB_IMAGES")
+    if named:
+        return [Path(p) for p in named.split(":") if p]
     env = os.environ.get("HUBBUB_IMAGE_DIR")
     cache = Path(os.environ.get("HUBBUB_CACHE_DIR", Path.home() / ".cache" / "hubbub"))
     images = Path(env) if env else cache / "images"
-    found = sorted(images.glob("hubbub-*.tar")) + sorted(images.glob("pause-*.tar"))
-    return [p for p in found if not p.name.endswith(".partial")]
+    found = []
+    for kind in ("hubbub", "pause", "redis"):
+        tars = [p for p in images.glob(f"{kind}-*.tar") if not p.name.endswith(".partial")]
+        if tars:
+            found.append(max(tars, key=lambda p: p.stat().st_mtime))
+    return found
 
 
 def cgroup_hierarchies() -> list[Path]:
