@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import httpx
+
 from tests.support.cluster import Cluster, ClusterError, default_bin_dir
 from tests.support.polling import wait_until
 from tests.support.procs import tail
@@ -50,6 +52,8 @@ NODE_LABEL = "hubbub.dev/real"
 POD_CIDR = "10.244.0.0/24"
 SANDBOX_IMAGE = "registry.k8s.io/pause:3.10"
 CNI_DIR = Path("/usr/lib/cni")
+#: CoreDNS's readiness endpoint (its `ready` plugin), on the node IP.
+DNS_READY_PORT = 8181
 #: The commands this needs besides the Kubernetes binaries, with the Debian package of each.
 HOST_TOOLS = {
     "containerd": "containerd",
@@ -80,7 +84,7 @@ def missing_requirements(bin_dir: Path | None = None) -> list[str]:
     if not (CNI_DIR / "bridge").is_file():
         missing.append(f"{CNI_DIR}/bridge (apt-get install containernetworking-plugins)")
     bins = bin_dir or default_bin_dir()
-    for binary in ("kubelet", "kube-proxy"):
+    for binary in ("kubelet", "kube-proxy", "coredns"):
         if not (bins / binary).is_file():
             missing.append(f"{bins}/{binary} (scripts/build-k8s)")
     return missing
@@ -204,7 +208,7 @@ def cni_config(ipam_dir: Path) -> dict[str, Any]:
 
 
 def kubelet_config(
-    *, node_ip: str, socket: Path, cgroup_root: str, resolv_conf: Path, pod_logs: Path
+    *, node_ip: str, socket: Path, cgroup_root: str, resolv_conf: Path, pod_logs: Path, cluster_dns: bool = True
 ) -> dict[str, Any]:
     """The KubeletConfiguration: cgroupfs on cgroup v1, open (anonymous, AlwaysAllow) on the node IP."""
     return {
@@ -227,6 +231,8 @@ def kubelet_config(
         "resolvConf": str(resolv_conf),
         "podLogsDir": str(pod_logs),
         "clusterDomain": "cluster.local",
+        # CoreDNS listens on the node IP (RealNode._start_dns): pods find Services by name.
+        **({"clusterDNS": [node_ip]} if cluster_dns else {}),
         # The imported images are all there is: never garbage-collect them, never evict for disk.
         "imageGCHighThresholdPercent": 100,
         "imageGCLowThresholdPercent": 99,
@@ -236,6 +242,24 @@ def kubelet_config(
         "syncFrequency": "5s",
         "fileCheckFrequency": "5s",
     }
+
+
+def corefile(node_ip: str, kubeconfig: Path) -> str:
+    """CoreDNS as a cluster's DNS: Services and pods of cluster.local from the API server, nothing
+    else (no upstream: the namespace has no way out, and pods here need only the cluster's names)."""
+    return f"""\
+.:53 {{
+    bind {node_ip}
+    errors
+    ready {node_ip}:{DNS_READY_PORT}
+    kubernetes cluster.local in-addr.arpa ip6.arpa {{
+        kubeconfig {kubeconfig}
+        pods insecure
+        fallthrough in-addr.arpa ip6.arpa
+    }}
+    cache 5
+}}
+"""
 
 
 @dataclass
@@ -256,6 +280,8 @@ class RealNode:
     #: kwok nodes next to the real one (0: only the real node schedules pods).
     kwok_nodes: int = 0
     with_metrics: bool = True
+    #: CoreDNS on the node IP as the pods' nameserver (the operator's pods reach Redis by name).
+    cluster_dns: bool = True
     name: str = NODE_NAME
     netns: str = field(default_factory=lambda: f"hubbub-{os.getpid()}-{secrets.token_hex(3)}")
     daemons: list[_Daemon] = field(default_factory=list)
@@ -475,11 +501,14 @@ class RealNode:
                     cgroup_root=self.cgroup_root,
                     resolv_conf=resolv,
                     pod_logs=self.runtime_dir / "pod-logs",
+                    cluster_dns=self.cluster_dns,
                 ),
                 indent=2,
             )
         )
         kubeconfig = str(self.cluster.kubeconfig)
+        if self.cluster_dns:
+            self._start_dns()
         self._spawn(
             "kubelet",
             [
@@ -509,6 +538,19 @@ class RealNode:
             ],
         )
         self._wait(f"node {self.name} Ready", self._node_ready, timeout)
+
+    def _start_dns(self) -> None:
+        conf = self.workdir / "Corefile"
+        conf.write_text(corefile(self.node_ip, self.cluster.kubeconfig))
+        self._spawn("coredns", [str(self.bin_dir / "coredns"), f"-conf={conf}"])
+        ready = f"http://{self.node_ip}:{DNS_READY_PORT}/ready"
+
+        def answers() -> bool:
+            with contextlib.suppress(httpx.HTTPError):
+                return httpx.get(ready, timeout=2).status_code == 200
+            return False
+
+        self._wait("CoreDNS ready", answers, 60)
 
     def _node_ready(self) -> bool:
         node = self.cluster.get(f"/api/v1/nodes/{self.name}")
