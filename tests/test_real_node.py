@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.support.polling import wait_until
@@ -41,6 +42,24 @@ CLIENT = textwrap.dedent(
                 return
 
     asyncio.run(asyncio.wait_for(main(sys.argv[1], sys.argv[2]), 60))
+    """
+)
+
+
+#: Clients inside the node's namespace that hold N connections through the ClusterIP until stdin closes.
+HOLDER = textwrap.dedent(
+    """
+    import asyncio, sys
+    from hubbub.client import Client
+
+    async def main(url: str, token: str, count: int) -> None:
+        clients = [Client(url, token=token, connect_timeout=30) for _ in range(count)]
+        await asyncio.gather(*(client.connect() for client in clients))
+        print("connected", count, flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+        await asyncio.gather(*(client.close() for client in clients))
+
+    asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
     """
 )
 
@@ -150,6 +169,43 @@ def leftovers(node: RealNode) -> list[str]:
     return found
 
 
+def hpa(minimum: int, maximum: int, per_pod: int) -> dict[str, Any]:
+    """The HPA the operator emits for connection-based scaling: a Pods metric, an average per pod."""
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": APP, "namespace": NAMESPACE},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": APP},
+            "minReplicas": minimum,
+            "maxReplicas": maximum,
+            "metrics": [
+                {
+                    "type": "Pods",
+                    "pods": {
+                        "metric": {"name": "hubbub_connections"},
+                        "target": {"type": "AverageValue", "averageValue": str(per_pod)},
+                    },
+                }
+            ],
+        },
+    }
+
+
+def parse_quantity(value: str) -> float:
+    """A Kubernetes quantity as the metrics APIs write it: "20", "20500m", "1k"."""
+    suffixes = {"m": 1e-3, "k": 1e3, "M": 1e6}
+    if value[-1:] in suffixes:
+        return float(value[:-1]) * suffixes[value[-1]]
+    return float(value)
+
+
+def scraped_connections(node: RealNode) -> dict[str, float]:
+    """hubbub_connections by pod, as Prometheus has it now."""
+    response = httpx.get(f"{node.prometheus_url}/api/v1/query", params={"query": "hubbub_connections"}, timeout=5)
+    return {r["metric"]["pod"]: float(r["value"][1]) for r in response.json()["data"]["result"]}
+
+
 def test_hubbub_pods_on_a_real_kubelet_answer_a_client_through_the_cluster_ip(tmp_path: Path) -> None:
     reason = why_not_here()
     if reason:
@@ -184,6 +240,87 @@ def test_hubbub_pods_on_a_real_kubelet_answer_a_client_through_the_cluster_ip(tm
         assert reply["data"] == {"text": "through a real kube-proxy"}
         assert reply["offset"] >= 1
     finally:
+        node.stop()
+        node.timings["whole test"] = round(time.monotonic() - started, 1)
+        print(f"real node timings (s): {node.timings}, stop: {node.stop_timings}")
+    assert leftovers(node) == []
+
+
+def test_a_real_hpa_scales_real_pods_on_the_connections_prometheus_scrapes_from_them(tmp_path: Path) -> None:
+    """Real connections through the ClusterIP -> each pod's /metrics -> Prometheus -> prometheus-adapter
+    -> the HPA in kube-controller-manager -> more real pods; and back when the clients leave."""
+    reason = why_not_here()
+    if reason:
+        pytest.skip(reason)
+    started = time.monotonic()
+    node = RealNode(tmp_path / "real", with_metrics=False, with_prometheus=True, scrape_selector=f"app={APP}")
+    holder: subprocess.Popen[str] | None = None
+    try:
+        node.start()
+        node.cluster.apply(service())
+        node.cluster.apply(deployment(replicas=2))
+        wait_until(lambda: len(ready_pods(node)) == 2, timeout=120, interval=0.5, what="2 hubbub pods Ready")
+        wait_until(lambda: len(scraped_connections(node)) == 2, timeout=60, what="Prometheus scraping both pods")
+        node.cluster.apply(hpa(minimum=2, maximum=4, per_pod=10))
+
+        cluster_ip = node.cluster.get(f"/api/v1/namespaces/{NAMESPACE}/services/{APP}")["spec"]["clusterIP"]  # type: ignore[index]
+        wait_until(
+            lambda: cluster_ip in node.run(["iptables", "-t", "nat", "-S", "KUBE-SERVICES"]).stdout,
+            timeout=60,
+            what=f"kube-proxy's rule for {cluster_ip}",
+        )
+        holder = node.popen(
+            [sys.executable, "-c", HOLDER, f"ws://{cluster_ip}:80/ws", dev_token(), "40"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert holder.stdout is not None
+        assert holder.stdout.readline().split() == ["connected", "40"]
+        scale_at = time.monotonic()
+
+        def forty_scraped() -> dict[str, float]:
+            counts = scraped_connections(node)
+            assert sum(counts.values()) == 40, counts
+            return counts
+
+        spread = wait_until(forty_scraped, timeout=60, what="Prometheus seeing the 40 connections")
+
+        def forty_served() -> bool:
+            # What the HPA reads: custom.metrics.k8s.io, served by prometheus-adapter from Prometheus.
+            path = f"/apis/custom.metrics.k8s.io/v1beta2/namespaces/{NAMESPACE}/pods/*/hubbub_connections"
+            items = node.cluster.api("GET", path, params={"labelSelector": f"app={APP}"}).json()["items"]
+            values = [parse_quantity(item["value"]) for item in items]
+            assert sum(values) == 40, items
+            return True
+
+        wait_until(forty_served, timeout=60, what="the custom metrics API serving the 40 connections")
+        # 40 connections over 2 pods is 20 a pod against a target of 10: the HPA asks for 4.
+        wait_until(lambda: len(ready_pods(node)) == 4, timeout=120, interval=0.5, what="4 hubbub pods Ready")
+        node.timings["scaled to 4 Ready"] = round(time.monotonic() - scale_at, 1)
+        status = node.cluster.get(f"/apis/autoscaling/v2/namespaces/{NAMESPACE}/horizontalpodautoscalers/{APP}")
+        assert status is not None and status["status"]["desiredReplicas"] == 4, status
+
+        holder.stdin.close()  # type: ignore[union-attr]
+        assert holder.wait(30) == 0
+        down_at = time.monotonic()
+        # No connections left: the HPA goes back to its minimum (no downscale stabilisation here).
+        wait_until(
+            lambda: (
+                node.cluster.get(f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/{APP}")["spec"]["replicas"]  # type: ignore[index]
+                == 2
+            ),
+            timeout=120,
+            interval=0.5,
+            what="the Deployment back at 2 replicas",
+        )
+        node.timings["back to 2"] = round(time.monotonic() - down_at, 1)
+        print(f"connections per pod as scraped: {spread}")
+    finally:
+        if holder is not None:
+            with holder:  # closes its pipes
+                if holder.poll() is None:
+                    holder.kill()
         node.stop()
         node.timings["whole test"] = round(time.monotonic() - started, 1)
         print(f"real node timings (s): {node.timings}, stop: {node.stop_timings}")

@@ -86,6 +86,8 @@ class Cluster:
     netns: str | None = None
     address: str = "127.0.0.1"
     processes: list[_Process] = field(default_factory=list)
+    #: An APIService for custom.metrics.k8s.io is registered (the test adapter, or another one).
+    custom_metrics_registered: bool = False
     server: str = ""
     etcd_url: str = ""
 
@@ -124,7 +126,7 @@ class Cluster:
 
     def stop(self) -> None:
         """SIGTERM every process (newest first), then SIGKILL what is still there after 10 s."""
-        if self.with_metrics and self.server:
+        if self.custom_metrics_registered and self.server:
             with contextlib.suppress(Exception):
                 # An unavailable aggregated API stalls the namespace and GC controllers' discovery.
                 for version in ("v1beta1", "v1beta2"):
@@ -407,6 +409,12 @@ class Cluster:
                 "--v=1",
             ],
         )
+        self.register_custom_metrics(port, deadline)
+
+    def register_custom_metrics(self, port: int, deadline: float) -> None:
+        """Serve `custom.metrics.k8s.io` (v1beta1 and v1beta2) from the adapter listening on `port` of
+        this machine (or of the cluster's network namespace); waits until the API answers."""
+        self.custom_metrics_registered = True
         # The aggregator proxies to https://<externalName>:<port>: an ExternalName Service to localhost
         # reaches a process on this machine (Endpoints may not hold loopback addresses).
         self.apply(

@@ -72,9 +72,22 @@ def prometheus_binary() -> Path:
     raise PrometheusMissing("no prometheus binary: run scripts/install-prometheus or set PROMETHEUS_BIN_DIR")
 
 
-def config(targets: Mapping[str, str], *, rule_file: str | None, namespace: str = NAMESPACE) -> dict[str, Any]:
-    """The Prometheus configuration: one static target per node, labelled as a pod in `namespace` would be."""
+def config(
+    targets: Mapping[str, str], *, rule_file: str | None, namespace: str = NAMESPACE, file_sd: str | None = None
+) -> dict[str, Any]:
+    """The Prometheus configuration: one static target per node, labelled as a pod in `namespace` would be;
+    or, with `file_sd`, the targets a file lists (Debian's Prometheus has no kubernetes_sd_configs: the real
+    tier writes that file from the pod list, tests/support/realnode.py)."""
     interval = f"{INTERVAL:g}s"
+    if file_sd is not None:
+        discovery: dict[str, Any] = {"file_sd_configs": [{"files": [file_sd], "refresh_interval": interval}]}
+    else:
+        discovery = {
+            "static_configs": [
+                {"targets": [address], "labels": {"namespace": namespace, "pod": pod}}
+                for pod, address in targets.items()
+            ]
+        }
     return {
         "global": {"scrape_interval": interval, "evaluation_interval": interval, "scrape_timeout": interval},
         "rule_files": [rule_file] if rule_file else [],
@@ -82,10 +95,7 @@ def config(targets: Mapping[str, str], *, rule_file: str | None, namespace: str 
             {
                 "job_name": "hubbub",
                 "metrics_path": "/metrics",
-                "static_configs": [
-                    {"targets": [address], "labels": {"namespace": namespace, "pod": pod}}
-                    for pod, address in targets.items()
-                ],
+                **discovery,
             }
         ],
     }

@@ -15,7 +15,12 @@ What it sets up, in order (each step undone by `stop`, also after a failed start
    imported with `ctr -n k8s.io images import` (no registry: pods use `imagePullPolicy: Never`);
 4. a kubelet (node `real-node-0`, label `hubbub.dev/real=true`, cgroups under a root of its own,
    `/hubbub-<id>`, so that two test runs on one machine do not share `kubepods`) and kube-proxy
-   in iptables mode; `start` returns when the node is Ready.
+   in iptables mode; `start` returns when the node is Ready;
+5. with `with_prometheus`, the real metrics pipeline instead of the test adapter: Debian's
+   Prometheus scraping the node's pods (selected by `scrape_selector`) through `file_sd` (its build
+   has no kubernetes_sd; a thread rewrites the file from the pod list every second), and
+   prometheus-adapter serving `custom.metrics.k8s.io` from it, so an HPA scales on what the pods
+   report.
 
 Everything runs through `nsenter --net` only: `ip netns exec` also remounts /sys, which hides the
 cgroup hierarchies from the kubelet. Needs root, and the binaries of scripts/build-k8s (kubelet,
@@ -34,6 +39,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -41,10 +47,13 @@ from pathlib import Path
 from typing import IO, Any
 
 import httpx
+import yaml
 
 from tests.support.cluster import Cluster, ClusterError, default_bin_dir
 from tests.support.polling import wait_until
-from tests.support.procs import tail
+from tests.support.procs import free_port, tail
+from tests.support.prometheus import config as prometheus_config
+from tests.support.prometheus import prometheus_binary
 
 NODE_NAME = "real-node-0"
 NODE_LABEL = "hubbub.dev/real"
@@ -262,6 +271,33 @@ def corefile(node_ip: str, kubeconfig: Path) -> str:
 """
 
 
+#: prometheus-adapter's rules: `hubbub_connections` of each pod, as the pod metric of that name.
+ADAPTER_RULES: dict[str, Any] = {
+    "rules": [
+        {
+            "seriesQuery": 'hubbub_connections{namespace!="",pod!=""}',
+            "resources": {"overrides": {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}},
+            "name": {"matches": "^hubbub_connections$", "as": "hubbub_connections"},
+            "metricsQuery": "sum(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)",
+        }
+    ]
+}
+
+
+def pod_targets(pods: Sequence[dict[str, Any]], port: int) -> list[dict[str, Any]]:
+    """Prometheus file_sd groups for the pods that have an IP and are not being deleted, labelled
+    with `namespace` and `pod` as kubernetes_sd's relabelling usually does."""
+    groups = []
+    for pod in pods:
+        ip = pod.get("status", {}).get("podIP")
+        meta = pod["metadata"]
+        if ip and not meta.get("deletionTimestamp"):
+            groups.append(
+                {"targets": [f"{ip}:{port}"], "labels": {"namespace": meta["namespace"], "pod": meta["name"]}}
+            )
+    return sorted(groups, key=lambda g: (g["labels"]["namespace"], g["labels"]["pod"]))
+
+
 @dataclass
 class _Daemon:
     name: str
@@ -279,9 +315,15 @@ class RealNode:
     bin_dir: Path = field(default_factory=default_bin_dir)
     #: kwok nodes next to the real one (0: only the real node schedules pods).
     kwok_nodes: int = 0
+    #: The custom-metrics test adapter (metrics set by the test); excludes `with_prometheus`.
     with_metrics: bool = True
     #: CoreDNS on the node IP as the pods' nameserver (the operator's pods reach Redis by name).
     cluster_dns: bool = True
+    #: Prometheus and prometheus-adapter: the pods' own metrics (see the module docstring).
+    with_prometheus: bool = False
+    #: Which pods Prometheus scrapes (a label selector), and on which port (/metrics).
+    scrape_selector: str = "app=hubbub"
+    scrape_port: int = 8000
     name: str = NODE_NAME
     netns: str = field(default_factory=lambda: f"hubbub-{os.getpid()}-{secrets.token_hex(3)}")
     daemons: list[_Daemon] = field(default_factory=list)
@@ -294,11 +336,19 @@ class RealNode:
     cgroup_root: str = field(init=False, default="")
     #: containerd's root and state, the kubelet's root, CNI state: removed by `stop`.
     runtime_dir: Path = field(init=False, default=Path("/nonexistent"))
+    prometheus_url: str = field(init=False, default="")
+    _targets_stop: threading.Event = field(init=False, default_factory=threading.Event)
+    _targets_thread: threading.Thread | None = field(init=False, default=None)
 
     # --- lifecycle ------------------------------------------------------------------------------
 
     def start(self, timeout: float = 180.0) -> RealNode:
         missing = missing_requirements(self.bin_dir)
+        if self.with_prometheus:
+            if self.with_metrics:
+                raise RealNodeError("with_prometheus and with_metrics both serve custom.metrics.k8s.io: choose one")
+            if not (self.bin_dir / "prometheus-adapter").is_file():
+                missing.append(f"{self.bin_dir}/prometheus-adapter (scripts/build-k8s)")
         if missing:
             raise RealNodeError("cannot run a real node here; missing: " + "; ".join(missing))
         absent = [p for p in self.images if not p.is_file()]
@@ -326,6 +376,8 @@ class RealNode:
             self._timed("containerd", self._start_containerd)
             self._timed("image import", self._import_images)
             self._timed("kubelet and kube-proxy", lambda: self._start_node(timeout))
+            if self.with_prometheus:
+                self._timed("prometheus and its adapter", self._start_metrics)
         except BaseException:
             self.stop()
             raise
@@ -345,6 +397,7 @@ class RealNode:
                 errors.append(f"{what}: {exc}")
             self.stop_timings[what] = round(time.monotonic() - began, 1)
 
+        step("scrape targets", self._stop_targets)
         if hasattr(self, "cluster") and self.cluster.server:
             step("pods", self._delete_pods)
         step("node daemons", self._stop_daemons)
@@ -556,6 +609,83 @@ class RealNode:
         node = self.cluster.get(f"/api/v1/nodes/{self.name}")
         conditions = (node or {}).get("status", {}).get("conditions", [])
         return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+    # --- metrics --------------------------------------------------------------------------------
+
+    def _start_metrics(self) -> None:
+        work = self.workdir / "prometheus"
+        work.mkdir(exist_ok=True)
+        targets = work / "targets.json"
+        self._write_targets(targets)
+        config = work / "prometheus.yml"
+        config.write_text(yaml.safe_dump(prometheus_config({}, rule_file=None, file_sd=str(targets))))
+        listen = f"{self.node_ip}:{free_port()}"
+        self.prometheus_url = f"http://{listen}"
+        self._spawn(
+            "prometheus",
+            [
+                str(prometheus_binary()),
+                f"--config.file={config}",
+                f"--storage.tsdb.path={work / 'data'}",
+                f"--web.listen-address={listen}",
+                "--log.level=warn",
+            ],
+        )
+        self._wait("prometheus ready", lambda: httpx.get(self.prometheus_url + "/-/ready", timeout=2).is_success, 60)
+        self._targets_stop.clear()
+        self._targets_thread = threading.Thread(target=self._targets_loop, args=(targets,), daemon=True)
+        self._targets_thread.start()
+
+        rules = work / "adapter.yaml"
+        rules.write_text(yaml.safe_dump(ADAPTER_RULES))
+        port = free_port()
+        kubeconfig = str(self.cluster.kubeconfig)
+        self._spawn(
+            "prometheus-adapter",
+            [
+                str(self.bin_dir / "prometheus-adapter"),
+                f"--prometheus-url={self.prometheus_url}",
+                f"--config={rules}",
+                # Seconds, not the default 10 minutes: a new pod's series must become a metric at once.
+                "--metrics-relist-interval=1s",
+                "--metrics-max-age=30s",
+                f"--secure-port={port}",
+                "--bind-address=127.0.0.1",
+                f"--cert-dir={work / 'adapter-certs'}",
+                f"--lister-kubeconfig={kubeconfig}",
+                f"--authentication-kubeconfig={kubeconfig}",
+                f"--authorization-kubeconfig={kubeconfig}",
+                "--v=1",
+            ],
+        )
+        self.cluster.register_custom_metrics(port, time.monotonic() + 60)
+
+    def _write_targets(self, path: Path) -> bool:
+        pods = self.cluster.api(
+            "GET",
+            "/api/v1/pods",
+            params={"labelSelector": self.scrape_selector, "fieldSelector": f"spec.nodeName={self.name}"},
+        )
+        pods.raise_for_status()
+        text = json.dumps(pod_targets(pods.json().get("items", []), self.scrape_port), indent=2)
+        if path.exists() and path.read_text() == text:
+            return False
+        partial = path.with_suffix(".partial")
+        partial.write_text(text)
+        partial.rename(path)  # Prometheus never reads half a file
+        return True
+
+    def _targets_loop(self, path: Path) -> None:
+        """What kubernetes_sd would do: the scrape targets follow the pods, within a second."""
+        while not self._targets_stop.wait(1.0):
+            with contextlib.suppress(httpx.HTTPError, OSError, ValueError):
+                self._write_targets(path)
+
+    def _stop_targets(self) -> None:
+        self._targets_stop.set()
+        if self._targets_thread is not None:
+            self._targets_thread.join(10)
+            self._targets_thread = None
 
     # --- teardown -------------------------------------------------------------------------------
 
