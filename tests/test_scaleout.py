@@ -304,6 +304,40 @@ async def test_a_killed_nodes_presence_is_purged_within_seconds_not_after_presen
         group.stop()
 
 
+async def test_a_node_restarted_under_its_name_at_once_clears_its_previous_processes_presence(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    # A crashed container restarts in its pod within seconds, under the same node name (the pod's): its
+    # heartbeats hardly pause, so the cluster never buries it. presence_ttl of five minutes: only the
+    # restarted node's own purge can explain a prompt removal.
+    group = Nodes(tmp_path, redis_server.url, 2, presence_ttl=300).start()
+    try:
+        name = room()
+
+        def users() -> set[str]:
+            clients = group[1].api("GET", f"/api/presence/{name}").json()["clients"]
+            return {entry["user"] for entry in clients.values()}
+
+        doomed = await RawClient.connected(group[0].ws_url, "doomed-user")
+        staying = await RawClient.connected(group[1].ws_url, "staying-user")
+        for client in (doomed, staying):
+            assert "ok" in await client.call("join", room=name)
+        await until(lambda: users() == {"doomed-user", "staying-user"}, what="both members in presence")
+        group[0].signal(signal.SIGKILL)
+        group[0].wait(10)
+        group[0].restart()
+        await until(lambda: users() == {"staying-user"}, what="the previous process's member removed")
+        assert group[0].wait_for_log("removed 1 presence entries left by this node's previous process")
+        # The restarted node's own members are not touched by it.
+        back = await RawClient.connected(group[0].ws_url, "back-user")
+        assert "ok" in await back.call("join", room=name)
+        await until(lambda: users() == {"back-user", "staying-user"}, what="a new member of the restarted node")
+        for client in (back, staying):
+            await client.close()
+    finally:
+        group.stop()
+
+
 async def test_redis_restart_with_aof_keeps_every_acknowledged_publication(
     nodes: Nodes, redis_server: RedisServer
 ) -> None:

@@ -8,8 +8,9 @@ A node that dies (SIGKILL, a lost Kubernetes node) cannot remove its clients' en
 for `presence_ttl` shows ghosts for half a minute. So each node also lists its entries in
 `<prefix>:presence-of:<node>` (a set of `[room, client]` JSON pairs, refreshed with them), and
 `purge(node)` removes them: the cluster view calls it for a node whose heartbeat stopped (within
-seconds, see redis_cluster). A process restarted under the same name within that time is not seen
-to have gone: its previous process's entries expire after `presence_ttl`, as before.
+seconds, see redis_cluster). A process restarted under the same name within that time (a crashed
+container restarting in its pod: the node name is the pod's) is not seen to have gone, so a starting
+node purges what its own name lists before it refreshes anything: its previous process's entries.
 """
 
 from __future__ import annotations
@@ -183,7 +184,23 @@ class RedisPresence:
     def local_entries(self) -> int:
         return len(self._local)
 
+    async def _purge_previous_process(self) -> None:
+        """Until it succeeds (Redis may not answer yet): remove what an earlier process of this node's
+        name listed. Entries of clients that joined meanwhile are this process's and stay (see purge)."""
+        while True:
+            try:
+                cleared = await self.purge(self._node)
+            except BackendUnavailable as exc:
+                self._refresh_failed.failed(str(exc))
+                await asyncio.sleep(min(self._ttl / 3, 1.0))
+                continue
+            if cleared:
+                log.warning("removed %d presence entries left by this node's previous process", cleared)
+            return
+
     async def _refresh_forever(self) -> None:
+        if self._node:
+            await self._purge_previous_process()
         while True:
             await asyncio.sleep(self._ttl / 3)
             items = [(room, client, encoded) for (room, client), encoded in list(self._local.items())]
