@@ -7,7 +7,7 @@ import contextlib
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import httpx
@@ -34,21 +34,35 @@ class Operator:
 
 
 @contextlib.contextmanager
-def running_operator(args: list[str], kubeconfig: Path, workdir: Path) -> Iterator[Operator]:
-    """`python -m hubbub_operator <args> --liveness=… --resync-seconds=3 --no-rebalance`, its output in
-    workdir/operator.log. No rebalancing: the control plane's pods are kwok's, whose IPs are nobody's
-    (a call would leave the machine); tests/test_rebalance.py runs the Rebalancer against real nodes."""
+def running_operator(
+    args: list[str],
+    kubeconfig: Path,
+    workdir: Path,
+    *,
+    wrap: Callable[[Sequence[str]], list[str]] = list,
+    host: str = "127.0.0.1",
+    rebalance: bool = False,
+) -> Iterator[Operator]:
+    """`python -m hubbub_operator <args> --liveness=… --resync-seconds=3`, its output in workdir/operator.log.
+
+    No rebalancing by default (`--no-rebalance`): the kwok pods' IPs are nobody's (a call would leave
+    the machine); tests/test_rebalance.py runs the Rebalancer against real nodes, and the real tier
+    (tests/test_operator_real.py) turns it on. `wrap` turns the command into the one to run
+    (RealNode.in_netns: inside the real node's network namespace, where the pods answer), `host` is
+    where the health endpoint listens (an address the test reaches)."""
     log_path = workdir / "operator.log"
-    health = f"http://127.0.0.1:{free_port()}/healthz"
-    command = [
-        sys.executable,
-        "-m",
-        "hubbub_operator",
-        *args,
-        f"--liveness={health}",
-        "--resync-seconds=3",
-        "--no-rebalance",
-    ]
+    health = f"http://{host}:{free_port()}/healthz"
+    command = wrap(
+        [
+            sys.executable,
+            "-m",
+            "hubbub_operator",
+            *args,
+            f"--liveness={health}",
+            "--resync-seconds=3",
+            *([] if rebalance else ["--no-rebalance"]),
+        ]
+    )
     with log_path.open("ab") as log:
         proc = subprocess.Popen(
             command,
