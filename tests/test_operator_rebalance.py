@@ -242,6 +242,22 @@ async def test_after_a_scale_out_the_reconciler_rebalances_with_an_event_then_co
     assert pods.sheds[1:] == [("chat-0", 33, 10.0)]
 
 
+async def test_the_next_round_after_a_shed_comes_when_its_cooldown_ends_not_a_periodic_look_later() -> None:
+    # Shed clients reconnect through a Service that picks pods at random, some back onto the pod that
+    # shed them: balance takes a few rounds, and each should follow the last as soon as it is over.
+    kube, clock = FakeKube(), Clock()
+    pods = FakePods({"chat-0": 30, "chat-1": 30, "chat-2": 0, "chat-3": 0})
+    reconciler = Reconciler(kube, notify, rebalancing=Rebalancing(pods, clock=clock))
+    running(kube, 4, spec={"replicas": {"min": 4, "max": 10}})
+    await reconciler.request("ns", "chat")
+    assert pods.sheds == [("chat-0", 15, 10.0), ("chat-1", 15, 10.0)]
+    pods.counts = {"chat-0": 22, "chat-1": 23, "chat-2": 8, "chat-3": 7}
+    clock.now += 10 + RECONNECT_MARGIN
+    assert 10 + RECONNECT_MARGIN < CHECK_INTERVAL
+    await reconciler.request("ns", "chat")
+    assert pods.sheds[2:] == [("chat-0", 7, 10.0), ("chat-1", 8, 10.0)]
+
+
 async def test_balanced_pods_are_looked_at_periodically_and_left_alone() -> None:
     kube, clock = FakeKube(), Clock()
     pods = FakePods({"chat-0": 50, "chat-1": 45})

@@ -291,8 +291,11 @@ class Rebalancing:
         report = await self._rebalance(api_key, pods, tolerance=float(settings["tolerance"]), period=period)
         if report.asked:
             notify(resource, "Normal", REBALANCED, report.message())
-            # The counts move until the shed is over and its clients have reconnected: no look before.
+            # The counts move until the shed is over and its clients have reconnected: no look before,
+            # and the next look right after (a random Service spreads the reconnects back onto the
+            # shedding pods too, so balance takes a few rounds: they should not wait CHECK_INTERVAL).
             state.cooldown_until = now + period + RECONNECT_MARGIN
+            state.next_check = state.cooldown_until
         if report.failed:
             self._warn(resource, notify, state, report.message())
         else:

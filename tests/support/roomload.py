@@ -236,6 +236,9 @@ class RoomLoad:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                pipe.close()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
