@@ -49,7 +49,7 @@ from typing import IO, Any
 import httpx
 import yaml
 
-from tests.support.cluster import Cluster, ClusterError, default_bin_dir
+from tests.support.cluster import ROOT, Cluster, ClusterError, default_bin_dir
 from tests.support.polling import wait_until
 from tests.support.procs import free_port, tail
 from tests.support.prometheus import config as prometheus_config
@@ -100,12 +100,16 @@ def missing_requirements(bin_dir: Path | None = None) -> list[str]:
 
 
 def default_images() -> list[Path]:
-    """The tarballs of scripts/build-image, from HUBBUB_IMAGE_DIR (or its default cache)."""
-    env = os.environ.get("HUBBUB_IMAGE_DIR")
-    cache = Path(os.environ.get("HUBBUB_CACHE_DIR", Path.home() / ".cache" / "hubbub"))
-    images = Path(env) if env else cache / "images"
-    found = sorted(images.glob("hubbub-*.tar")) + sorted(images.glob("pause-*.tar"))
-    return [p for p in found if not p.name.endswith(".partial")]
+    """The tarballs of this checkout's image: HUBBUB_IMAGES (colon-separated, as scripts/test exports
+    them), else what scripts/build-image prints (it builds only what its cache lacks). Not whatever
+    the cache holds: other branches' worktrees share it, with images of their own sources."""
+    env = os.environ.get("HUBBUB_IMAGES")
+    if env:
+        return [Path(p) for p in env.split(":") if p]
+    done = subprocess.run([str(ROOT / "scripts" / "build-image")], capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        raise RealNodeError(f"scripts/build-image failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return [Path(p) for p in done.stdout.strip().splitlines()[-2:]]
 
 
 def cgroup_hierarchies() -> list[Path]:
@@ -328,7 +332,7 @@ class RealNode:
         if absent or not any(p.name.startswith("pause-") for p in self.images):
             raise RealNodeError(
                 f"image tarballs {[str(p) for p in self.images]}: missing {[str(p) for p in absent] or 'pause'};"
-                " run scripts/build-image (HUBBUB_IMAGE_DIR says where they are)"
+                " run scripts/build-image (HUBBUB_IMAGES lists the tarballs it printed)"
             )
         self.workdir.mkdir(parents=True, exist_ok=True)
         # Sockets live below it (a path of at most 107 bytes): a short directory of its own, not the
