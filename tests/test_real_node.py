@@ -211,7 +211,7 @@ def test_hubbub_pods_on_a_real_kubelet_answer_a_client_through_the_cluster_ip(tm
     if reason:
         pytest.skip(reason)
     started = time.monotonic()
-    node = RealNode(tmp_path / "real", with_metrics=False)
+    node = RealNode(tmp_path / "real")
     try:
         node.start()
         node.cluster.apply(service())
@@ -253,7 +253,7 @@ def test_a_real_hpa_scales_real_pods_on_the_connections_prometheus_scrapes_from_
     if reason:
         pytest.skip(reason)
     started = time.monotonic()
-    node = RealNode(tmp_path / "real", with_metrics=False, with_prometheus=True, scrape_selector=f"app={APP}")
+    node = RealNode(tmp_path / "real", with_prometheus=True, scrape_selector=f"app={APP}")
     holder: subprocess.Popen[str] | None = None
     try:
         node.start()

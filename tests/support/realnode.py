@@ -49,7 +49,7 @@ from typing import IO, Any
 import httpx
 import yaml
 
-from tests.support.cluster import Cluster, ClusterError, default_bin_dir
+from tests.support.cluster import ROOT, Cluster, ClusterError, default_bin_dir
 from tests.support.polling import wait_until
 from tests.support.procs import free_port, tail
 from tests.support.prometheus import config as prometheus_config
@@ -60,6 +60,8 @@ NODE_LABEL = "hubbub.dev/real"
 #: The pod range: outside the Service range 10.0.0.0/24 (tests/support/cluster.py).
 POD_CIDR = "10.244.0.0/24"
 SANDBOX_IMAGE = "registry.k8s.io/pause:3.10"
+#: A cap, not a reservation: the two images take about 600 MiB once imported and unpacked.
+RUNTIME_TMPFS_SIZE = "3g"
 CNI_DIR = Path("/usr/lib/cni")
 #: CoreDNS's readiness endpoint (its `ready` plugin), on the node IP.
 DNS_READY_PORT = 8181
@@ -100,20 +102,16 @@ def missing_requirements(bin_dir: Path | None = None) -> list[str]:
 
 
 def default_images() -> list[Path]:
-    """The tarballs of scripts/build-image: those HUBBUB_IMAGES names (`:`-separated, as scripts/test
-    exports them), else the newest of each kind in HUBBUB_IMAGE_DIR (or its default cache)."""
-    named = os.environ.get("HUBBUB_IMAGES")
-    if named:
-        return [Path(p) for p in named.split(":") if p]
-    env = os.environ.get("HUBBUB_IMAGE_DIR")
-    cache = Path(os.environ.get("HUBBUB_CACHE_DIR", Path.home() / ".cache" / "hubbub"))
-    images = Path(env) if env else cache / "images"
-    found = []
-    for kind in ("hubbub", "pause", "redis"):
-        tars = [p for p in images.glob(f"{kind}-*.tar") if not p.name.endswith(".partial")]
-        if tars:
-            found.append(max(tars, key=lambda p: p.stat().st_mtime))
-    return found
+    """The tarballs of this checkout's image: HUBBUB_IMAGES (colon-separated, as scripts/test exports
+    them), else what scripts/build-image prints (it builds only what its cache lacks). Not whatever
+    the cache holds: other branches' worktrees share it, with images of their own sources."""
+    env = os.environ.get("HUBBUB_IMAGES")
+    if env:
+        return [Path(p) for p in env.split(":") if p]
+    done = subprocess.run([str(ROOT / "scripts" / "build-image")], capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        raise RealNodeError(f"scripts/build-image failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return [Path(p) for p in done.stdout.strip().splitlines()[-3:]]
 
 
 def cgroup_hierarchies() -> list[Path]:
@@ -315,8 +313,8 @@ class RealNode:
     bin_dir: Path = field(default_factory=default_bin_dir)
     #: kwok nodes next to the real one (0: only the real node schedules pods).
     kwok_nodes: int = 0
-    #: The custom-metrics test adapter (metrics set by the test); excludes `with_prometheus`.
-    with_metrics: bool = True
+    #: The custom-metrics test adapter in the namespace (metrics the test sets); excludes `with_prometheus`.
+    with_metrics: bool = False
     #: CoreDNS on the node IP as the pods' nameserver (the operator's pods reach Redis by name).
     cluster_dns: bool = True
     #: Prometheus and prometheus-adapter: the pods' own metrics (see the module docstring).
@@ -324,6 +322,9 @@ class RealNode:
     #: Which pods Prometheus scrapes (a label selector), and on which port (/metrics).
     scrape_selector: str = "app=hubbub"
     scrape_port: int = 8000
+    #: containerd's images and snapshots in memory (about 600 MiB): the import is faster and `stop`
+    #: unmounts them in an instant, where deleting them from a busy disk took 20 s.
+    runtime_tmpfs: bool = True
     name: str = NODE_NAME
     netns: str = field(default_factory=lambda: f"hubbub-{os.getpid()}-{secrets.token_hex(3)}")
     daemons: list[_Daemon] = field(default_factory=list)
@@ -355,7 +356,7 @@ class RealNode:
         if absent or not any(p.name.startswith("pause-") for p in self.images):
             raise RealNodeError(
                 f"image tarballs {[str(p) for p in self.images]}: missing {[str(p) for p in absent] or 'pause'};"
-                " run scripts/build-image (HUBBUB_IMAGE_DIR says where they are)"
+                " run scripts/build-image (HUBBUB_IMAGES lists the tarballs it printed)"
             )
         self.workdir.mkdir(parents=True, exist_ok=True)
         # Sockets live below it (a path of at most 107 bytes): a short directory of its own, not the
@@ -363,6 +364,8 @@ class RealNode:
         self.runtime_dir = Path(tempfile.mkdtemp(prefix="hubbub-node-"))
         self.cgroup_root = "/" + self.netns
         try:
+            if self.runtime_tmpfs:
+                self._mount_tmpfs()
             self._timed("network namespace", self._create_netns)
             self.cluster = Cluster(
                 self.workdir / "cluster",
@@ -466,6 +469,15 @@ class RealNode:
         result = subprocess.run(self.in_netns(argv) if netns else argv, capture_output=True, text=True)
         if result.returncode != 0:
             raise RealNodeError(f"ip {' '.join(args)} failed: {result.stderr.strip()}")
+
+    def _mount_tmpfs(self) -> None:
+        result = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={RUNTIME_TMPFS_SIZE},mode=0700", "tmpfs", str(self.runtime_dir)],
+            capture_output=True,
+            text=True,
+        )
+        if result.returncode != 0:
+            raise RealNodeError(f"mounting a tmpfs on {self.runtime_dir} failed: {result.stderr.strip()}")
 
     def _create_netns(self) -> None:
         octet = free_subnet_octet()
