@@ -287,6 +287,12 @@ def test_a_realtime_service_scales_rebalances_rolls_and_forgets_a_crashed_pod_wi
         spread = wait_until(balanced, timeout=DEADLINE, interval=1.0, what="connections balanced over 4 pods")
         figures["rebalance time after scale-out (s)"] = round(time.monotonic() - scaled, 1)
         figures["per pod after rebalancing"] = sorted(spread.values())
+        # What `kubectl get rts` shows in its CONNECTIONS column: the operator's count of the pods'.
+        wait_until(
+            lambda: rts(node).get("status", {}).get("connections") == CLIENTS,
+            timeout=DEADLINE,
+            what=f"status.connections {CLIENTS}",
+        )
         events = cluster.api("GET", f"/api/v1/namespaces/{NAMESPACE}/events").json()["items"]
         assert any(e["reason"] == "Rebalanced" for e in events), [e["reason"] for e in events]
 

@@ -13,6 +13,7 @@ import pytest
 from hubbub_operator.kube import encoded
 from hubbub_operator.rebalance import (
     CHECK_INTERVAL,
+    COUNT_FRESHNESS,
     RECONNECT_MARGIN,
     Pod,
     PodUnreachable,
@@ -286,13 +287,34 @@ async def test_a_rollout_in_progress_is_not_rebalanced() -> None:
     assert pods.sheds == [("chat-0", 40, 10.0)]
 
 
-async def test_rebalancing_switched_off_leaves_the_pods_alone() -> None:
+async def test_rebalancing_switched_off_sheds_nothing_but_still_counts_the_connections() -> None:
     kube, clock = FakeKube(), Clock()
     pods = FakePods({"chat-0": 80, "chat-1": 0})
     reconciler = Reconciler(kube, notify, rebalancing=Rebalancing(pods, clock=clock))
     running(kube, 2, spec={"rebalance": {"enabled": False}})
     await reconciler.request("ns", "chat")
-    assert pods.keys == [] and not [e for e in events if e[1].startswith("Rebalance")]
+    assert pods.sheds == [] and not [e for e in events if e[1].startswith("Rebalance")]
+    outcome = await reconciler.request("ns", "chat")
+    assert outcome is not None and outcome.status["connections"] == 80
+
+
+async def test_the_status_shows_the_connections_last_counted_and_drops_a_stale_count() -> None:
+    kube, clock = FakeKube(), Clock()
+    pods = FakePods({"chat-0": 30, "chat-1": 32})
+    reconciler = Reconciler(kube, notify, rebalancing=Rebalancing(pods, clock=clock))
+    running(kube, 2)
+    first = await reconciler.request("ns", "chat")
+    # The look comes last in a reconcile: the count is in the status from the next one on.
+    assert first is not None and "connections" not in first.status
+    second = await reconciler.request("ns", "chat")
+    assert second is not None and second.status["connections"] == 62
+    # A pod down: no count is fresh for long, and a stale one is not shown as current.
+    pods.down = {"chat-1"}
+    clock.now += COUNT_FRESHNESS + 1
+    third = await reconciler.request("ns", "chat")
+    assert third is not None and third.status["connections"] is None  # removed by the merge patch
+    stored = kube.objects[("hubbub.dev/v1alpha1", "RealtimeService", "ns", "chat")]
+    assert "connections" not in stored["status"]
 
 
 async def test_an_unreachable_pod_is_one_warning_and_is_retried_without_crashing() -> None:

@@ -90,7 +90,9 @@ class FakeKube:
     async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         self.statuses.append(dict(status))
         found = self.objects[self.key("hubbub.dev/v1alpha1", "RealtimeService", namespace, name)]
-        found["status"] = copy.deepcopy(dict(status))
+        # A JSON merge patch, as the real API applies it: a null removes the field.
+        merged = {**(found.get("status") or {}), **copy.deepcopy(dict(status))}
+        found["status"] = {k: v for k, v in merged.items() if v is not None}
 
     async def available_kinds(self) -> frozenset[str]:
         return self.available

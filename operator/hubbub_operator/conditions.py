@@ -174,4 +174,6 @@ def status(
     }
     if observed.connections is not None:
         out["connections"] = observed.connections
+    elif (previous or {}).get("connections") is not None:
+        out["connections"] = None  # a merge patch removes it: a stale count is not shown as current
     return out

@@ -43,6 +43,8 @@ from hubbub_operator.resource import Instance
 RECONNECT_MARGIN: Final = 10.0
 #: Seconds between two looks at a balanced (or not yet rolled out) resource; a scale-out looks at once.
 CHECK_INTERVAL: Final = 30.0
+#: Seconds a count stays in the status without a newer one (two looks, and a shed's cooldown).
+COUNT_FRESHNESS: Final = 2 * CHECK_INTERVAL + 30.0
 #: Seconds an HTTP call to a pod may take.
 POD_TIMEOUT: Final = 5.0
 #: The Event reasons.
@@ -157,7 +159,8 @@ class Rebalancer:
         self.tolerance = tolerance
         self.period = period
 
-    async def rebalance(self, pods: Sequence[Pod]) -> Report:
+    async def rebalance(self, pods: Sequence[Pod], *, shed: bool = True) -> Report:
+        """Count every pod's connections and, with `shed`, ask the loaded ones to shed."""
         report = Report(period=self.period)
         counted = await asyncio.gather(*(self.api.connections(pod) for pod in pods), return_exceptions=True)
         for pod, result in zip(pods, counted, strict=True):
@@ -167,7 +170,7 @@ class Rebalancer:
                 raise result
             else:
                 report.counts[pod.name] = result
-        if report.failed:
+        if report.failed or not shed:
             # A pod that cannot be counted may be the loaded one or the empty one: plan nothing.
             return report
         sheds = plan_sheds(report.counts, self.tolerance)
@@ -233,6 +236,9 @@ class _State:
     ready: int = 0
     scaled_out: bool = False
     last_warning: str = ""
+    #: Open connections over all pods at the last look that counted every pod, and when.
+    connections: int | None = None
+    counted_at: float = 0.0
 
 
 class Rebalancing:
@@ -257,13 +263,23 @@ class Rebalancing:
     def forget(self, uid: str) -> None:
         self._state.pop(uid, None)
 
+    def connections(self, uid: str) -> int | None:
+        """Open connections over the resource's pods as last counted (status.connections, the
+        CONNECTIONS column), or None when no look has counted them lately (a rollout, a pod down)."""
+        state = self._state.get(uid)
+        if state is None or state.connections is None or self._clock() - state.counted_at > COUNT_FRESHNESS:
+            return None
+        return state.connections
+
     async def check(self, kube: Kube, resource: Mapping[str, Any], notify: Notify) -> Report | None:
         """Look at one resource's pods and rebalance them if due; None when it did not look. Never raises."""
         instance = Instance.from_object(dict(resource))
         settings = instance.section("rebalance")
-        if not self.enabled or not settings["enabled"]:
+        if not self.enabled:
             self.forget(instance.uid)
             return None
+        # Switched off in the spec, the look still counts the connections (the status shows them).
+        sheds = bool(settings["enabled"])
         state = self._state.setdefault(instance.uid, _State())
         try:
             deployment = await kube.get("apps/v1", "Deployment", instance.namespace, instance.name)
@@ -281,14 +297,16 @@ class Rebalancing:
                 return None  # looked at again at the next reconcile: the rollout's end causes one
             state.scaled_out = False
             state.next_check = now + CHECK_INTERVAL
-            if len(pods) < 2:
+            if not pods:
                 return None
             api_key = await self._api_key(kube, instance)
         except KubeError as exc:
             self._warn(resource, notify, state, f"could not rebalance: {exc}")
             return None
         period = float(settings["period"])
-        report = await self._rebalance(api_key, pods, tolerance=float(settings["tolerance"]), period=period)
+        report = await self._rebalance(api_key, pods, tolerance=float(settings["tolerance"]), period=period, shed=sheds)
+        if len(report.counts) == len(pods):
+            state.connections, state.counted_at = sum(report.counts.values()), now
         if report.asked:
             notify(resource, "Normal", REBALANCED, report.message())
             # The counts move until the shed is over and its clients have reconnected: no look before,
@@ -302,12 +320,14 @@ class Rebalancing:
             state.last_warning = ""
         return report
 
-    async def _rebalance(self, api_key: str, pods: Sequence[Pod], *, tolerance: float, period: float) -> Report:
+    async def _rebalance(
+        self, api_key: str, pods: Sequence[Pod], *, tolerance: float, period: float, shed: bool
+    ) -> Report:
         if self._pods is not None:
-            return await Rebalancer(self._pods(api_key), tolerance=tolerance, period=period).rebalance(pods)
+            return await Rebalancer(self._pods(api_key), tolerance=tolerance, period=period).rebalance(pods, shed=shed)
         http = HttpPods(api_key)
         try:
-            return await Rebalancer(http, tolerance=tolerance, period=period).rebalance(pods)
+            return await Rebalancer(http, tolerance=tolerance, period=period).rebalance(pods, shed=shed)
         finally:
             await http.aclose()
 

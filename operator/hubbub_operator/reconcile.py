@@ -272,6 +272,7 @@ class Reconciler:
             redis_message=redis_message,
             autoscaling_active=active,
             autoscaling_message=scaling_message,
+            connections=self.rebalancing.connections(instance.uid),
             error="; ".join(outcome.errors),
         )
 
