@@ -10,6 +10,7 @@
 - `operator.yaml`: the Namespace and the Deployment (one replica, Recreate: with kopf's peering a
   still-terminating old pod would make the new one stand by; non-root, read-only root filesystem, no
   privilege escalation, every capability dropped; liveness and startup probes on kopf's /healthz).
+- `peering.yaml`: kopf's peering CRDs and the peering object `default`, for more than one replica.
 """
 
 from __future__ import annotations
@@ -130,11 +131,52 @@ def operator(image: str | None = None, args: tuple[str, ...] = ("--all-namespace
     return [namespace, deployment]
 
 
+def _peering_crd(kind: str, scope: str) -> dict[str, Any]:
+    """One of kopf's peering CRDs (kopf.dev/v1): an object whose status lists the live operators."""
+    plural = kind.lower() + "s"
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.kopf.dev"},
+        "spec": {
+            "scope": scope,
+            "group": "kopf.dev",
+            "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "properties": {
+                                "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+def peering() -> list[dict[str, Any]]:
+    """High availability: kopf's peering CRDs and the cluster-wide peering object `default` the
+    operator (`--all-namespaces`) joins; with it, replicas elect one active operator."""
+    return [
+        _peering_crd("ClusterKopfPeering", "Cluster"),
+        _peering_crd("KopfPeering", "Namespaced"),
+        {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": "default"}},
+    ]
+
+
 def files() -> dict[str, list[dict[str, Any]]]:
     return {
         "rbac.yaml": cluster_rbac(),
         "rbac-namespaced.yaml": namespaced_rbac(),
         "operator.yaml": operator(),
+        "peering.yaml": peering(),
     }
 
 
