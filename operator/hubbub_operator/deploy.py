@@ -150,9 +150,7 @@ def _peering_crd(kind: str, scope: str) -> dict[str, Any]:
                     "schema": {
                         "openAPIV3Schema": {
                             "type": "object",
-                            "properties": {
-                                "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
-                            },
+                            "properties": {"status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
                         }
                     },
                 }
