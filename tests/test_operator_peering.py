@@ -60,22 +60,22 @@ def test_of_two_operators_sharing_a_peering_one_works_and_the_other_takes_over_w
 ) -> None:
     kubeconfig = k8s.service_account_kubeconfig(deploy.NAMESPACE, deploy.NAME)
     namespace = f"op-{uuid.uuid4().hex[:8]}"
-    with contextlib.ExitStack() as stack:
-        (tmp_path / "a").mkdir()
-        (tmp_path / "b").mkdir()
-        first = stack.enter_context(
-            running_operator(["--all-namespaces", "--priority=100"], kubeconfig, tmp_path / "a")
-        )
-        standby: Operator = stack.enter_context(
-            running_operator(["--all-namespaces", "--priority=10"], kubeconfig, tmp_path / "b")
-        )
-        wait_until(lambda: PAUSED in standby.log(), timeout=DEADLINE, what="the second operator standing by")
-
-        k8s.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
-        try:
-            secret(k8s, namespace, "chat-jwt", {"jwt-secret": JWT_SECRET})
-            k8s.apply(example("minimal", namespace))
+    k8s.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+    try:
+        # The resource exists before either operator starts: each finds it at start-up, which is when
+        # a standby that has not yet seen the peering would act (without --peering, it does).
+        secret(k8s, namespace, "chat-jwt", {"jwt-secret": JWT_SECRET})
+        k8s.apply(example("minimal", namespace))
+        with contextlib.ExitStack() as stack:
+            (tmp_path / "a").mkdir()
+            (tmp_path / "b").mkdir()
+            args = ["--all-namespaces", "--peering=default"]
+            first = stack.enter_context(running_operator([*args, "--priority=100"], kubeconfig, tmp_path / "a"))
+            standby: Operator = stack.enter_context(
+                running_operator([*args, "--priority=10"], kubeconfig, tmp_path / "b")
+            )
             wait_until(lambda: condition(rts(k8s, namespace), "Ready").get("status") == "True", timeout=DEADLINE)
+            wait_until(lambda: PAUSED in standby.log(), timeout=DEADLINE, what="the second operator standing by")
             assert HANDLED in first.log()
             assert HANDLED not in standby.log(), "the operator standing by reconciled too"
 
@@ -97,5 +97,5 @@ def test_of_two_operators_sharing_a_peering_one_works_and_the_other_takes_over_w
 
             wait_until(rolled, timeout=DEADLINE, what="the change reconciled by the second operator")
             assert HANDLED in standby.log()
-        finally:
-            k8s.api("DELETE", f"/api/v1/namespaces/{namespace}")
+    finally:
+        k8s.api("DELETE", f"/api/v1/namespaces/{namespace}")

@@ -4,8 +4,9 @@
     hubbub-operator --namespace chat --namespace ops  # only these (a Role in each, deploy/rbac-namespaced.yaml)
 
 The API is reached with $KUBECONFIG, else the pod's ServiceAccount. kopf serves its liveness probe
-at --liveness (GET /healthz). With kopf's peering objects installed (docs/operator.md), replicas of
-the operator elect one active member by --priority; without them each runs standalone.
+at --liveness (GET /healthz). With kopf's peering objects installed (docs/operator.md) and
+--peering default, replicas of the operator elect one active member by --priority, each handling
+nothing until it knows it is the one; without them each runs standalone.
 """
 
 from __future__ import annotations
@@ -32,7 +33,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--resync-seconds", type=float, default=30.0, metavar="S", help="reconcile everything every S seconds"
     )
-    parser.add_argument("--standalone", action="store_true", help="no peering, even if a peering object exists")
+    peering = parser.add_mutually_exclusive_group()
+    peering.add_argument("--standalone", action="store_true", help="no peering, even if a peering object exists")
+    peering.add_argument(
+        "--peering",
+        metavar="NAME",
+        help="join this peering object and handle nothing until elected (for more than one replica: "
+        "without it, a replica starting next to a working one may act before it sees the peering)",
+    )
     parser.add_argument(
         "--priority", type=int, default=None, help="peering priority (default: random, so two replicas never tie)"
     )
@@ -67,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             namespaces=args.namespace,
             liveness_endpoint=args.liveness or None,
             standalone=True if args.standalone else None,
+            peering_name=args.peering,
             priority=priority,
         )
     except KeyboardInterrupt:
