@@ -28,7 +28,7 @@ from typing import Any, Final
 import yaml
 
 from hubbub import __version__
-from hubbub_operator import MANAGER, crd, rbac
+from hubbub_operator import CRD_NAME, MANAGER, crd, rbac
 from hubbub_operator.fields import DEFAULT_IMAGE
 
 NAMESPACE: Final = "hubbub-system"
@@ -197,7 +197,7 @@ def chart_files() -> dict[str, Any]:
         "rbac/cluster-rules.yaml": rbac.cluster_rules(),
         "rbac/namespaced-rules.yaml": rbac.namespaced_rules(peering="kopfpeerings"),
         "rbac/cluster-reads.yaml": rbac.cluster_reads(),
-        f"crds/{crd.CRD_NAME}.yaml": crd.crd(),
+        f"crds/{CRD_NAME}.yaml": crd.crd(),
         f"crds/{cluster_crd['metadata']['name']}.yaml": cluster_crd,
         f"crds/{namespaced_crd['metadata']['name']}.yaml": namespaced_crd,
     }
