@@ -411,12 +411,27 @@ async def test_install_upgrade_and_uninstall_keep_the_crd_and_the_users_services
     k8s.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
     values = str(CHART / "ci" / "realtimeservice-values.yaml")
     try:
-        k8s.helm("install", RELEASE, str(CHART), "-n", namespace, "-f", values, "--wait", "--timeout", "90s")
+        notes = k8s.helm("install", RELEASE, str(CHART), "-n", namespace, "-f", values).stdout
+        # NOTES.txt: what to do next.
+        for step in (
+            "kubectl apply -f examples/realtimeservice-minimal.yaml",
+            "hubbub token --sub alice",
+            "kubectl port-forward svc/chat 8000:80",
+            "http://127.0.0.1:8000/status",
+            f"helm test {RELEASE} -n {namespace}",
+            f"RealtimeServices from values: {namespace}/chat",
+        ):
+            assert step in notes, notes
         installed = k8s.get(crd_path)
         assert installed is not None and installed["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
-        deployment = k8s.get(deployment_path)
-        assert deployment is not None and deployment["status"].get("readyReplicas") == 1  # kwok's pod
-        # The RealtimeService of the values, created after its CRD on this first install.
+
+        def ready_deployment() -> dict[str, Any] | None:
+            found = k8s.get(deployment_path)
+            return found if found and found.get("status", {}).get("readyReplicas") == 1 else None
+
+        deployment = await until(ready_deployment, what="the operator's pod Ready (kwok's)")
+        # The RealtimeService of the values, created after its CRD on this first install (no --wait:
+        # as a user types it).
         assert k8s.get(f"{rts_path}/chat") is not None
         # A user's own RealtimeService, beside the chart.
         k8s.apply(
