@@ -430,6 +430,7 @@ async def test_install_upgrade_and_uninstall_keep_the_crd_and_the_users_services
             return found if found and found.get("status", {}).get("readyReplicas") == 1 else None
 
         deployment = await until(ready_deployment, what="the operator's pod Ready (kwok's)")
+        assert deployment is not None
         # The RealtimeService of the values, created after its CRD on this first install (no --wait:
         # as a user types it).
         assert k8s.get(f"{rts_path}/chat") is not None
