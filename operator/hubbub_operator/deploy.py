@@ -12,10 +12,10 @@
   privilege escalation, every capability dropped; liveness and startup probes on kopf's /healthz).
 - `peering.yaml`: kopf's peering CRDs and the peering object `default`, for more than one replica.
 
-In a source checkout it also writes the Helm chart's generated inputs, `charts/hubbub/files/`: the
-rules of `rbac.py` and the CRDs (the RealtimeService's from `crd.py`, kopf's peering ones from
-here), which the chart's templates read with `.Files.Get`, so the chart holds no second, hand-written
-copy of either (`chart_files()`).
+In a source checkout it also writes the Helm chart's generated files (`chart_files()`), so the chart
+holds no second, hand-written copy of the RBAC or the CRDs: `charts/hubbub/files/` (the rules of
+`rbac.py` and the RealtimeService CRD of `crd.py`, which its templates read with `.Files.Get`) and
+`charts/hubbub/crds/` (kopf's peering CRDs, from here, which Helm installs before the templates).
 """
 
 from __future__ import annotations
@@ -190,14 +190,20 @@ def files() -> dict[str, list[dict[str, Any]]]:
 
 
 def chart_files() -> dict[str, Any]:
-    """The chart's generated inputs (paths under charts/hubbub/files/), one YAML document each: the
-    templates insert them whole (`.Files.Get`), adding only names, labels and annotations."""
+    """The chart's generated files (paths under charts/hubbub/), one YAML document each.
+
+    `files/`: inputs the templates insert whole (`.Files.Get`), adding only names, labels and
+    annotations. `crds/`: kopf's peering CRDs, which Helm installs before rendering the templates,
+    so the peering object can be a template on the first install too; they never change and every
+    kopf operator of the cluster shares them, which suits the directory's rules (installed once,
+    never upgraded, never deleted). The RealtimeService CRD is a template instead (upgraded with
+    the operator; see the chart's templates/crds.yaml)."""
     cluster_crd, namespaced_crd, _ = peering()
     return {
-        "rbac/cluster-rules.yaml": rbac.cluster_rules(),
-        "rbac/namespaced-rules.yaml": rbac.namespaced_rules(peering="kopfpeerings"),
-        "rbac/cluster-reads.yaml": rbac.cluster_reads(),
-        f"crds/{CRD_NAME}.yaml": crd.crd(),
+        "files/rbac/cluster-rules.yaml": rbac.cluster_rules(),
+        "files/rbac/namespaced-rules.yaml": rbac.namespaced_rules(peering="kopfpeerings"),
+        "files/rbac/cluster-reads.yaml": rbac.cluster_reads(),
+        f"files/crds/{CRD_NAME}.yaml": crd.crd(),
         f"crds/{cluster_crd['metadata']['name']}.yaml": cluster_crd,
         f"crds/{namespaced_crd['metadata']['name']}.yaml": namespaced_crd,
     }
@@ -215,7 +221,7 @@ def outputs() -> dict[Path, str]:
     """Every generated file and its text: deploy/*.yaml, and the chart's inputs when the chart is there."""
     texts = {DEPLOY_DIR / name: render(objects) for name, objects in files().items()}
     if (CHART_DIR / "Chart.yaml").is_file():
-        texts.update({CHART_DIR / "files" / name: render_chart_file(c) for name, c in chart_files().items()})
+        texts.update({CHART_DIR / name: render_chart_file(c) for name, c in chart_files().items()})
     return texts
 
 

@@ -97,16 +97,3 @@ The namespaces a single-namespace operator watches: operator.namespaces, or the 
 {{- toYaml (list .Release.Namespace) }}
 {{- end }}
 {{- end }}
-
-{{/*
-Annotations that make Helm adopt an object created by a post-install hook into the release on the
-next upgrade (Helm's ownership metadata). Used for custom resources whose CRD this same release
-installs: Helm cannot map their kind before the CRD exists, so on the first install they are created
-after everything else, and they are ordinary release objects from the next upgrade on.
-*/}}
-{{- define "hubbub.hookUntilServed" -}}
-helm.sh/hook: post-install
-helm.sh/hook-weight: "0"
-meta.helm.sh/release-name: {{ .Release.Name }}
-meta.helm.sh/release-namespace: {{ .Release.Namespace }}
-{{- end }}
