@@ -166,7 +166,7 @@ def test_every_repository_path_a_doc_names_exists(rel: str) -> None:
 
 def test_the_path_rules_tell_repository_paths_from_other_code() -> None:
     """Examples of each rule, so that a loosened heuristic cannot pass silently."""
-    assert missing_rooted("charts/hubbub") == ["charts/hubbub"]
+    assert missing_rooted("charts/nope") == ["charts/nope"]
     assert missing_rooted("operator/") == []  # it exists now
     assert missing_rooted("operator/hubbub_operator/nope.py") == ["operator/hubbub_operator/nope.py"]
     assert missing_rooted("service/hubbub/static/demo.{html,js}") == []
@@ -178,16 +178,16 @@ def test_the_path_rules_tell_repository_paths_from_other_code() -> None:
     assert is_bare_path("status.{html,js}") and missing_bare("status.{html,js}") == []
     assert is_bare_path("connection.py") and not is_bare_path("service/hubbub/connection.py")  # that is rule (a)
     assert path_tokens("helm install demo tests/fixtures/charts/mini") == ["tests/fixtures/charts/mini"]
-    assert path_tokens('cluster.helm("install", "x", "charts/hubbub")') == ["charts/hubbub"]
+    assert path_tokens('cluster.helm("install", "x", "charts/nope")') == ["charts/nope"]
     assert path_tokens("~/.cache/hubbub/k8s-bin/ and http://127.0.0.1:8000/docs/x") == []
     doc = docblocks.parse(
         "See [scaling](scaling.md#keys), [nothing](nothing.md), [a heading](protocol.md#no-such-heading),\n"
         '[up](../README.md#quick-start), <img src="images/demo.png"> and [the web](https://example.com/x.md).\n'
         "`[not a link](nowhere.md)`, `operator/crd.yaml`, `tests/js/`, `reactor.go`, `nothing.py`.\n"
-        "```python\ncluster.helm('install', 'x', 'charts/hubbub')\n```\n",
+        "```python\ncluster.helm('install', 'x', 'charts/nope')\n```\n",
         "docs/example.md",
     )
     assert [what.split(":")[0] for _, what in broken_links(doc)] == ["nothing.md", "protocol.md#no-such-heading"]
-    assert [path for _, path in named_paths(doc)] == ["operator/crd.yaml", "nothing.py", "charts/hubbub"]
+    assert [path for _, path in named_paths(doc)] == ["operator/crd.yaml", "nothing.py", "charts/nope"]
     for other in ("hubbub.v1.json", "hubbub.yaml", "/hubbub.js", "hubbub.backends.redis_link", "k8s.io/kubernetes"):
         assert not is_bare_path(other), other
