@@ -26,13 +26,14 @@ from tests.support.image_archive import (
 )
 
 
-def tar_layer(path: Path, entries: dict[str, bytes | str | None]) -> Layer:
-    """A layer tar written entry by entry: bytes a file, a str a symlink to it, None a directory."""
+def tar_layer(path: Path, entries: dict[str, bytes | str | int | None]) -> Layer:
+    """A layer tar written entry by entry: bytes a file, a str a symlink to it, None a directory
+    (an int: a directory with that mode)."""
     with tarfile.open(path, "w") as tar:
         for name, content in entries.items():
             info = tarfile.TarInfo(name)
-            if content is None:
-                info.type, info.mode = tarfile.DIRTYPE, 0o755
+            if content is None or isinstance(content, int):
+                info.type, info.mode = tarfile.DIRTYPE, 0o755 if content is None else content
                 tar.addfile(info)
             elif isinstance(content, str):
                 info.type, info.linkname = tarfile.SYMTYPE, content
@@ -119,7 +120,7 @@ def test_the_command_line_says_what_is_missing_without_a_traceback(
 def test_unpacking_applies_the_layers_in_order_with_their_whiteouts(tmp_path: Path) -> None:
     lower = tar_layer(
         tmp_path / "1.tar",
-        {"etc": None, "etc/motd": b"hi", "etc/keep": b"k", "opt": None, "opt/d": None, "opt/d/a": b"a"},
+        {"etc": None, "etc/motd": b"hi", "etc/keep": b"k", "opt": None, "opt/d": None, "opt/d/a": b"a", "tmp": 0o1777},
     )
     upper = tar_layer(
         tmp_path / "2.tar",
@@ -141,6 +142,7 @@ def test_unpacking_applies_the_layers_in_order_with_their_whiteouts(tmp_path: Pa
     assert not (rootfs / "etc" / "motd").exists()
     assert (rootfs / "etc" / "keep").read_text() == "new"
     assert sorted(p.name for p in (rootfs / "opt" / "d").iterdir()) == ["b"]
+    assert (rootfs / "tmp").stat().st_mode & 0o7777 == 0o1777  # what runc copies onto the tmpfs there
     assert [(i, m.name) for i, m in layer_members(archive)][-3:] == [
         (1, "opt/d"),
         (1, "opt/d/.wh..wh..opq"),

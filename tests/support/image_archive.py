@@ -258,6 +258,13 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+def _inside_with_modes(member: tarfile.TarInfo, root: str) -> tarfile.TarInfo:
+    """tarfile's "tar" filter, which refuses what would land outside root (through a link), but
+    with the modes as they are: /tmp's sticky bit and world write are what a runtime copies onto
+    the tmpfs it mounts there."""
+    return tarfile.tar_filter(member, root).replace(mode=member.mode, deep=False)
+
+
 def unpack(path: Path, root: Path) -> Image:
     """The root filesystem of a docker-archive's image, as a runtime makes it: each layer in order
     over the ones below, its whiteouts deleting what they name. Owners are kept when run as root."""
@@ -279,8 +286,7 @@ def unpack(path: Path, root: Path) -> Image:
                         existing = _inside(root, target)
                         if not (member.isdir() and existing.is_dir() and not existing.is_symlink()):
                             _remove(existing)
-                        # The "tar" filter refuses what would land outside root (through a link).
-                        layer.extract(member, root, numeric_owner=True, filter="tar")
+                        layer.extract(member, root, numeric_owner=True, filter=_inside_with_modes)
     return image
 
 
