@@ -2,10 +2,11 @@
 
 scripts/serve installs only the `server` extra from requirements/server.lock, scripts/test the
 `dev` extra from requirements/dev.lock, and the Dockerfile the `server` and `operator` extras from
-requirements/image.lock (building hubbub's wheel with requirements/build.lock's backend), so an import the extra does not provide fails on a
-fresh machine only, and a lock out of step with pyproject.toml fails in pip. Both are caught
-here, statically and offline: imports are read from the source (not executed) and mapped to the
-distribution installed in this virtualenv that ships them.
+requirements/image.lock (building hubbub's wheel with requirements/build.lock's backend), so an
+import the extra does not provide fails on a fresh machine only, and a lock out of step with
+pyproject.toml fails in pip. Both are caught here, statically and offline: imports are read from
+the source (not executed) and mapped to the distribution installed in this virtualenv that ships
+them.
 """
 
 from __future__ import annotations
