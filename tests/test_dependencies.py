@@ -1,10 +1,12 @@
 """The extras in pyproject.toml against what the code imports, and the locks against the extras.
 
-scripts/serve installs only the `server` extra from requirements/server.lock, and scripts/test the
-`dev` extra from requirements/dev.lock, so an import the extra does not provide fails on a
-fresh machine only, and a lock out of step with pyproject.toml fails in pip. Both are caught
-here, statically and offline: imports are read from the source (not executed) and mapped to the
-distribution installed in this virtualenv that ships them.
+scripts/serve installs only the `server` extra from requirements/server.lock, scripts/test the
+`dev` extra from requirements/dev.lock, and the Dockerfile the `server` and `operator` extras from
+requirements/image.lock (building hubbub's wheel with requirements/build.lock's backend), so an
+import the extra does not provide fails on a fresh machine only, and a lock out of step with
+pyproject.toml fails in pip. Both are caught here, statically and offline: imports are read from
+the source (not executed) and mapped to the distribution installed in this virtualenv that ships
+them.
 """
 
 from __future__ import annotations
@@ -30,8 +32,14 @@ OPERATOR = ROOT / "operator"
 BENCH = ROOT / "bench"
 PROJECT = canonicalize_name("hubbub")
 
-#: Each lock and the extra it pins (scripts/lock).
-LOCKS = {"server": "server", "dev": "dev"}
+#: Each lock, the extras it pins and whether it pins the build backend too (scripts/lock). The
+#: image's lock has no backend, so the image holds none; build.lock is the backend alone.
+LOCKS: dict[str, tuple[tuple[str, ...], bool]] = {
+    "server": (("server",), True),
+    "dev": (("dev",), True),
+    "image": (("server", "operator"), False),
+    "build": ((), True),
+}
 #: What the locks are resolved for (scripts/lock: --python-version 3.11 --python-platform linux).
 LOCK_ENVIRONMENT = {
     "python_version": "3.11",
@@ -66,6 +74,12 @@ def extra_requirements(extra: str) -> list[Requirement]:
         else:
             found.append(req)
     return [r for r in found if r.marker is None or r.marker.evaluate(LOCK_ENVIRONMENT)]
+
+
+def build_requirements() -> list[Requirement]:
+    build = pyproject()["build-system"]
+    assert isinstance(build, dict)
+    return [Requirement(r) for r in build["requires"]]
 
 
 def provided(extra: str) -> set[NormalizedName]:
@@ -106,9 +120,10 @@ def read_lock(name: str) -> dict[NormalizedName, Pin]:
 @pytest.mark.parametrize("lock", sorted(LOCKS))
 def test_lock_pins_every_requirement_of_its_extra(lock: str) -> None:
     pins = read_lock(lock)
-    build = pyproject()["build-system"]
-    assert isinstance(build, dict)
-    wanted = extra_requirements(LOCKS[lock]) + [Requirement(r) for r in build["requires"]]
+    extras, with_backend = LOCKS[lock]
+    wanted = [req for extra in extras for req in extra_requirements(extra)]
+    if with_backend:
+        wanted += build_requirements()
     problems = []
     for req in wanted:
         pin = pins.get(canonicalize_name(req.name))
@@ -129,15 +144,24 @@ def test_lock_has_hashes_for_every_pin(lock: str) -> None:
             assert re.fullmatch(r"sha256:[0-9a-f]{64}", h), f"requirements/{lock}.lock: {name}: bad hash {h!r}"
 
 
-def test_server_lock_pins_the_versions_of_dev_lock() -> None:
-    """Going from the server profile to dev only adds packages (scripts/install counts on it)."""
+def test_image_lock_holds_no_build_backend() -> None:
+    """The image's /venv gets image.lock: the backend stays in the Dockerfile's builder stage."""
+    backend = {canonicalize_name(r.name) for r in build_requirements()}
+    assert backend <= set(read_lock("build"))
+    assert not backend & set(read_lock("image")), "the build backend is in image.lock; run scripts/lock"
+
+
+@pytest.mark.parametrize("lock", sorted(set(LOCKS) - {"dev"}))
+def test_lock_pins_the_versions_of_dev_lock(lock: str) -> None:
+    """Going from the server profile to dev only adds packages (scripts/install counts on it), and
+    the image runs the versions the tests ran."""
     dev = read_lock("dev")
     differ = {
         name: (pin.version, dev[name].version if name in dev else None)
-        for name, pin in read_lock("server").items()
+        for name, pin in read_lock(lock).items()
         if name not in dev or dev[name] != pin
     }
-    assert not differ, f"server.lock vs dev.lock (version or hashes): {differ}; run scripts/lock"
+    assert not differ, f"{lock}.lock vs dev.lock (version or hashes): {differ}; run scripts/lock"
 
 
 # -- the imports ----------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import tarfile
@@ -12,13 +13,35 @@ import pytest
 
 from tests.support.image_archive import (
     ArchiveError,
+    Layer,
     archive_tags,
     excluded,
     image_config,
+    layer_members,
     main,
+    read_archive,
+    unpack,
     write_archive,
     write_layer,
 )
+
+
+def tar_layer(path: Path, entries: dict[str, bytes | str | int | None]) -> Layer:
+    """A layer tar written entry by entry: bytes a file, a str a symlink to it, None a directory
+    (an int: a directory with that mode)."""
+    with tarfile.open(path, "w") as tar:
+        for name, content in entries.items():
+            info = tarfile.TarInfo(name)
+            if content is None or isinstance(content, int):
+                info.type, info.mode = tarfile.DIRTYPE, 0o755 if content is None else content
+                tar.addfile(info)
+            elif isinstance(content, str):
+                info.type, info.linkname = tarfile.SYMTYPE, content
+                tar.addfile(info)
+            else:
+                info.size = len(content)
+                tar.addfile(info, io.BytesIO(content))
+    return Layer(path, "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest())
 
 
 def test_exclusions_drop_a_path_or_only_a_directorys_contents() -> None:
@@ -92,3 +115,46 @@ def test_the_command_line_says_what_is_missing_without_a_traceback(
         pass
     with pytest.raises(ArchiveError, match="has no manifest.json"):
         archive_tags(tmp_path / "plain.tar")
+
+
+def test_unpacking_applies_the_layers_in_order_with_their_whiteouts(tmp_path: Path) -> None:
+    lower = tar_layer(
+        tmp_path / "1.tar",
+        {"etc": None, "etc/motd": b"hi", "etc/keep": b"k", "opt": None, "opt/d": None, "opt/d/a": b"a", "tmp": 0o1777},
+    )
+    upper = tar_layer(
+        tmp_path / "2.tar",
+        {
+            "etc": None,
+            "etc/.wh.motd": b"",
+            "etc/keep": b"new",
+            "opt/d": None,
+            "opt/d/.wh..wh..opq": b"",
+            "opt/d/b": b"b",
+        },
+    )
+    config = image_config([lower.diff_id, upper.diff_id], user="10001:10001")
+    archive = write_archive(tmp_path / "image.tar", ["x:y"], [lower, upper], config)
+
+    image = unpack(archive, tmp_path / "rootfs")
+    assert image == read_archive(archive) and image.config["config"]["User"] == "10001:10001"
+    rootfs = tmp_path / "rootfs"
+    assert not (rootfs / "etc" / "motd").exists()
+    assert (rootfs / "etc" / "keep").read_text() == "new"
+    assert sorted(p.name for p in (rootfs / "opt" / "d").iterdir()) == ["b"]
+    assert (rootfs / "tmp").stat().st_mode & 0o7777 == 0o1777  # what runc copies onto the tmpfs there
+    assert [(i, m.name) for i, m in layer_members(archive)][-3:] == [
+        (1, "opt/d"),
+        (1, "opt/d/.wh..wh..opq"),
+        (1, "opt/d/b"),
+    ]
+
+
+def test_unpacking_refuses_an_entry_that_would_land_outside_the_root_through_a_link(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    evil = tar_layer(tmp_path / "1.tar", {"escape": str(outside), "escape/x": b"pwned"})
+    archive = write_archive(tmp_path / "image.tar", ["x:y"], [evil], image_config([evil.diff_id]))
+    with pytest.raises((ArchiveError, tarfile.FilterError)):
+        unpack(archive, tmp_path / "rootfs")
+    assert not (outside / "x").exists()

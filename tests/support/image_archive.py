@@ -7,6 +7,9 @@ the upper directories of overlay mounts, one per build step) and calls this modu
     python3 -m tests.support.image_archive archive OUT.tar --tag hubbub:dev --layer L1.tar ... \\
         --entrypoint '["hubbub"]' --user 10001 --env PATH=/venv/bin:/usr/bin --workdir /
 
+tests/test_image.py reads the archives back (`read_archive`, `unpack`): the Dockerfile's image,
+which buildah writes in the same format, is checked and run from the tarball the real tier imports.
+
 Standard library only, so it runs with the system Python before any virtualenv exists. The
 archive is Docker's `docker save` layout (manifest.json, a config blob, one directory per layer),
 which containerd imports as is. Overlay whiteouts in an upper directory (a 0/0 character device,
@@ -25,7 +28,7 @@ import sys
 import tarfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 WHITEOUT_PREFIX = ".wh."
@@ -194,17 +197,97 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
+def _json_member(tar: tarfile.TarFile, name: str, archive: Path) -> Any:
+    try:
+        member = tar.extractfile(name)
+    except KeyError:
+        member = None
+    if member is None:
+        raise ArchiveError(f"{archive} has no {name}")
+    return json.load(member)
+
+
 def archive_tags(path: Path) -> list[str]:
     """The tags a docker-archive declares (what `ctr images import` names the image)."""
     with tarfile.open(path) as tar:
-        try:
-            member = tar.extractfile("manifest.json")
-        except KeyError:
-            member = None
-        if member is None:
-            raise ArchiveError(f"{path} has no manifest.json")
-        entries: list[dict[str, Any]] = json.load(member)
+        entries: list[dict[str, Any]] = _json_member(tar, "manifest.json", path)
     return [tag for entry in entries for tag in entry.get("RepoTags") or []]
+
+
+@dataclass(frozen=True)
+class Image:
+    """A docker-archive's single image: its config blob and its layers' member names, bottom first."""
+
+    config: dict[str, Any]
+    layers: tuple[str, ...]
+
+
+def read_archive(path: Path) -> Image:
+    with tarfile.open(path) as tar:
+        entries: list[dict[str, Any]] = _json_member(tar, "manifest.json", path)
+        if len(entries) != 1:
+            raise ArchiveError(f"{path} holds {len(entries)} images, not one")
+        config = _json_member(tar, entries[0]["Config"], path)
+    return Image(config, tuple(entries[0]["Layers"]))
+
+
+def layer_members(path: Path) -> Iterator[tuple[int, tarfile.TarInfo]]:
+    """Every entry of every layer of a docker-archive (layer index, entry), without unpacking."""
+    image = read_archive(path)
+    with tarfile.open(path) as tar:
+        for index, name in enumerate(image.layers):
+            with tarfile.open(fileobj=tar.extractfile(name), mode="r|*") as layer:
+                for member in layer:
+                    yield index, member
+
+
+def _inside(root: Path, path: Path) -> Path:
+    """`path` with its parents' links resolved, refused if that leaves `root`."""
+    resolved = Path(os.path.realpath(path.parent)) / path.name
+    if not resolved.is_relative_to(os.path.realpath(root)):
+        raise ArchiveError(f"{path} leaves the root filesystem {root}")
+    return resolved
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        for child in path.iterdir():
+            _remove(child)
+        path.rmdir()
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _inside_with_modes(member: tarfile.TarInfo, root: str) -> tarfile.TarInfo:
+    """tarfile's "tar" filter, which refuses what would land outside root (through a link), but
+    with the modes as they are: /tmp's sticky bit and world write are what a runtime copies onto
+    the tmpfs it mounts there."""
+    return tarfile.tar_filter(member, root).replace(mode=member.mode, deep=False)
+
+
+def unpack(path: Path, root: Path) -> Image:
+    """The root filesystem of a docker-archive's image, as a runtime makes it: each layer in order
+    over the ones below, its whiteouts deleting what they name. Owners are kept when run as root."""
+    image = read_archive(path)
+    root.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path) as tar:
+        for name in image.layers:
+            with tarfile.open(fileobj=tar.extractfile(name), mode="r|*") as layer:
+                for member in layer:
+                    target = root / member.name
+                    base = PurePosixPath(member.name).name
+                    if base == OPAQUE_MARKER:
+                        directory = _inside(root, target).parent
+                        for child in directory.iterdir() if directory.is_dir() else ():
+                            _remove(child)
+                    elif base.startswith(WHITEOUT_PREFIX):
+                        _remove(_inside(root, target.with_name(base.removeprefix(WHITEOUT_PREFIX))))
+                    else:
+                        existing = _inside(root, target)
+                        if not (member.isdir() and existing.is_dir() and not existing.is_symlink()):
+                            _remove(existing)
+                        layer.extract(member, root, numeric_owner=True, filter=_inside_with_modes)
+    return image
 
 
 def main(argv: Sequence[str] | None = None) -> int:
