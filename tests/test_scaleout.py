@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import signal
 import time
 import uuid
@@ -273,6 +274,21 @@ async def test_sigkill_of_a_node_loses_nothing_and_presence_forgets_its_clients(
         assert all(r.recovered), "a reconnect inside the history window must recover"
 
 
+def presence_users(node: ServerProcess, name: str) -> set[str]:
+    clients = node.api("GET", f"/api/presence/{name}").json()["clients"]
+    return {entry["user"] for entry in clients.values()}
+
+
+async def members_on_both(group: Nodes, name: str) -> RawClient:
+    """`doomed-user` joins `name` on node 0 and `staying-user` on node 1; returns the staying one."""
+    doomed = await RawClient.connected(group[0].ws_url, "doomed-user")
+    staying = await RawClient.connected(group[1].ws_url, "staying-user")
+    for client in (doomed, staying):
+        assert "ok" in await client.call("join", room=name)
+    await until(lambda: presence_users(group[1], name) == {"doomed-user", "staying-user"}, what="both in presence")
+    return staying
+
+
 async def test_a_killed_nodes_presence_is_purged_within_seconds_not_after_presence_ttl(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
@@ -280,16 +296,8 @@ async def test_a_killed_nodes_presence_is_purged_within_seconds_not_after_presen
     group = Nodes(tmp_path, redis_server.url, 2, presence_ttl=300).start()
     try:
         name = room()
-
-        def users() -> set[str]:
-            clients = group[1].api("GET", f"/api/presence/{name}").json()["clients"]
-            return {entry["user"] for entry in clients.values()}
-
-        doomed = await RawClient.connected(group[0].ws_url, "doomed-user")
-        staying = await RawClient.connected(group[1].ws_url, "staying-user")
-        for client in (doomed, staying):
-            assert "ok" in await client.call("join", room=name)
-        await until(lambda: users() == {"doomed-user", "staying-user"}, what="both members in presence")
+        users = functools.partial(presence_users, group[1], name)
+        staying = await members_on_both(group, name)
         group[0].signal(signal.SIGKILL)
         # A node is declared gone NODE_TTL (6 s) after its last heartbeat and buried at a live node's next
         # heartbeat (2 s); the bound leaves slack for a loaded machine and is far below presence_ttl.
@@ -313,16 +321,8 @@ async def test_a_node_restarted_under_its_name_at_once_clears_its_previous_proce
     group = Nodes(tmp_path, redis_server.url, 2, presence_ttl=300).start()
     try:
         name = room()
-
-        def users() -> set[str]:
-            clients = group[1].api("GET", f"/api/presence/{name}").json()["clients"]
-            return {entry["user"] for entry in clients.values()}
-
-        doomed = await RawClient.connected(group[0].ws_url, "doomed-user")
-        staying = await RawClient.connected(group[1].ws_url, "staying-user")
-        for client in (doomed, staying):
-            assert "ok" in await client.call("join", room=name)
-        await until(lambda: users() == {"doomed-user", "staying-user"}, what="both members in presence")
+        users = functools.partial(presence_users, group[1], name)
+        staying = await members_on_both(group, name)
         group[0].signal(signal.SIGKILL)
         group[0].wait(10)
         group[0].restart()
