@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Final, cast
 
 import kopf
+from kopf._core.engines import posting
 
 from hubbub_operator import API_VERSION, GROUP, KIND, MANAGER, PLURAL, VERSION, kinds
 from hubbub_operator.kube import KubeError, LightkubeKube, plural
@@ -100,7 +101,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     kube = LightkubeKube.from_env()
     memo.kube = kube
     memo.reconciler = Reconciler(kube, notify, rebalancing=Rebalancing(enabled=OPTIONS.rebalance))
-    memo.resync = asyncio.create_task(_resync(memo.reconciler, kube, OPTIONS))
+    memo.resync = asyncio.create_task(_resync(memo.reconciler, kube, OPTIONS, memo))
 
 
 @kopf.on.cleanup()
@@ -119,6 +120,7 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL)
 async def reconcile_resource(name: str, namespace: str | None, memo: Any, **_: Any) -> None:
+    _keep_event_queue(memo)
     reconciler: Reconciler = memo.reconciler
     try:
         outcome = await reconciler.request(namespace or "default", name)
@@ -141,6 +143,7 @@ async def on_child_event(type: str | None, body: kopf.Body, namespace: str | Non
     )
     if owner is None:
         return
+    _keep_event_queue(memo)
     reconciler: Reconciler = memo.reconciler
     try:
         await reconciler.request(namespace, owner["name"])
@@ -155,10 +158,26 @@ for _api_version, _kind in WATCHED:
     kopf.on.event(_group, _version, plural(_kind), labels={MANAGED_BY: MANAGER}, id=f"child-{_kind}")(on_child_event)
 
 
-async def _resync(reconciler: Reconciler, kube: LightkubeKube, options: Options) -> None:
+def _keep_event_queue(memo: Any) -> None:
+    """Keep kopf's Event queue, found in a handler's context, for the resync task.
+
+    kopf.event() posts through a queue kopf puts in the context of each object's handlers only; the
+    resync task is not one of them, so the Events of the reconciles it runs (a rebalancing, a restored
+    child) were dropped. (kopf's own names: `posting.event_queue_var`, pinned by the lock file.)
+    """
+    if memo.get("event_queue") is None:
+        with contextlib.suppress(LookupError):
+            memo.event_queue = (posting.event_queue_loop_var.get(), posting.event_queue_var.get())
+
+
+async def _resync(reconciler: Reconciler, kube: LightkubeKube, options: Options, memo: Any) -> None:
     """Reconcile every resource in scope, every `options.resync` seconds, until cancelled."""
     while True:
         await asyncio.sleep(options.resync)
+        kept = memo.get("event_queue")
+        if kept is not None:  # this task's own context: the Events of its reconciles are posted
+            posting.event_queue_loop_var.set(kept[0])
+            posting.event_queue_var.set(kept[1])
         for namespace in options.namespaces or (None,):
             try:
                 found = await kube.list(API_VERSION, KIND, namespace, {})
