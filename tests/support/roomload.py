@@ -23,7 +23,6 @@ import contextlib
 import json
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,6 +33,7 @@ import httpx
 from hubbub.auth import mint_token
 from hubbub.client import Client, Disconnect, Rejoin
 from hubbub.client.models import Publication
+from tests.support.polling import until
 
 #: Fast reconnects: a test does not want a production client's 20 s backoff cap.
 FAST = {"backoff_base": 0.05, "backoff_cap": 1.0, "drain_jitter": 1.0}
@@ -132,9 +132,8 @@ class Load:
 
     async def check(self, timeout: float) -> dict[str, Any]:
         """Wait (up to `timeout`) until every member holds its room's newest publication, then judge."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not self._verdict()["complete"]:
-            await asyncio.sleep(0.2)
+        with contextlib.suppress(AssertionError):  # the verdict says what is missing
+            await until(lambda: self._verdict()["complete"], timeout=timeout, interval=0.2, what="every member")
         return self._verdict()
 
     async def close(self) -> dict[str, Any]:
