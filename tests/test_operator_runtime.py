@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import copy
+import os
+import socket
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -287,6 +289,39 @@ def test_the_command_line_needs_a_scope_and_says_so_without_a_traceback() -> Non
     assert result.returncode == 2
     assert "one of the arguments -A/--all-namespaces -n/--namespace is required" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_an_unreachable_api_server_is_one_line_and_exit_code_1_not_a_traceback(tmp_path: Path) -> None:
+    # Nothing listens on a port this test just closed; kopf retries each request for about 18 s.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": f"https://127.0.0.1:{port}"}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "c",
+            }
+        )
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "hubbub_operator", "--all-namespaces", "--liveness="],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+        env={**os.environ, "KUBECONFIG": str(kubeconfig)},
+    )
+    assert result.returncode == 1
+    assert f"hubbub-operator: cannot reach the Kubernetes API server: Cannot connect to host 127.0.0.1:{port}" in (
+        result.stderr
+    )
+    assert "Traceback" not in result.stderr + result.stdout
 
 
 def test_the_namespaced_variant_grants_nothing_cluster_wide_but_reads() -> None:

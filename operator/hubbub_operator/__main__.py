@@ -12,14 +12,32 @@ nothing until it knows it is the one; without them each runs standalone.
 from __future__ import annotations
 
 import argparse
+import logging
 import random
 import sys
 
+import aiohttp
 import kopf
 
 from hubbub_operator import handlers
 
 LIVENESS = "http://0.0.0.0:8080/healthz"
+
+
+class UnreachableApi(logging.Filter):
+    """Keeps a connection failure to the API server to its message, without the traceback.
+
+    kopf retries each request five times (logging every attempt) and then logs the observer's
+    failure with the whole aiohttp traceback before it stops; `main` then says in one line what
+    failed. The traceback tells a user nothing the message does not, and bad configuration (a
+    wrong server address, no network policy for the API) must not print one.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], aiohttp.ClientConnectionError):
+            record.exc_info = None
+            record.exc_text = None
+        return True
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -69,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     kopf.configure(verbose=args.verbose)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(UnreachableApi())
     try:
         kopf.run(
             clusterwide=args.all_namespaces,
@@ -80,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     except KeyboardInterrupt:
         return 130
+    except aiohttp.ClientConnectionError as error:
+        print(f"hubbub-operator: cannot reach the Kubernetes API server: {error}", file=sys.stderr)
+        return 1
     return 0
 
 
