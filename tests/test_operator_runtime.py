@@ -217,6 +217,32 @@ async def test_a_deleted_child_is_restored_with_a_warning() -> None:
     assert ("Warning", "Restored", "recreated deleted Service chat") in events
 
 
+class DeletedBeforeApply(FakeKube):
+    """Someone deletes a child after the reconciler listed the children and before it applies them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.doomed: set[tuple[str, str]] = set()
+
+    async def apply(self, manifest: Mapping[str, Any], *, manager: str = MANAGER) -> dict[str, Any]:
+        if (manifest["kind"], manifest["metadata"]["name"]) in self.doomed:
+            self.doomed.discard((manifest["kind"], manifest["metadata"]["name"]))
+            await self.delete(manifest["apiVersion"], manifest["kind"], "ns", manifest["metadata"]["name"])
+        return await super().apply(manifest, manager=manager)
+
+
+async def test_a_child_deleted_while_a_reconcile_runs_is_reported_restored() -> None:
+    kube = DeletedBeforeApply()
+    minimal(kube)
+    jwt_secret(kube)
+    reconciler = Reconciler(kube, notify)
+    await reconciler.request("ns", "chat")
+    kube.doomed.add(("Service", "chat"))
+    outcome = await reconciler.request("ns", "chat")
+    assert outcome is not None and outcome.restored == ["Service chat"]
+    assert ("Warning", "Restored", "recreated deleted Service chat") in events
+
+
 async def test_a_reconcile_with_nothing_to_change_writes_nothing_but_applies() -> None:
     kube = FakeKube()
     minimal(kube)

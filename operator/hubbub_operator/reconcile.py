@@ -232,6 +232,9 @@ class Reconciler:
             if existing is None:
                 # Restored: this operator applied it before, and someone deleted it since.
                 (outcome.restored if key(child) in applied_before else outcome.created).append(what)
+            elif _uid(stored) != _uid(existing):
+                # Deleted after the listing above and before this apply, which created it anew.
+                outcome.restored.append(what)
             elif _project(existing, encoded(child)) != _project(stored, encoded(child)):
                 outcome.corrected.append(what)
             applied_before.add(key(child))
@@ -318,6 +321,11 @@ class Reconciler:
         skipped = list(outcome.plan.skipped)
         if skipped and skipped != list(previous.get("skipped") or ()):
             notify(resource, "Normal", "Skipped", "; ".join(skipped))
+
+
+def _uid(obj: Mapping[str, Any]) -> str | None:
+    uid = (obj.get("metadata") or {}).get("uid")
+    return str(uid) if uid is not None else None
 
 
 def _identity(obj: Mapping[str, Any]) -> dict[str, Any]:
