@@ -291,6 +291,9 @@ def test_realtime_services_from_values_are_rendered_as_given_and_kept() -> None:
     assert rendered["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
     # Not in the release that installs their CRD (the install test shows NOTES.txt then says to upgrade).
     assert not [o for o in render(values=values) if o["kind"] == "RealtimeService"]
+    # A release that does not install it (crds.install=false) needs it there before: they are rendered
+    # without --api-versions, as `skaffold render` renders skaffold.yaml's release.
+    assert the(render("--set", "crds.install=false", values=values), "RealtimeService")["spec"] == given["spec"]
 
 
 def test_the_operators_pod_is_the_one_deploy_py_ships() -> None:
