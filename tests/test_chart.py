@@ -23,7 +23,8 @@ import yaml
 from hubbub import __version__
 from hubbub_operator import CRD_NAME, MANAGER, crd, deploy, rbac
 from hubbub_operator.fields import DEFAULT_IMAGE
-from tests.support.cluster import Cluster, default_bin_dir, resource_path
+from tests.support.chart import KOPF_CRDS, crd_established, crds_installed, dry_run
+from tests.support.cluster import Cluster, default_bin_dir
 from tests.support.polling import until
 from tests.support.server import API_KEY, SECRET, ServerProcess
 
@@ -34,7 +35,6 @@ KUBE_VERSION = "1.34.4"
 RELEASE = "rel"
 NAMESPACE = "ops"
 SCENARIOS = [None, *sorted((CHART / "ci").glob("*-values.yaml"))]
-KOPF_CRDS = ("clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev")
 STANDARD_LABELS = {
     "helm.sh/chart": "hubbub-0.1.0",
     "app.kubernetes.io/name": "hubbub",
@@ -291,6 +291,9 @@ def test_realtime_services_from_values_are_rendered_as_given_and_kept() -> None:
     assert rendered["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
     # Not in the release that installs their CRD (the install test shows NOTES.txt then says to upgrade).
     assert not [o for o in render(values=values) if o["kind"] == "RealtimeService"]
+    # A release that does not install it (crds.install=false) needs it there before: they are rendered
+    # without --api-versions, as `skaffold render` renders skaffold.yaml's release.
+    assert the(render("--set", "crds.install=false", values=values), "RealtimeService")["spec"] == given["spec"]
 
 
 def test_the_operators_pod_is_the_one_deploy_py_ships() -> None:
@@ -364,39 +367,11 @@ def test_the_round_trip_script_says_what_failed_without_a_traceback(
 # --- on the control plane ---------------------------------------------------------------------------
 
 
-def _crd_established(k8s: Cluster, name: str) -> bool:
-    found = k8s.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}") or {}
-    return any(
-        c["type"] == "Established" and c["status"] == "True" for c in (found.get("status") or {}).get("conditions", [])
-    )
-
-
-def _dry_run(k8s: Cluster, obj: dict[str, Any]) -> None:
-    response = k8s.api(
-        "PATCH",
-        resource_path(obj),
-        params={"fieldManager": "helm-dry-run", "force": "true", "dryRun": "All"},
-        headers={"Content-Type": "application/apply-patch+yaml"},
-        content=json.dumps(obj),
-    )
-    assert response.status_code < 400, f"{obj['kind']} {obj['metadata']['name']}: {response.text}"
-
-
 @pytest.fixture
 async def with_the_crds(k8s: Cluster) -> AsyncIterator[None]:
     """Our CRD and kopf's peering CRDs installed; the peering ones removed again unless they were there."""
-    kopf_crds = [f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{n}" for n in KOPF_CRDS]
-    there_before = [path for path in kopf_crds if k8s.get(path) is not None]
-    k8s.apply(crd.crd(), manager=MANAGER, force=True)
-    for peering_crd in deploy.peering()[:2]:
-        k8s.apply(peering_crd, manager=MANAGER, force=True)
-    names = (CRD_NAME, *KOPF_CRDS)
-    await until(lambda: all(_crd_established(k8s, name) for name in names), what="the CRDs Established")
-    yield
-    for path in kopf_crds:
-        if path not in there_before:
-            k8s.api("DELETE", path)
-    await until(lambda: all(k8s.get(p) is None for p in kopf_crds if p not in there_before), what="cleanup")
+    async with crds_installed(k8s):
+        yield
 
 
 @pytest.mark.k8s
@@ -410,7 +385,7 @@ async def test_every_rendered_object_passes_the_api_server(
     objects = render("--api-versions", "hubbub.dev/v1alpha1/RealtimeService", values=values)
     assert objects
     for obj in objects:
-        _dry_run(k8s, obj)
+        dry_run(k8s, obj)
 
 
 @pytest.mark.k8s
@@ -482,7 +457,7 @@ async def test_install_upgrade_and_uninstall_keep_the_crd_and_the_users_services
         k8s.api("DELETE", crd_path)
         await until(lambda: k8s.get(crd_path) is None, what="the CRD deleted")
         k8s.apply(crd.crd(), manager=MANAGER, force=True)
-        await until(lambda: _crd_established(k8s, CRD_NAME), what="the CRD back")
+        await until(lambda: crd_established(k8s, CRD_NAME), what="the CRD back")
 
 
 @pytest.mark.k8s

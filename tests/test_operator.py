@@ -11,8 +11,6 @@ import base64
 import contextlib
 import functools
 import json
-import os
-import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -28,6 +26,7 @@ from hubbub_operator.reconcile import secret_references
 from hubbub_operator.resource import Instance
 from hubbub_operator.workload import CHECKSUM_ANNOTATION
 from tests.support import promtool
+from tests.support.chart import crd_established, ecosystem_crds
 from tests.support.cluster import Cluster, resource_path
 from tests.support.operator_process import Operator, running_operator
 from tests.support.polling import until
@@ -50,40 +49,11 @@ PUBLIC_KEY = "\n".join(
 )
 
 
-def crds_dir() -> Path:
-    env = os.environ.get("HUBBUB_CRDS_DIR")
-    if env:
-        return Path(env)
-    done = subprocess.run([str(ROOT / "scripts" / "fetch-crds")], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr
-    return Path(done.stdout.strip().splitlines()[-1])
-
-
-def ecosystem_crds() -> list[dict[str, Any]]:
-    """Ours aside, the CRDs the optional children need: the Gateway API's experimental channel (it has
-    HTTPRoute's sessionPersistence), the prometheus-operator's and KEDA's."""
-    root = crds_dir()
-    found = []
-    for folder in ("monitoring", "gateway-experimental", "keda"):
-        for path in sorted((root / folder).glob("*.yaml")):
-            # gateway-api also ships a ValidatingAdmissionPolicy guarding upgrades: CRDs only here.
-            docs = yaml.safe_load_all(path.read_text())
-            found += [doc for doc in docs if doc and doc.get("kind") == "CustomResourceDefinition"]
-    return found
-
-
-def established(k8s: Cluster, name: str) -> bool:
-    found = k8s.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}") or {}
-    return any(
-        c["type"] == "Established" and c["status"] == "True" for c in found.get("status", {}).get("conditions", [])
-    )
-
-
 def available(k8s: Cluster) -> frozenset[str]:
     """The optional kinds as the operator discovers them (kube.available_kinds), read as admin."""
     out = set()
     for kind, (name, _) in OPTIONAL_CRDS.items():
-        if established(k8s, name):
+        if crd_established(k8s, name):
             out.add(kind)
             crd_obj = k8s.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}") or {}
             if crd_obj["metadata"].get("annotations", {}).get("gateway.networking.k8s.io/channel") == "experimental":
@@ -97,7 +67,7 @@ async def install_ecosystem_crds(k8s: Cluster) -> None:
         k8s.apply(doc, manager="hubbub-tests", force=True)
     for doc in docs:
         name = doc["metadata"]["name"]
-        await until(functools.partial(established, k8s, name), timeout=DEADLINE, what=f"{name} Established")
+        await until(functools.partial(crd_established, k8s, name), timeout=DEADLINE, what=f"{name} Established")
 
 
 async def remove_ecosystem_crds(k8s: Cluster) -> None:

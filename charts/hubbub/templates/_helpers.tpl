@@ -97,3 +97,13 @@ The namespaces a single-namespace operator watches: operator.namespaces, or the 
 {{- toYaml (list .Release.Namespace) }}
 {{- end }}
 {{- end }}
+
+{{/*
+"true" when RealtimeServices can be created in this release: their kind is served already, or the
+release does not install their CRD (crds.install=false: it must exist before the release, so it is
+served when Helm installs; `helm template` and `skaffold render` then render them without
+`--api-versions`). Empty otherwise: the release that installs the CRD cannot create them.
+*/}}
+{{- define "hubbub.realtimeServicesServed" -}}
+{{- if or (.Capabilities.APIVersions.Has "hubbub.dev/v1alpha1/RealtimeService") (not .Values.crds.install) }}true{{ end }}
+{{- end }}
