@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -425,18 +426,29 @@ async def test_install_upgrade_and_uninstall_keep_the_crd_and_the_users_services
     k8s.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
     values = str(CHART / "ci" / "realtimeservice-values.yaml")
     try:
-        # As a user types it: no --wait.
-        notes = k8s.helm("install", RELEASE, str(CHART), "-n", namespace, "-f", values).stdout
+        # As a user types it: no --wait. The test's target in a namespace of its own, as in the README.
+        app = f"{namespace}-app"
+        target = ("--set", f"tests.target.namespace={app}")
+        notes = k8s.helm("install", RELEASE, str(CHART), "-n", namespace, "-f", values, *target).stdout
         for step in (  # NOTES.txt: what to do next
-            "kubectl apply -f examples/realtimeservice-minimal.yaml",
+            f"kubectl -n {namespace} rollout status deployment/{RELEASE}-hubbub",
+            f"kubectl create namespace {app}",
+            f"kubectl -n {app} create secret generic chat-jwt",
+            f"kubectl -n {app} apply -f examples/realtimeservice-minimal.yaml",
+            f"$(kubectl -n {app} get secret chat-jwt",
             "hubbub token --sub alice",
-            "kubectl port-forward svc/chat 8000:80",
+            f"kubectl -n {app} port-forward svc/chat 8000:80",
             "http://127.0.0.1:8000/status",
+            f"kubectl -n {app} get secret chat-api-key",
             f"helm test {RELEASE} -n {namespace}",
             f"NOT CREATED YET: the RealtimeServices of `realtimeServices` ({namespace}/chat)",
             f"helm upgrade {RELEASE} <this chart> -n {namespace} --reuse-values",
         ):
             assert step in notes, notes
+        # Every namespaced kubectl command says where: the reader's context may be in any namespace.
+        for line in notes.splitlines():
+            for command in re.findall(r"kubectl (?!-n )(.*)", line):
+                assert command.startswith(("create namespace ", "get crd ", "get rts -A")), line
         installed = k8s.get(crd_path)
         assert installed is not None and installed["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
 
