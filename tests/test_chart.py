@@ -8,6 +8,7 @@ on the project's control plane (kwok pods) behave as docs/operator.md says.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -25,8 +26,10 @@ from hubbub import __version__
 from hubbub_operator import CRD_NAME, MANAGER, crd, deploy, rbac
 from hubbub_operator.fields import DEFAULT_IMAGE
 from tests.support.cluster import Cluster, default_bin_dir, resource_path
+from tests.support.operator_process import running_operator
 from tests.support.polling import until
 from tests.support.server import API_KEY, SECRET, ServerProcess
+from tests.test_operator import DEADLINE, JWT_SECRET, example, ready, secret
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "charts" / "hubbub"
@@ -527,3 +530,58 @@ async def test_an_ha_install_creates_the_peering_on_the_first_install(k8s: Clust
             if path not in there_before:
                 k8s.api("DELETE", path)
         await until(lambda: all(k8s.get(p) is None for p in kopf_crds if p not in there_before), what="cleanup")
+
+
+@pytest.mark.k8s
+@pytest.mark.parametrize("scope", ["cluster", "namespaces"])
+async def test_the_operator_with_only_the_charts_service_account_runs_a_realtime_service(
+    k8s: Cluster, tmp_path: Path, scope: str
+) -> None:
+    """The chart's CRD, ServiceAccount and RBAC (rendered, applied as they are), and the operator as a
+    process with the chart Deployment's command and that ServiceAccount's token: a RealtimeService in
+    another namespace turns Ready, and the operator was never refused anything. (The real tier,
+    tests/test_chart_real.py, runs the same as a pod of the image.)"""
+    suffix = uuid.uuid4().hex[:8]
+    release, operator_ns, app_ns = "sa", f"sa-{suffix}", f"app-{suffix}"
+    values = ["--set", f"operator.scope={scope}"]
+    if scope == "namespaces":
+        values += ["--set", f"operator.namespaces={{{app_ns}}}"]
+    rendered = helm(
+        "template", release, str(CHART), "-n", operator_ns, "--kube-version", KUBE_VERSION, "--skip-tests", *values
+    ).stdout
+    objects = [doc for doc in yaml.safe_load_all(rendered) if doc]
+    deployment = the(objects, "Deployment")
+    cluster_wide = [o for o in objects if o["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+    for namespace in (operator_ns, app_ns):
+        k8s.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+    try:
+        for obj in objects:
+            if obj["kind"] == "CustomResourceDefinition":
+                # As the other tests apply it (its spec is crd.crd()'s: test_the_crd_is_the_operators...).
+                k8s.apply(obj, manager=MANAGER, force=True)
+            elif obj["kind"] != "Deployment":
+                k8s.apply(obj, manager="hubbub-tests", force=True)
+        await until(lambda: _crd_established(k8s, CRD_NAME), what="the CRD Established")
+        container = deployment["spec"]["template"]["spec"]
+        account = container["serviceAccountName"]
+        command = container["containers"][0]["command"]
+        assert command[:3] == ["python", "-m", "hubbub_operator"], command
+        # Its own health endpoint on a free port of this machine (running_operator's), not the pod's 8080.
+        args = [arg for arg in command[3:] if not arg.startswith("--liveness=")]
+        assert ("--all-namespaces" in args) == (scope == "cluster") and "--standalone" in args, args
+        kubeconfig = k8s.service_account_kubeconfig(operator_ns, account)
+        with running_operator(args, kubeconfig, tmp_path) as operator:
+            secret(k8s, app_ns, "chat-jwt", {"jwt-secret": JWT_SECRET})
+            k8s.apply(example("minimal", app_ns), manager="hubbub-tests")
+            await until(functools.partial(ready, k8s, app_ns), timeout=DEADLINE, what=f"Ready=True in {app_ns}")
+            for child in ("deployments/chat", "statefulsets/chat-redis"):
+                assert k8s.get(f"/apis/apps/v1/namespaces/{app_ns}/{child}") is not None, child
+            log = operator.log()
+            # A missing rule shows as a 403 kopf logs and retries, not always as a resource that never turns Ready.
+            assert not re.search(r"forbidden|\b403\b", log, re.IGNORECASE), log[-5000:]
+            assert "Traceback" not in log, log[-5000:]
+    finally:
+        for namespace in (app_ns, operator_ns):
+            k8s.api("DELETE", f"/api/v1/namespaces/{namespace}")
+        for obj in cluster_wide:
+            k8s.api("DELETE", resource_path(obj))
