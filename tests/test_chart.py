@@ -2,8 +2,10 @@
 charts/hubbub/ci/; a misspelt value fails with its name; its RBAC rules and CRDs are the operator's own
 (hubbub_operator.rbac, .crd, .deploy); every object carries the standard labels; the operator's pod is
 the one deploy.py ships; the `helm test` script round-trips a publication through a real server.
-Marked `k8s`: every rendered object passes the API server (dry run), and install, upgrade and uninstall
-on the project's control plane (kwok pods) behave as docs/operator.md says.
+Marked `k8s`: every rendered object passes the API server (dry run); install, upgrade and uninstall
+on the project's control plane (kwok pods) behave as docs/operator.md says; the operator with nothing
+but the chart's ServiceAccount and RBAC runs a RealtimeService. The README's install steps are the
+ones tests/test_chart_real.py runs on real pods.
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ from hubbub import __version__
 from hubbub_operator import CRD_NAME, MANAGER, crd, deploy, rbac
 from hubbub_operator.fields import DEFAULT_IMAGE
 from tests.support.cluster import Cluster, default_bin_dir, resource_path
+from tests.support.docblocks import document
 from tests.support.operator_process import running_operator
 from tests.support.polling import until
 from tests.support.server import API_KEY, SECRET, ServerProcess
+from tests.test_chart_real import STEPS, TYPED
 from tests.test_operator import DEADLINE, JWT_SECRET, example, ready, secret
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -585,3 +589,30 @@ async def test_the_operator_with_only_the_charts_service_account_runs_a_realtime
             k8s.api("DELETE", f"/api/v1/namespaces/{namespace}")
         for obj in cluster_wide:
             k8s.api("DELETE", resource_path(obj))
+
+
+# --- the README's "Install on Kubernetes" -----------------------------------------------------------
+
+
+def commands(text: str) -> list[str]:
+    """The commands of a shell block as a reader runs them: continuation lines joined, comments dropped."""
+    joined = re.sub(r"\s*\\\n\s*", " ", text)
+    found = []
+    for line in joined.splitlines():
+        line = re.sub(r"\s{2,}#.*$", "", line).strip()
+        if line and not line.startswith("#"):
+            found.append(line)
+    return found
+
+
+def test_the_readme_install_steps_are_the_ones_the_real_tier_runs() -> None:
+    """tests/test_chart_real.py runs STEPS on a real node: they must be the README's, in its order,
+    and so must be what its wscat session types."""
+    section = document("README.md").section("Install on Kubernetes")
+    shell = [b for b in section if b.lang == "sh"]
+    assert commands(shell[0].text) == ["scripts/cluster --real-node"], shell[0].text
+    assert [c for b in shell[1:] for c in commands(b.text)] == list(STEPS)
+    assert all(b.directive is not None and b.directive.kind == "skip" for b in shell)
+    session = next(i for i, b in enumerate(section) if "wscat -c" in b.text)
+    typed = [line[2:] for line in section[session + 1].text.splitlines() if line.startswith("> ")]
+    assert section[session + 1].lang == "text" and typed == list(TYPED)
