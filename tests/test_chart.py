@@ -2,14 +2,18 @@
 charts/hubbub/ci/; a misspelt value fails with its name; its RBAC rules and CRDs are the operator's own
 (hubbub_operator.rbac, .crd, .deploy); every object carries the standard labels; the operator's pod is
 the one deploy.py ships; the `helm test` script round-trips a publication through a real server.
-Marked `k8s`: every rendered object passes the API server (dry run), and install, upgrade and uninstall
-on the project's control plane (kwok pods) behave as docs/operator.md says.
+Marked `k8s`: every rendered object passes the API server (dry run); install, upgrade and uninstall
+on the project's control plane (kwok pods) behave as docs/operator.md says; the operator with nothing
+but the chart's ServiceAccount and RBAC runs a RealtimeService. The README's install steps are the
+ones tests/test_chart_real.py runs on real pods.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -24,9 +28,13 @@ from hubbub import __version__
 from hubbub_operator import CRD_NAME, MANAGER, crd, deploy, rbac
 from hubbub_operator.fields import DEFAULT_IMAGE
 from tests.support.chart import KOPF_CRDS, crd_established, crds_installed, dry_run
-from tests.support.cluster import Cluster, default_bin_dir
+from tests.support.cluster import Cluster, default_bin_dir, resource_path
+from tests.support.docblocks import document
+from tests.support.operator_process import running_operator
 from tests.support.polling import until
 from tests.support.server import API_KEY, SECRET, ServerProcess
+from tests.test_chart_real import STEPS, TYPED
+from tests.test_operator import DEADLINE, JWT_SECRET, example, ready, secret
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "charts" / "hubbub"
@@ -400,18 +408,29 @@ async def test_install_upgrade_and_uninstall_keep_the_crd_and_the_users_services
     k8s.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
     values = str(CHART / "ci" / "realtimeservice-values.yaml")
     try:
-        # As a user types it: no --wait.
-        notes = k8s.helm("install", RELEASE, str(CHART), "-n", namespace, "-f", values).stdout
+        # As a user types it: no --wait. The test's target in a namespace of its own, as in the README.
+        app = f"{namespace}-app"
+        target = ("--set", f"tests.target.namespace={app}")
+        notes = k8s.helm("install", RELEASE, str(CHART), "-n", namespace, "-f", values, *target).stdout
         for step in (  # NOTES.txt: what to do next
-            "kubectl apply -f examples/realtimeservice-minimal.yaml",
+            f"kubectl -n {namespace} rollout status deployment/{RELEASE}-hubbub",
+            f"kubectl create namespace {app}",
+            f"kubectl -n {app} create secret generic chat-jwt",
+            f"kubectl -n {app} apply -f examples/realtimeservice-minimal.yaml",
+            f"$(kubectl -n {app} get secret chat-jwt",
             "hubbub token --sub alice",
-            "kubectl port-forward svc/chat 8000:80",
+            f"kubectl -n {app} port-forward svc/chat 8000:80",
             "http://127.0.0.1:8000/status",
+            f"kubectl -n {app} get secret chat-api-key",
             f"helm test {RELEASE} -n {namespace}",
             f"NOT CREATED YET: the RealtimeServices of `realtimeServices` ({namespace}/chat)",
             f"helm upgrade {RELEASE} <this chart> -n {namespace} --reuse-values",
         ):
             assert step in notes, notes
+        # Every namespaced kubectl command says where: the reader's context may be in any namespace.
+        for line in notes.splitlines():
+            for command in re.findall(r"kubectl (?!-n )(.*)", line):
+                assert command.startswith(("create namespace ", "get crd ", "get rts -A")), line
         installed = k8s.get(crd_path)
         assert installed is not None and installed["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
 
@@ -490,3 +509,85 @@ async def test_an_ha_install_creates_the_peering_on_the_first_install(k8s: Clust
             if path not in there_before:
                 k8s.api("DELETE", path)
         await until(lambda: all(k8s.get(p) is None for p in kopf_crds if p not in there_before), what="cleanup")
+
+
+@pytest.mark.k8s
+@pytest.mark.parametrize("scope", ["cluster", "namespaces"])
+async def test_the_operator_with_only_the_charts_service_account_runs_a_realtime_service(
+    k8s: Cluster, tmp_path: Path, scope: str
+) -> None:
+    """The chart's CRD, ServiceAccount and RBAC (rendered, applied as they are), and the operator as a
+    process with the chart Deployment's command and that ServiceAccount's token: a RealtimeService in
+    another namespace turns Ready, and the operator was never refused anything. (The real tier,
+    tests/test_chart_real.py, runs the same as a pod of the image.)"""
+    suffix = uuid.uuid4().hex[:8]
+    release, operator_ns, app_ns = "sa", f"sa-{suffix}", f"app-{suffix}"
+    values = ["--set", f"operator.scope={scope}"]
+    if scope == "namespaces":
+        values += ["--set", f"operator.namespaces={{{app_ns}}}"]
+    rendered = helm(
+        "template", release, str(CHART), "-n", operator_ns, "--kube-version", KUBE_VERSION, "--skip-tests", *values
+    ).stdout
+    objects = [doc for doc in yaml.safe_load_all(rendered) if doc]
+    deployment = the(objects, "Deployment")
+    cluster_wide = [o for o in objects if o["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+    for namespace in (operator_ns, app_ns):
+        k8s.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+    try:
+        for obj in objects:
+            if obj["kind"] == "CustomResourceDefinition":
+                # As the other tests apply it (its spec is crd.crd()'s: test_the_crd_is_the_operators...).
+                k8s.apply(obj, manager=MANAGER, force=True)
+            elif obj["kind"] != "Deployment":
+                k8s.apply(obj, manager="hubbub-tests", force=True)
+        await until(lambda: crd_established(k8s, CRD_NAME), what="the CRD Established")
+        container = deployment["spec"]["template"]["spec"]
+        account = container["serviceAccountName"]
+        command = container["containers"][0]["command"]
+        assert command[:3] == ["python", "-m", "hubbub_operator"], command
+        # Its own health endpoint on a free port of this machine (running_operator's), not the pod's 8080.
+        args = [arg for arg in command[3:] if not arg.startswith("--liveness=")]
+        assert ("--all-namespaces" in args) == (scope == "cluster") and "--standalone" in args, args
+        kubeconfig = k8s.service_account_kubeconfig(operator_ns, account)
+        with running_operator(args, kubeconfig, tmp_path) as operator:
+            secret(k8s, app_ns, "chat-jwt", {"jwt-secret": JWT_SECRET})
+            k8s.apply(example("minimal", app_ns), manager="hubbub-tests")
+            await until(functools.partial(ready, k8s, app_ns), timeout=DEADLINE, what=f"Ready=True in {app_ns}")
+            for child in ("deployments/chat", "statefulsets/chat-redis"):
+                assert k8s.get(f"/apis/apps/v1/namespaces/{app_ns}/{child}") is not None, child
+            log = operator.log()
+            # A missing rule shows as a 403 kopf logs and retries, not always as a resource that never turns Ready.
+            assert not re.search(r"forbidden|\b403\b", log, re.IGNORECASE), log[-5000:]
+            assert "Traceback" not in log, log[-5000:]
+    finally:
+        for namespace in (app_ns, operator_ns):
+            k8s.api("DELETE", f"/api/v1/namespaces/{namespace}")
+        for obj in cluster_wide:
+            k8s.api("DELETE", resource_path(obj))
+
+
+# --- the README's "Install on Kubernetes" -----------------------------------------------------------
+
+
+def commands(text: str) -> list[str]:
+    """The commands of a shell block as a reader runs them: continuation lines joined, comments dropped."""
+    joined = re.sub(r"\s*\\\n\s*", " ", text)
+    found = []
+    for line in joined.splitlines():
+        line = re.sub(r"\s{2,}#.*$", "", line).strip()
+        if line and not line.startswith("#"):
+            found.append(line)
+    return found
+
+
+def test_the_readme_install_steps_are_the_ones_the_real_tier_runs() -> None:
+    """tests/test_chart_real.py runs STEPS on a real node: they must be the README's, in its order,
+    and so must be what its wscat session types."""
+    section = document("README.md").section("Install on Kubernetes")
+    shell = [b for b in section if b.lang == "sh"]
+    assert commands(shell[0].text) == ["scripts/cluster --real-node"], shell[0].text
+    assert [c for b in shell[1:] for c in commands(b.text)] == list(STEPS)
+    assert all(b.directive is not None and b.directive.kind == "skip" for b in shell)
+    session = next(i for i, b in enumerate(section) if "wscat -c" in b.text)
+    typed = [line[2:] for line in section[session + 1].text.splitlines() if line.startswith("> ")]
+    assert section[session + 1].lang == "text" and typed == list(TYPED)

@@ -180,8 +180,9 @@ VARYING = {"client", "epoch", "expires_in", "offset", "ts"}
 
 
 def readme_block(needle: str) -> Block:
-    found = [b for b in document("README.md").blocks if b.lang in SHELL and needle in b.text]
-    assert len(found) == 1, f"README.md should have one shell block with {needle!r}, not {len(found)}"
+    """The Quick start's shell block holding `needle` (the Kubernetes section has wscat and curl too)."""
+    found = [b for b in document("README.md").section("Quick start") if b.lang in SHELL and needle in b.text]
+    assert len(found) == 1, f"README.md's Quick start should have one shell block with {needle!r}, not {len(found)}"
     return found[0]
 
 

@@ -4,7 +4,8 @@ etcd, kube-apiserver (own PKI, RBAC, token auth), kube-controller-manager (garba
 deployment, replicaset, HPA, namespace, serviceaccount controllers), kube-scheduler, kwok with
 fake nodes so Pods become Running and Ready, and the custom-metrics test adapter registered as
 `custom.metrics.k8s.io` so a test can set a per-pod metric. Binaries come from
-`scripts/build-k8s`. Run by hand: `scripts/cluster` (prints the kubeconfig to use).
+`scripts/build-k8s`. Run by hand: `scripts/cluster` (prints the kubeconfig to use);
+`scripts/cluster --real-node` adds a real node (below) that runs the project's images.
 
 With `netns` (the name of a network namespace under /run/netns) every process runs inside that
 namespace (`nsenter --net`, which keeps the host's /sys and cgroups, unlike `ip netns exec`) and
@@ -125,22 +126,26 @@ class Cluster:
         return self
 
     def stop(self) -> None:
-        """SIGTERM every process (newest first), then SIGKILL what is still there after 10 s."""
+        """SIGTERM every process (newest first), etcd once the others are gone, then SIGKILL what is
+        still there after 10 s. etcd goes last: the apiserver with the lease endpoint reconciler
+        removes its lease on the way out, and waits 10 s for an etcd that is gone."""
         if self.custom_metrics_registered and self.server:
             with contextlib.suppress(Exception):
                 # An unavailable aggregated API stalls the namespace and GC controllers' discovery.
                 for version in ("v1beta1", "v1beta2"):
                     self.api("DELETE", f"/apis/apiregistration.k8s.io/v1/apiservices/{version}.custom.metrics.k8s.io")
-        for process in reversed(self.processes):
-            with contextlib.suppress(ProcessLookupError):
-                process.proc.terminate()
-        for process in reversed(self.processes):
-            try:
-                process.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                process.proc.kill()
-                process.proc.wait(5)
-            process.log.close()
+        store = [p for p in self.processes if p.name == "etcd"]
+        for group in ([p for p in self.processes if p.name != "etcd"], store):
+            for process in reversed(group):
+                with contextlib.suppress(ProcessLookupError):
+                    process.proc.terminate()
+            for process in reversed(group):
+                try:
+                    process.proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    process.proc.kill()
+                    process.proc.wait(5)
+                process.log.close()
         self.processes.clear()
 
     def __enter__(self) -> Cluster:
@@ -187,12 +192,14 @@ class Cluster:
         result: dict[str, Any] = response.json()
         return result
 
-    def kubectl(self, *args: str, check: bool = True, kubeconfig: Path | None = None) -> str:
+    def kubectl(self, *args: str, check: bool = True, kubeconfig: Path | None = None, stdin: str | None = None) -> str:
+        """Run kubectl as admin (or with `kubeconfig`); `stdin` is piped to it (`apply -f -`)."""
         result = subprocess.run(
             [str(self.bin_dir / "kubectl"), f"--kubeconfig={kubeconfig or self.kubeconfig}", *args],
             capture_output=True,
             text=True,
             timeout=60,
+            input=stdin,
         )
         if check and result.returncode != 0:
             raise ClusterError(f"kubectl {' '.join(args)} failed: {result.stderr}")
@@ -268,7 +275,9 @@ class Cluster:
         log_path = self.workdir / f"{name}.log"
         log = log_path.open("ab")
         argv = self.in_netns([binary or str(self.bin_dir / name), *args])
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        # A session of its own: Ctrl-C in the terminal of `scripts/cluster` reaches only Python, which
+        # stops everything in order (a real node's pods first, while the API still answers).
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         process = _Process(name, proc, log_path, log)
         self.processes.append(process)
         return process
@@ -328,7 +337,11 @@ class Cluster:
                 f"--service-account-signing-key-file={pki.path('sa.key')}",
                 "--service-cluster-ip-range=10.0.0.0/24",
                 "--allow-privileged=true",
-                "--endpoint-reconciler-type=none",
+                # In a network namespace (the real node) pods reach the API through the `kubernetes`
+                # Service, as in-cluster clients do: the lease reconciler gives it the node IP as its
+                # endpoint. On 127.0.0.1 there is nothing to reach it (kwok's pods run nothing), and an
+                # Endpoints object may not hold a loopback address.
+                f"--endpoint-reconciler-type={'lease' if self.netns else 'none'}",
                 f"--proxy-client-cert-file={pki.path('front-proxy-client.crt')}",
                 f"--proxy-client-key-file={pki.path('front-proxy-client.key')}",
                 f"--requestheader-client-ca-file={pki.path('ca.crt')}",
@@ -504,13 +517,38 @@ def running_cluster(workdir: Path | None = None, **kwargs: Any) -> Iterator[Clus
 def main() -> int:
     parser = argparse.ArgumentParser(description="Run a local Kubernetes control plane until interrupted.")
     parser.add_argument("--dir", type=Path, default=None, help="work directory (default: a temporary one)")
-    parser.add_argument("--nodes", type=int, default=2)
+    parser.add_argument("--nodes", type=int, default=None, help="kwok nodes (default: 2, or 0 with --real-node)")
+    parser.add_argument(
+        "--real-node",
+        action="store_true",
+        help="with a real node (kubelet, containerd, kube-proxy, CoreDNS; tests/support/realnode.py) in a network"
+        " namespace of its own, running the images of HUBBUB_IMAGES (scripts/cluster builds them); needs root",
+    )
     args = parser.parse_args()
     if args.dir is not None and args.dir.exists():
         shutil.rmtree(args.dir)
     started = time.monotonic()
-    with running_cluster(args.dir, nodes=args.nodes) as cluster:
-        print(f"control plane up in {time.monotonic() - started:.1f}s", flush=True)
+    with contextlib.ExitStack() as stack:
+        if args.real_node:
+            # Imported here: realnode imports this module.
+            from tests.support.realnode import RealNode, RealNodeError
+
+            workdir = args.dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="hubbub-k8s-")))
+            node = RealNode(workdir, kwok_nodes=args.nodes or 0)
+            try:
+                stack.enter_context(node)
+            except RealNodeError as exc:
+                print(f"cluster: {exc}", file=sys.stderr)
+                return 1
+            cluster = node.cluster
+            print(
+                f"control plane and real node {node.name} up in {time.monotonic() - started:.1f}s"
+                f" (network namespace {node.netns}, node IP {node.node_ip}; images: hubbub:dev, hubbub-redis:dev)",
+                flush=True,
+            )
+        else:
+            cluster = stack.enter_context(running_cluster(args.dir, nodes=2 if args.nodes is None else args.nodes))
+            print(f"control plane up in {time.monotonic() - started:.1f}s", flush=True)
         print(f"export KUBECONFIG={cluster.kubeconfig}", flush=True)
         print(f"export PATH={cluster.bin_dir}:$PATH", flush=True)
         print("Ctrl-C stops it.", flush=True)

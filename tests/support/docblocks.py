@@ -84,6 +84,17 @@ class Document:
     def headings(self) -> list[str]:
         return [m[1].strip() for m in re.finditer(r"^#{1,6}\s+(.*?)\s*#*\s*$", self.prose, re.MULTILINE)]
 
+    def section(self, heading: str) -> tuple[Block, ...]:
+        """The blocks under the `## heading` (up to the next `## ` heading): read in the prose, where a
+        block's own `## ` lines (a shell comment) are blanked."""
+        lines = self.prose.split("\n")
+        starts = [i + 1 for i, line in enumerate(lines) if line.rstrip() == f"## {heading}"]
+        if len(starts) != 1:
+            raise DocError(f"{self.path}: {len(starts)} headings `## {heading}`")
+        ends = [i + 1 for i, line in enumerate(lines) if line.startswith("## ") and i + 1 > starts[0]]
+        end = ends[0] if ends else len(lines) + 1
+        return tuple(b for b in self.blocks if starts[0] < b.line < end)
+
 
 def _line_of(text: str, offset: int) -> int:
     return text.count("\n", 0, offset) + 1
