@@ -73,14 +73,14 @@ async def settle() -> None:
 class FakeClock:
     """A `hubbub.timers.Clock` that moves only when told to.
 
-    The wall clock moves with the monotonic one, from the real time when the clock was made, so that
-    tokens minted for real (`exp` is checked against the real time when a token is verified) expire on
-    this clock after their `ttl` of fake seconds.
+    The wall clock moves with the monotonic one, from the real time (its whole second) when the clock
+    was made: tokens are verified against the real time, and a token minted with `now=clock.wall()`
+    expires on this clock exactly `ttl` fake seconds later.
     """
 
     def __init__(self, start: float = START) -> None:
         self.now = start
-        self._wall_offset = time.time() - start
+        self._wall_offset = float(int(time.time())) - start
         self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
         self._order = itertools.count()
 
@@ -284,16 +284,23 @@ class InProcessClient:
             raise AssertionError(f"expected a {kind} push, got {message}")
 
     async def closed(self, timeout: float = WAIT) -> Closed:
-        """Wait for the connection to end (taking whatever comes before); the close code and disconnect push."""
+        """Wait for the connection to end (taking whatever comes before) and for the node to release it;
+        the close code and disconnect push."""
         try:
             while True:
                 await self.recv(timeout)
         except Closed as exc:
+            if self._detached is not None:
+                await self._detached
             return exc
 
     def pushes(self, kind: str) -> list[dict[str, Any]]:
         """Every push of `kind` waiting in the inbox (left there)."""
         return [m for m in self.inbox if m.get("push") == kind]
+
+    def received(self) -> list[dict[str, Any]]:
+        """Every message the connection was ever sent, in order, taken or not."""
+        return [json.loads(line) for frame in self.sink.frames for line in frame.split("\n")]
 
     # --- the socket -------------------------------------------------------------------------
 
