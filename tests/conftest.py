@@ -32,6 +32,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = kept
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """What the imports and the collection made lives as long as the run: frozen (`gc.freeze`), the
+    collection after each test below scans only what tests made since, in a few milliseconds instead of
+    tens (the imported modules alone are hundreds of thousands of objects)."""
+    gc.collect()
+    gc.freeze()
+
+
 @pytest.fixture(autouse=True)
 def _leaks_are_reported_by_the_test_that_made_them(request: pytest.FixtureRequest) -> Iterator[None]:
     """A socket or transport left open is only noticed when the garbage collector frees it, which may be

@@ -9,6 +9,11 @@ Every case must end in one of two ways, within a few seconds:
 
 The seeded fuzz run keeps bystander clients in a room fed by a steady publication stream and checks
 that they received every publication, in order, without a gap.
+
+Here is the garbage that needs a real server: frames the WebSocket layer refuses, raw HTTP, dropped
+connections, and the fuzz run over sockets. Garbage that reaches the session (malformed JSON, bad
+ids, wrong types in every field of every op, blank frames, deep nesting, binary messages) is tested
+in-process: tests/test_session_inprocess.py.
 """
 
 from __future__ import annotations
@@ -21,7 +26,6 @@ import random
 import re
 import struct
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +34,17 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import ServerFactory
+from tests.support.garbage import (
+    BYSTAND_ROOM,
+    GARBAGE,
+    MISSING,
+    REPLY_CODES,
+    TEMPLATES,
+    USER,
+    every_field,
+    mutated,
+    render,
+)
 from tests.support.polling import until
 from tests.support.server import API_KEY, ServerProcess
 from tests.support.wsclient import Closed, RawClient, token
@@ -49,12 +64,8 @@ QUIET = 5.0
 #: The probe's id: the largest valid one, never used by a generated case.
 PROBE_ID = 2**53 - 1
 FRAME_LIMIT = 65536
-#: Reply error codes a garbage command may earn (500 would be a server bug).
-REPLY_CODES = frozenset({400, 401, 403, 404, 409, 413, 429})
 #: Closes the WebSocket layer enforces before the application sees the frame (no disconnect push).
 TRANSPORT_CLOSES = frozenset({1002, 1007, 1009})
-BYSTAND_ROOM = "chat:bystand"
-USER = "fuzz"
 #: Server log lines that mean a bug: an unhandled exception anywhere, or a hubbub error.
 BUG_IN_LOG = re.compile(r"ERROR hubbub\.|Exception in ASGI application|Task exception was never retrieved|Traceback")
 #: uvicorn logs invalid UTF-8 from a client with a traceback; that one is the client's fault, not a bug.
@@ -300,126 +311,7 @@ def usable_or(*codes: int) -> frozenset[int]:
     return frozenset({USABLE, *codes})
 
 
-# --- garbage values ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Raw:
-    """JSON text inserted verbatim, for tokens `json.dumps` cannot produce (1e400, NaN, leading zeros...)."""
-
-    text: str
-
-
-def render(obj: object) -> str:
-    raws: list[str] = []
-
-    def default(value: object) -> object:
-        if isinstance(value, Raw):
-            raws.append(value.text)
-            return f"\x00raw{len(raws) - 1}\x00"
-        raise TypeError(f"cannot encode {value!r}")
-
-    text = json.dumps(obj, default=default)
-    for i, raw in enumerate(raws):
-        text = text.replace(json.dumps(f"\x00raw{i}\x00"), raw)
-    return text
-
-
-def nested(depth: int, leaf: object = 0) -> Raw:
-    return Raw("[" * depth + render(leaf) + "]" * depth)
-
-
-#: Wrong types and hostile values, tried in every field of every op.
-GARBAGE: tuple[object, ...] = (
-    None,
-    True,
-    False,
-    0,
-    -1,
-    1.5,
-    -0.0,
-    2**53,
-    2**64 + 1,
-    10**400,
-    -(10**400),
-    Raw("1e400"),
-    Raw("-1e400"),
-    Raw("1e-400"),
-    Raw("NaN"),
-    Raw("Infinity"),
-    Raw("01"),
-    Raw("1" * 5000),  # more digits than Python converts by default
-    "",
-    "x" * 300,
-    "\x00",
-    "\ud800",  # a lone surrogate, legal as a JSON escape only
-    "\U0001f600",
-    "chat:../../etc",
-    "chat:" + "a" * 300,
-    BYSTAND_ROOM,
-    [],
-    {},
-    [1, [2, [3]]],
-    {"epoch": 5, "offset": "x"},
-    {"epoch": "e", "offset": -1},
-    {"epoch": "e" * 100, "offset": 2**60},
-    nested(254),
-    nested(255),
-    nested(1000),
-    nested(1000, 10**30),
-)
-
-#: A well-formed command of each op; the fuzz breaks one field at a time.
-TEMPLATES: dict[str, dict[str, Any]] = {
-    "connect": {"token": "", "rooms": {"chat:fuzz": {"since": {"epoch": "e", "offset": 0}}}},
-    "refresh": {"token": ""},
-    "join": {"room": "chat:fuzz", "since": {"epoch": "e", "offset": 1}},
-    "leave": {"room": "chat:fuzz"},
-    "publish": {"room": BYSTAND_ROOM, "data": {"fuzz": True}, "idempotency_key": "k"},
-    "history": {"room": "chat:fuzz", "since": {"epoch": "e", "offset": 0}, "limit": 10},
-    "presence": {"room": "chat:fuzz"},
-    "presence_stats": {"room": "chat:fuzz"},
-    "pong": {},
-}
-
-
-def template(op: str, command_id: int) -> dict[str, Any]:
-    command: dict[str, Any] = {"id": command_id, "op": op, **json.loads(json.dumps(TEMPLATES[op]))}
-    if "token" in command:
-        command["token"] = token(USER)
-    if op == "pong":
-        del command["id"]
-    return command
-
-
-def field_paths(obj: dict[str, Any], prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
-    for key, value in obj.items():
-        yield (*prefix, key)
-        if isinstance(value, dict):
-            yield from field_paths(value, (*prefix, key))
-
-
-def every_field(op: str) -> list[tuple[str, ...]]:
-    return [("id",), ("op",), *field_paths(TEMPLATES[op])]
-
-
-MISSING = object()
-
-
-def mutated(op: str, command_id: int, path: tuple[str, ...], value: object) -> dict[str, Any]:
-    """The template of `op` with the field at `path` set to `value` (or removed, for MISSING)."""
-    command = template(op, command_id)
-    target = command
-    for key in path[:-1]:
-        target = target[key]
-    if value is MISSING:
-        target.pop(path[-1], None)
-    else:
-        target[path[-1]] = value
-    return command
-
-
-# --- deterministic garbage: each class has an exact answer --------------------------------------------
+# --- deterministic garbage below the protocol: each class has an exact answer ---------------------------
 
 
 @pytest.mark.parametrize(
@@ -489,197 +381,6 @@ async def test_a_frame_of_exactly_the_limit_is_accepted(server: ServerProcess) -
     await client.send_raw(command + " " * (FRAME_LIMIT - len(command)))
     assert "ok" in await client.reply(7)
     await client.close()
-
-
-@pytest.mark.parametrize("frame", ["", "\n", "\n\n\n\n", " ", "\t \r\n", "\r\n" * 100])
-@pytest.mark.parametrize("connect", [True, False], ids=["after-connect", "before-connect"])
-async def test_empty_and_blank_frames_are_a_protocol_violation(
-    server: ServerProcess, frame: str, connect: bool
-) -> None:
-    client = await (RawClient.connected(server.ws_url, USER) if connect else RawClient.open(server.ws_url))
-    await client.send_raw(frame)
-    outcome = await probe(client, connected=connect)
-    check_outcome(repr(frame), outcome, frozenset({4004 if connect else 4001}))
-
-
-@pytest.mark.parametrize(
-    "frame",
-    [
-        "{",
-        '{"id":1,"op":"join"',
-        "not json",
-        "nul",
-        "[1,2",
-        '{"id":1,"op":"join","room":"chat:x"}}',
-        '{"id":1,"op":"join","room":"chat:x",}',
-        "{'id':1,'op':'join'}",
-        '{"id":01,"op":"pong"}',
-        '{"id":1,"op":"join","room":"chat:x"} trailing',
-        "NaN",
-        '{"id":NaN,"op":"join"}',
-        '{"id":1,"op":"publish","room":"chat:x","data":Infinity}',
-        "\x00",
-        "\ufeff{}",
-        "1",
-        "[]",
-        '"join"',
-        "null",
-        '{"id":1}',
-        '{"op":"join"}',
-        '{"id":1,"op":"nope"}',
-        '{"id":1,"op":"JOIN"}',
-        '{"id":1,"op":["join"]}',
-    ],
-)
-async def test_malformed_json_and_non_commands_close_4004(server: ServerProcess, frame: str) -> None:
-    client = await RawClient.connected(server.ws_url, USER)
-    await client.send_raw(frame)
-    check_outcome(repr(frame), await probe(client, connected=True), frozenset({4004}))
-
-
-@pytest.mark.parametrize(
-    "raw_id",
-    [
-        "0",
-        "-1",
-        "9007199254740992",
-        "18446744073709551617",
-        "1" + "0" * 400,
-        "1.0",
-        "1e3",
-        "1e400",
-        '"1"',
-        "true",
-        "[1]",
-    ],
-)
-async def test_ids_out_of_range_or_not_integers_close_4004(server: ServerProcess, raw_id: str) -> None:
-    client = await RawClient.connected(server.ws_url, USER)
-    await client.send_raw(f'{{"id":{raw_id},"op":"presence_stats","room":"chat:ids"}}')
-    check_outcome(raw_id, await probe(client, connected=True), frozenset({4004}))
-
-
-async def test_the_largest_id_and_huge_numbers_in_data_round_trip_exactly(server: ServerProcess) -> None:
-    client = await RawClient.connected(server.ws_url, USER)
-    assert "ok" in await client.call("join", room="chat:numbers")
-    values = [10**400, -(10**400), 2**64 + 1, 2**53 + 1, -(2**63) - 1, 1e308, 5e-324, -0.0]
-    await client.send_raw(render({"id": 2**53 - 2, "op": "publish", "room": "chat:numbers", "data": values}))
-    assert "ok" in await client.reply(2**53 - 2)
-    push = await client.push("pub")
-    assert push["data"] == values
-    await client.close()
-
-
-async def test_duplicate_ids_in_one_frame_close_4004(server: ServerProcess) -> None:
-    client = await RawClient.connected(server.ws_url, USER)
-    await client.send(
-        {"id": 5, "op": "presence_stats", "room": "chat:dup"}, {"id": 5, "op": "presence", "room": "chat:dup"}
-    )
-    check_outcome("duplicate", await probe(client, connected=True), frozenset({4004}))
-
-
-@pytest.mark.parametrize("size", [0, 1, 100, 5000])
-async def test_random_binary_frames_close_1003_after_connect(server: ServerProcess, size: int) -> None:
-    client = await RawClient.connected(server.ws_url, USER)
-    await client.send_raw(random.Random(size).randbytes(size))
-    check_outcome("binary", await probe(client, connected=True), frozenset({1003}))
-
-
-async def test_wrong_types_in_every_field_of_every_op_get_error_replies_never_500(
-    server_factory: ServerFactory,
-) -> None:
-    """Each op, each field (and its absence), each garbage value; one connection for as long as it lasts."""
-    srv = server_with_room_for_garbage(server_factory)
-    client: RawClient | None = None
-    command_id = 0
-    cases = 0
-    closes: dict[int | None, int] = {}
-    try:
-        for op in TEMPLATES:
-            for path in every_field(op):
-                for value in (MISSING, *GARBAGE):
-                    if client is None:
-                        client = await RawClient.connected(srv.ws_url, USER)
-                    command_id += 1
-                    frame = render(mutated(op, command_id, path, value))
-                    if len(frame.encode()) > FRAME_LIMIT:
-                        continue
-                    await client.send_raw(frame)
-                    outcome = await probe(client, connected=True)
-                    check_outcome(f"{op}.{'.'.join(path)}={value!r:.60}", outcome, usable_or(4004))
-                    cases += 1
-                    if not outcome.usable:
-                        closes[outcome.close_code] = closes.get(outcome.close_code, 0) + 1
-                        client = None
-        for path in every_field("connect"):
-            for value in (MISSING, *GARBAGE):
-                fresh = await RawClient.open(srv.ws_url)
-                frame = render(mutated("connect", 1, path, value))
-                if len(frame.encode()) <= FRAME_LIMIT:
-                    await fresh.send_raw(frame)
-                    outcome = await probe(fresh, connected=False)
-                    check_outcome(f"connect.{'.'.join(path)}={value!r:.60}", outcome, usable_or(4001))
-                    cases += 1
-                await fresh.ws.close()
-    finally:
-        if client is not None:
-            await client.close()
-    assert cases > 900
-    # Only a broken id or op is a protocol violation (4004); every bad parameter is a reply.
-    assert set(closes) <= {4004}, closes
-    assert srv.running() and httpx.get(srv.http_url + "/healthz").status_code == 200
-    assert bugs_in_log(srv) == []
-
-
-async def test_deeply_nested_data_is_refused_alike_on_every_path_and_never_poisons_a_room(
-    server_factory: ServerFactory,
-) -> None:
-    """Data nested deeper than the encoders manage is a 400, with or without integers beyond 64 bits.
-
-    Before the depth bound, data a few levels short of the interpreter's recursion limit was stored but
-    failed to encode in its pub push (500 to the publisher, a gap for members) and in every later
-    history or recovering join reply (close 1011 for anyone reading the room).
-    """
-    # The member reads only between publications it expects: pings it leaves unanswered meanwhile must not
-    # close it, however long a loaded machine takes over the thousand attempts (the subject is data depth).
-    srv = server_with_room_for_garbage(server_factory, max_frame_bytes=1 << 20, ping_interval=600, pong_timeout=60)
-    member = await RawClient.connected(srv.ws_url, "member")
-    joined = await member.call("join", room="chat:deep")
-    epoch = joined["ok"]["epoch"]
-    publisher = await RawClient.connected(srv.ws_url, USER)
-    offset = 0
-    # Every depth up to past the parsers' limits, since where encoding used to fail depended on the call stack.
-    # Past orjson's parser (1024 levels), or with a value only the standard library parses (a long integer, a
-    # lone surrogate) past the interpreter's recursion limit, the command cannot be parsed at all: 4004.
-    attempts: list[tuple[int, object]] = [(depth, 0) for depth in (1, 100, 254, *range(255, 1031))]
-    attempts += [(depth, leaf) for depth in (1, 254, 255, 300, 600, 900, 950, 990, 1000) for leaf in (10**30, "\ud800")]
-    for depth, leaf in attempts:
-        command = {"id": 1, "op": "publish", "room": "chat:deep", "data": nested(depth, leaf)}
-        await publisher.send_raw(render(command))
-        outcome = await probe(publisher, connected=True)
-        if depth <= 254:
-            assert outcome.usable and "ok" in outcome.replies[0], (depth, leaf, outcome)
-            offset += 1
-            push = await member.push("pub")
-            assert push["offset"] == offset and push["data"] == json.loads(nested(depth, leaf).text)
-        else:
-            check_outcome(f"depth {depth}", outcome, usable_or(4004))
-            assert outcome.code == 4004 or outcome.replies[0]["error"]["code"] == 400, (depth, leaf, outcome)
-            if outcome.code == 4004:
-                publisher = await RawClient.connected(srv.ws_url, USER)
-    # The room stays readable: history and a recovering join carry every stored publication.
-    history = await publisher.call("history", room="chat:deep", since={"epoch": epoch, "offset": 0})
-    assert [p["offset"] for p in history["ok"]["publications"]] == list(range(1, offset + 1))
-    late = await RawClient.connected(srv.ws_url, "late")
-    rejoined = await late.call("join", room="chat:deep", since={"epoch": epoch, "offset": 0})
-    assert rejoined["ok"]["recovered"] is True and len(rejoined["ok"]["publications"]) == offset
-    # 100,000 levels cannot even be parsed: a protocol violation, not a crash.
-    await publisher.send_raw('{"id":1,"op":"publish","room":"chat:deep","data":' + "[" * 100000 + "]" * 100000 + "}")
-    check_outcome("100000 levels", await probe(publisher, connected=True), frozenset({4004}))
-    assert "ok" in await member.call("presence_stats", room="chat:deep")
-    for client in (member, late):
-        await client.close()
-    assert bugs_in_log(srv) == []
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import httpx
 import pytest
@@ -20,14 +20,15 @@ from opentelemetry.trace import SpanKind, get_tracer_provider
 from starlette.applications import Starlette
 
 from hubbub import __version__, api, tracing
+from hubbub.auth import Principal
 from hubbub.backends import Backends
 from hubbub.backends.memory import MemoryEngine, MemoryPresence
 from hubbub.loader import load_settings
 from hubbub.node import Node
-from hubbub.outbox import Outbox
 from hubbub.settings import DEV_API_KEY, Settings
 from hubbub.tracing import Tracing
 from hubbub.types import Room
+from tests.support.inprocess import InProcessClient
 from tests.support.otlp_receiver import OtlpReceiver, ReceivedSpan
 from tests.support.polling import until
 from tests.support.redis_server import RedisServer
@@ -48,33 +49,20 @@ def _no_otel_variables_of_the_caller(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
-class Member:
-    """A local room member as the hub sees it: an outbox that records the pushes queued to it."""
-
-    def __init__(self) -> None:
-        self.client_id = "member"
-        self.pushes: list[str] = []
-        self.closed = False
-
-    def push(self, text: str, wire: bytes | None = None) -> None:
-        self.pushes.append(text)
-
-
 def settings(**overrides: Any) -> Settings:
     return load_settings(env={}, overrides={"mode": "development", "node_name": "trace-node", **overrides})
 
 
 @asynccontextmanager
-async def running(node: Node, name: str) -> AsyncIterator[tuple[httpx.AsyncClient, Member]]:
-    """The node started, with one member in room `name`, and an HTTP client of its API."""
-    room = Room(name)
+async def running(node: Node, name: str) -> AsyncIterator[tuple[httpx.AsyncClient, InProcessClient]]:
+    """The node started, with one member in room `name` (a real session, in-process), and an HTTP client of
+    its API."""
     await node.start()
-    member = Member()
-    outbox = cast(Outbox, member)
-    options = node.settings.namespace(room.partition(":")[0])
-    assert options is not None
-    joined = await node.join_room(room, outbox, None, options)
-    node.hub.complete_join(room, outbox, joined.epoch, joined.offset)
+    member = InProcessClient(
+        node, principal=Principal(user="member", rooms=("*",), publish=(), info=None, expires_at=None)
+    )
+    assert "ok" in await member.call("connect")
+    assert "ok" in await member.call("join", room=name)
     app = Starlette(routes=api.routes())
     app.state.node = node
     headers = {"authorization": f"Bearer {DEV_API_KEY}"}
@@ -84,6 +72,7 @@ async def running(node: Node, name: str) -> AsyncIterator[tuple[httpx.AsyncClien
         ) as client:
             yield client, member
     finally:
+        await member.close()
         await node.stop()
 
 
@@ -123,7 +112,7 @@ async def test_an_api_publish_is_one_trace_from_the_callers_span_to_the_fanout()
             "/api/publish", json={"room": room, "data": {"text": "secret-data"}}, headers={"traceparent": TRACEPARENT}
         )
         assert response.status_code == 200
-        assert len(member.pushes) == 1
+        assert (await member.push("pub"))["data"] == {"text": "secret-data"}
         assert node.tracing is not None and node.tracing.provider.force_flush()
     spans = by_name(exporter.get_finished_spans())
     assert set(spans) == {"POST /api/publish", "publish", "broker.publish", "fanout"}
@@ -191,7 +180,7 @@ async def test_without_tracing_no_provider_is_made_and_publishing_works(monkeypa
             "/api/publish", json={"room": room, "data": 1}, headers={"traceparent": TRACEPARENT}
         )
         assert response.status_code == 200
-        assert len(member.pushes) == 1
+        assert (await member.push("pub"))["data"] == 1
     assert get_tracer_provider() is global_provider
 
 

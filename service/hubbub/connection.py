@@ -291,13 +291,7 @@ class WebSocketConnection(asyncio.Protocol):
         self.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode())
         self._reader = frames.FrameReader(node.settings.max_frame_bytes, allow_compressed=agreement is not None)
         session = self.session = self.session_class(node, self, principal=principal)
-        node.attach(session)
-        if node.closing:
-            node.metrics.refused("draining")
-            session.close(CloseCode.DRAINING)
-        elif len(node.sessions) > node.settings.max_connections:
-            node.metrics.refused("capacity")
-            session.close(CloseCode.OVERLOADED)
+        node.attach(session)  # closes it at once while draining, or over capacity
 
     # --- inbound -------------------------------------------------------------------------------
 
@@ -456,13 +450,13 @@ class WebSocketConnection(asyncio.Protocol):
         else:
             budget = self._control_budget
             if budget is None:
-                settings = session.node.settings
+                settings = session.host.settings
                 budget = self._control_budget = TokenBucket(
                     settings.command_rate, settings.command_burst, time.monotonic()
                 )
             if budget.take(time.monotonic()) is not Verdict.CLOSE:
                 return True
-        session.node.metrics.rate_limit("control_frames")
+        session.host.metrics.rate_limit("control_frames")
         session.close(CloseCode.RATE_LIMITED, "rate limited: too many WebSocket pings")
         return False
 

@@ -1,7 +1,9 @@
 """The node: one process's sessions, rooms, backends, timers and lifecycle (start, drain, stop).
 
 Heartbeats and timeouts of every connection are driven by one ticker task per node (see
-`timers`), so an idle connection costs no task and no timer handle.
+`timers`), so an idle connection costs no task and no timer handle. The node is each session's
+`SessionHost` (hubbub.session): the sessions know it only through that Protocol. Every time it
+acts on comes from its `clock`, which tests replace with a fake one.
 """
 
 from __future__ import annotations
@@ -9,26 +11,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from hubbub import __version__, pacing, protocol
 from hubbub.activity import Activity
+from hubbub.auth import Principal
 from hubbub.backends import Backends
-from hubbub.backends.base import BackendUnavailable, HistoryResult, PublishResult, StreamOptions
+from hubbub.backends.base import BackendUnavailable, HistoryResult, PresenceStats, PublishResult, StreamOptions
 from hubbub.codes import CloseCode, CommandError, ErrorCode
 from hubbub.hub import Hub
 from hubbub.metrics import LagProbe, Metrics
-from hubbub.outbox import Flusher, Outbox
+from hubbub.outbox import Flusher
 from hubbub.preflight import make_authenticator
 from hubbub.protocol import StreamPosition
 from hubbub.session import Session, State
 from hubbub.settings import NamespaceOptions, Settings
-from hubbub.timers import DeadlineHeap, FixedDelayQueue
+from hubbub.timers import SYSTEM_CLOCK, Clock, DeadlineHeap, FixedDelayQueue
 from hubbub.tracing import Tracing
-from hubbub.types import JSON, JSONObject, Room
+from hubbub.types import JSON, ClientId, JSONObject, Room
 
 log = logging.getLogger("hubbub.node")
 
@@ -72,9 +74,16 @@ def _expiry_stands(due: float, ref: SessionRef) -> bool:
 
 class Node:
     def __init__(
-        self, settings: Settings, backends: Backends, *, metrics: Metrics | None = None, tracing: Tracing | None = None
+        self,
+        settings: Settings,
+        backends: Backends,
+        *,
+        metrics: Metrics | None = None,
+        tracing: Tracing | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.settings = settings
+        self.clock = clock
         self.backends = backends
         self.metrics = metrics or Metrics(settings.node_name)
         #: None when tracing is off: traced call sites test this once and then call no OpenTelemetry code.
@@ -84,7 +93,7 @@ class Node:
         self.auth = make_authenticator(settings)
         self.loop = asyncio.get_event_loop()
         self.flusher = Flusher(self.loop)
-        self.started_at = time.time()
+        self.started_at = clock.wall()
         #: Every open WebSocket (connected or not yet), for capacity, draining and cleanup checks.
         self.sessions: set[Session] = set()
         self._by_user: dict[str, weakref.WeakSet[Session]] = {}
@@ -145,15 +154,26 @@ class Node:
     # --- sessions -----------------------------------------------------------------------------
 
     def attach(self, session: Session) -> None:
+        """A new connection: counted, its `connect_timeout` running; closed at once (1012) once draining
+        closes connections, or (1013) over `max_connections`."""
         self.sessions.add(session)
         self.metrics.connections.add(1)
-        session.connect_due = self._connect_q.add(weakref.ref(session), self.loop.time())
+        session.connect_due = self._connect_q.add(weakref.ref(session), self.clock.monotonic())
         if log.isEnabledFor(logging.DEBUG):
             log.debug("connection opened", extra={"conn": session.client_id, "user": session.user})
+        if self.closing:
+            self.metrics.refused("draining")
+            session.close(CloseCode.DRAINING)
+        elif len(self.sessions) > self.settings.max_connections:
+            self.metrics.refused("capacity")
+            session.close(CloseCode.OVERLOADED)
+
+    async def authenticate(self, token: str) -> Principal:
+        return await self.auth.authenticate(token)
 
     def session_connected(self, session: Session) -> None:
         session.connect_due = None
-        now = self.loop.time()
+        now = self.clock.monotonic()
         session.ping_due = self._ping_q.add(weakref.ref(session), now)
         self._by_user.setdefault(session.user, weakref.WeakSet()).add(session)
         self.schedule_expiry(session)
@@ -168,8 +188,8 @@ class Node:
         if principal is None or principal.expires_at is None:
             session.expire_due = None
         else:
-            # Convert the wall-clock `exp` into the loop's monotonic clock once, when scheduling.
-            due = self.loop.time() + max(0.0, principal.expires_at - time.time())
+            # Convert the wall-clock `exp` into the monotonic clock once, when scheduling.
+            due = self.clock.monotonic() + max(0.0, principal.expires_at - self.clock.wall())
             session.expire_due = self._expiry.add(weakref.ref(session), due)
         if replaced:
             self._expiry.cancel(_expiry_stands)  # a refresh replaced the previous deadline
@@ -212,29 +232,58 @@ class Node:
         )
 
     async def join_room(
-        self, room: Room, outbox: Outbox, since: StreamPosition | None, options: NamespaceOptions
+        self, session: Session, room: Room, since: StreamPosition | None, options: NamespaceOptions
     ) -> HistoryResult:
+        """The room's side of a join, up to its reply: the room's publications start buffering for the
+        session, the node subscribes (a first local member) or waits for its subscription, the room's
+        position (and with `since` what came after it) is read, and the session's presence entry added.
+        What was done is undone when a step fails (or the connection's task is cancelled)."""
+        outbox = session.outbox
         first = self.hub.begin_join(room, outbox)
-        subscribed = self.hub.subscription(room)
-        if first:
-            try:
-                await self.backends.broker.subscribe(room)
-            except BaseException:
-                subscribed.set_result(False)
-                raise
-            subscribed.set_result(True)
-        # A joiner must not read the room's position before the node receives its publications,
-        # or what is published in between would reach nobody on this node.
-        elif not await asyncio.shield(subscribed):
-            raise BackendUnavailable("subscription to the room failed")
-        # Recovery needs everything after `since`; without it only the position is needed.
-        limit = options.history_size if since is not None else 0
-        return await self.backends.history.read(
-            room, since=since.offset if since else None, limit=limit, options=self.stream_options(options)
-        )
+        try:
+            subscribed = self.hub.subscription(room)
+            if first:
+                try:
+                    await self.backends.broker.subscribe(room)
+                except BaseException:
+                    subscribed.set_result(False)
+                    raise
+                subscribed.set_result(True)
+            # A joiner must not read the room's position before the node receives its publications,
+            # or what is published in between would reach nobody on this node.
+            elif not await asyncio.shield(subscribed):
+                raise BackendUnavailable("subscription to the room failed")
+            # Recovery needs everything after `since`; without it only the position is needed.
+            limit = options.history_size if since is not None else 0
+            found = await self.backends.history.read(
+                room, since=since.offset if since else None, limit=limit, options=self.stream_options(options)
+            )
+            if options.presence:
+                await self.backends.presence.add(room, session.client_id, session.presence_entry())
+        except BaseException:
+            await self._release(room, session)
+            raise
+        return found
 
-    async def leave_room(self, room: Room, outbox: Outbox) -> None:
-        if self.hub.remove(room, outbox):
+    async def complete_join(
+        self, session: Session, room: Room, found: HistoryResult, options: NamespaceOptions
+    ) -> None:
+        """After the join reply went out: the session is a member, gets what was buffered after `found`, and
+        the room's other members (with join/leave on) a join push."""
+        self.hub.complete_join(room, session.outbox, found.epoch, found.offset)
+        if options.join_leave:
+            await self.backends.broker.publish_join(room, session.client_info())
+
+    async def leave_room(self, session: Session, room: Room, options: NamespaceOptions) -> None:
+        """Undo a join, completed or still in flight: membership, presence entry, a leave push."""
+        await self._release(room, session)
+        if options.presence:
+            await self.backends.presence.remove(room, session.client_id)
+        if options.join_leave:
+            await self.backends.broker.publish_leave(room, session.client_info())
+
+    async def _release(self, room: Room, session: Session) -> None:
+        if self.hub.remove(room, session.outbox):
             await self.backends.broker.unsubscribe(room)
 
     async def publish(
@@ -277,6 +326,12 @@ class Node:
             selected.append(pub)
         return {"epoch": found.epoch, "offset": found.offset, "publications": selected}
 
+    async def presence(self, room: Room) -> dict[ClientId, JSONObject]:
+        return await self.backends.presence.get(room)
+
+    async def presence_stats(self, room: Room) -> PresenceStats:
+        return await self.backends.presence.stats(room)
+
     def disconnect_user(self, user: str, code: int, reason: str | None) -> int:
         """Close this node's connections of `user` (the cluster view reaches the other nodes)."""
         sessions = [s for s in self.sessions_of(user) if s.close_code is None]
@@ -290,10 +345,10 @@ class Node:
             "connections": len(self.sessions),
             "rooms": len(self.hub),
             "draining": self.draining,
-            "uptime": protocol.wire_number(round(time.time() - self.started_at, 1)),
+            "uptime": protocol.wire_number(round(self.clock.wall() - self.started_at, 1)),
             "backend": self.backends.kind,
             "ready": self.readiness()[0],
-            **self.activity.snapshot(time.monotonic()),
+            **self.activity.snapshot(self.clock.monotonic()),
         }
 
     def room_count(self) -> int:
@@ -314,11 +369,12 @@ class Node:
 
     async def _tick_forever(self) -> None:
         resolution = self.settings.timer_resolution
+        clock = self.clock
         while True:
-            await asyncio.sleep(resolution)
+            await clock.sleep(resolution)
             try:
-                self.tick(self.loop.time())
-                now = time.monotonic()
+                now = clock.monotonic()
+                self.tick(now)
                 if now - self._sampled >= 1.0:
                     self._sampled = now
                     self.activity.sample(now)
@@ -352,9 +408,9 @@ class Node:
         """Close every connection at once and wait up to `grace` seconds for the closes to go out."""
         for session in list(self.sessions):
             session.close(code)
-        deadline = self.loop.time() + grace
-        while self.sessions and self.loop.time() < deadline:
-            await asyncio.sleep(0.02)
+        deadline = self.clock.monotonic() + grace
+        while self.sessions and self.clock.monotonic() < deadline:
+            await self.clock.sleep(0.02)
 
     def begin_drain(self) -> None:
         """SIGTERM: report unready at once, keep serving `drain_delay`, then close over `drain_period`."""
@@ -373,18 +429,19 @@ class Node:
         self._drainer = self.loop.create_task(self._drain())
 
     async def _drain(self) -> None:
-        await asyncio.sleep(self.settings.drain_delay)
+        clock = self.clock
+        await clock.sleep(self.settings.drain_delay)
         self.closing = True
         closed = await pacing.close_evenly(
             self._open_sessions,
             lambda s: s.close(CloseCode.DRAINING),
             period=self.settings.drain_period,
-            loop=self.loop,
+            clock=clock,
         )
         # Give close handshakes a moment to finish before the server stops.
-        deadline = self.loop.time() + 3.0
-        while self.sessions and self.loop.time() < deadline:
-            await asyncio.sleep(0.05)
+        deadline = clock.monotonic() + 3.0
+        while self.sessions and clock.monotonic() < deadline:
+            await clock.sleep(0.05)
         log.warning("drained: %d connections closed", closed)
         self.drained.set()
 
@@ -430,5 +487,5 @@ class Node:
         def candidates() -> list[Session]:
             return [s for s in began if s.close_code is None]
 
-        closed = await pacing.close_evenly(candidates, close, period=period, loop=self.loop, limit=count)
+        closed = await pacing.close_evenly(candidates, close, period=period, clock=self.clock, limit=count)
         log.info("shed %d connections to rebalance", closed)

@@ -5,18 +5,19 @@ Closing every connection of a node at once would make all its clients reconnect 
 instant, onto the other nodes (a thundering herd of handshakes, token checks and recoveries).
 Closing them in proportion to the time elapsed spreads the reconnects evenly over `period`.
 
-    closed = await close_evenly(open_sessions, close, period=20.0, loop=loop)            # draining
-    closed = await close_evenly(open_sessions, close, period=10.0, limit=12, loop=loop)  # shedding
+    closed = await close_evenly(open_sessions, close, period=20.0, clock=clock)            # draining
+    closed = await close_evenly(open_sessions, close, period=10.0, limit=12, clock=clock)  # shedding
 
 `target` is the arithmetic, kept pure for the unit tests; `close_evenly` is the loop around it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import Callable, Sequence
 from typing import TypeVar
+
+from hubbub.timers import Clock
 
 T = TypeVar("T")
 
@@ -36,7 +37,7 @@ async def close_evenly(
     close: Callable[[T], None],
     *,
     period: float,
-    loop: asyncio.AbstractEventLoop,
+    clock: Clock,
     limit: int | None = None,
 ) -> int:
     """Close `limit` of the connections `candidates()` returns (None: all of them, including those that
@@ -45,16 +46,16 @@ async def close_evenly(
     `candidates()` is asked again at each step and must leave out connections already closing. When
     fewer remain than planned (clients leave on their own), the plan shrinks with them.
     """
-    started = loop.time()
+    started = clock.monotonic()
     closed = 0
     while True:
         open_now = candidates()
         total = closed + len(open_now) if limit is None else min(limit, closed + len(open_now))
         if closed >= total:
             return closed
-        for item in open_now[: max(0, target(total, loop.time() - started, period) - closed)]:
+        for item in open_now[: max(0, target(total, clock.monotonic() - started, period) - closed)]:
             close(item)
             closed += 1
         if closed >= total:
             return closed
-        await asyncio.sleep(min(TICK, period / max(total, 1)) if period > 0 else 0)
+        await clock.sleep(min(TICK, period / max(total, 1)) if period > 0 else 0)

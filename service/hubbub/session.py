@@ -1,12 +1,24 @@
-"""One client connection's protocol state machine, independent of the socket underneath.
+"""One client connection's protocol state machine, independent of the socket underneath and of the node.
 
 The transport feeds text frames to `Session.handle_text`; everything the session sends goes
-through its `Outbox`. Commands are handled in the order received (protocol rule 1): one at a time,
-except that a run of consecutive publishes is pipelined. Each is handed to the broker as soon as
-it arrives (the broker applies a node's publishes in the order it gets them, so offsets follow
-the order of the commands) and the replies go out in command order; any other command first waits
-for every publish before it. A publisher streaming messages pays one broker round trip per burst,
-not one per message.
+through its `Outbox`. What the session needs of the node it runs on is `SessionHost`, a Protocol
+that `hubbub.node.Node` implements: this module never imports the node (an import-linter contract
+holds it to that), so a test drives a session with a fake sink and a fake clock, in-process
+(tests/support/inprocess.py).
+
+The work of a join is split by what it concerns. The session decides whether this connection may
+join (the room's name, the token's claims, its own room limit, not joined already), keeps the
+rooms it is in and answers the command (recovery is judged against the reply's size). The host
+does everything about the room, which other connections share, in one place: `join_room` (the
+node's subscription, the position or the missed publications, the presence entry; undone if any
+step fails), `complete_join` (membership in the local fan-out, the join push) and `leave_room`.
+
+Commands are handled in the order received (protocol rule 1): one at a time, except that a run
+of consecutive publishes is pipelined. Each is handed to the broker as soon as it arrives (the
+broker applies a node's publishes in the order it gets them, so offsets follow the order of the
+commands) and the replies go out in command order; any other command first waits for every
+publish before it. A publisher streaming messages pays one broker round trip per burst, not one
+per message.
 """
 
 from __future__ import annotations
@@ -16,23 +28,21 @@ import collections
 import enum
 import logging
 import secrets
-import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Final
+from typing import Final, Protocol
 
 from hubbub import protocol, rules
 from hubbub.auth import AuthError, Principal
-from hubbub.backends.base import BackendUnavailable, HistoryResult
+from hubbub.backends.base import BackendUnavailable, HistoryResult, PresenceStats, PublishResult
 from hubbub.codes import CloseCode, CommandError, Disconnect, ErrorCode
-from hubbub.outbox import Outbox, Sink
+from hubbub.metrics import Metrics
+from hubbub.outbox import Flusher, Outbox, Sink
 from hubbub.protocol import Command, Publication, StreamPosition
 from hubbub.ratelimit import TokenBucket, Verdict
-from hubbub.settings import NamespaceOptions
+from hubbub.settings import NamespaceOptions, Settings
 from hubbub.throttle import Throttle
-from hubbub.types import ClientId, JSONObject, Room
-
-if TYPE_CHECKING:
-    from hubbub.node import Node
+from hubbub.timers import Clock
+from hubbub.types import JSON, ClientId, JSONObject, Room
 
 log = logging.getLogger("hubbub.session")
 auth_log = logging.getLogger("hubbub.auth")
@@ -81,17 +91,83 @@ def recover(since: StreamPosition | None, found: HistoryResult) -> tuple[bool, l
     return False, []
 
 
+class SessionHost(Protocol):
+    """What a session needs from the node it runs on; `hubbub.node.Node` implements it.
+
+    Read-only attributes: the node's settings (the room options and per-connection limits), its
+    metrics, its clock (the command budget, `expires_in`) and the loop and flusher its outbox
+    writes through. The rest is what the commands do beyond the connection itself.
+    """
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+    @property
+    def clock(self) -> Clock: ...
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+
+    @property
+    def flusher(self) -> Flusher: ...
+
+    async def authenticate(self, token: str) -> Principal:
+        """The token's principal; raises AuthError."""
+
+    def session_connected(self, session: Session) -> None:
+        """`connect` succeeded: heartbeats and the token's expiry start."""
+
+    def schedule_expiry(self, session: Session) -> None:
+        """The session's principal changed (`refresh`): its expiry moves."""
+
+    async def join_room(
+        self, session: Session, room: Room, since: StreamPosition | None, options: NamespaceOptions
+    ) -> HistoryResult:
+        """Everything a join does to the room, up to the reply: undone when it raises."""
+
+    async def complete_join(
+        self, session: Session, room: Room, found: HistoryResult, options: NamespaceOptions
+    ) -> None:
+        """After the join reply: the session receives the room's publications after `found`."""
+
+    async def leave_room(self, session: Session, room: Room, options: NamespaceOptions) -> None:
+        """Undo a join (completed or not)."""
+
+    async def publish(
+        self,
+        room: Room,
+        data: JSON,
+        idempotency_key: str | None,
+        options: NamespaceOptions,
+        *,
+        info: JSONObject | None,
+        source: str,
+    ) -> PublishResult: ...
+
+    async def history(
+        self, room: Room, since: StreamPosition | None, limit: int, options: NamespaceOptions
+    ) -> JSONObject: ...
+
+    async def presence(self, room: Room) -> dict[ClientId, JSONObject]: ...
+
+    async def presence_stats(self, room: Room) -> PresenceStats: ...
+
+
 class Session:
     __slots__ = (
         "__weakref__",
         "_after",
         "_bucket",
+        "_monotonic",
         "client_id",
         "close_code",
         "close_reason",
         "connect_due",
         "expire_due",
-        "node",
+        "host",
         "outbox",
         "ping_due",
         "_pipeline",
@@ -101,23 +177,26 @@ class Session:
         "state",
     )
 
-    def __init__(self, node: Node, sink: Sink, *, principal: Principal | None) -> None:
-        self.node = node
+    def __init__(self, host: SessionHost, sink: Sink, *, principal: Principal | None) -> None:
+        self.host = host
         self.client_id = ClientId(secrets.token_urlsafe(12))
+        settings = host.settings
         self.outbox = Outbox(
             sink,
             client_id=self.client_id,
-            max_bytes=node.settings.max_queue_bytes,
+            max_bytes=settings.max_queue_bytes,
             on_overflow=self._slow_consumer,
-            flusher=node.flusher,
-            loop=node.loop,
+            flusher=host.flusher,
+            loop=host.loop,
         )
         self.outbox.request_close = self.close
         #: Principal from the upgrade request until `connect` replaces or confirms it.
         self.principal = principal
         self.state = State.CONNECTING
         self.rooms: dict[Room, NamespaceOptions] = {}
-        self._bucket = TokenBucket(node.settings.command_rate, node.settings.command_burst, time.monotonic())
+        #: The host clock's reading, bound once: every command reads it (the command budget).
+        self._monotonic = host.clock.monotonic
+        self._bucket = TokenBucket(settings.command_rate, settings.command_burst, self._monotonic())
         self._after: list[AfterReply] = []
         #: Pipelined publishes, oldest first: each task returns its reply frame (or the Disconnect it caused).
         self._pipeline: collections.deque[asyncio.Task[str | Disconnect]] = collections.deque()
@@ -154,7 +233,7 @@ class Session:
         )
 
     def _slow_consumer(self) -> None:
-        self.node.metrics.slow_consumers.add(1)
+        self.host.metrics.slow_consumers.add(1)
         self.close(CloseCode.SLOW_CONSUMER, drop_pending=True)
 
     # --- inbound -----------------------------------------------------------------------------
@@ -182,7 +261,7 @@ class Session:
                     if not self._pipeline and not more and index == last:
                         await self._dispatch(command)  # alone: no task needed
                         continue
-                    self._pipeline.append(self.node.loop.create_task(self._answer(command)))
+                    self._pipeline.append(self.host.loop.create_task(self._answer(command)))
                     if len(self._pipeline) >= PIPELINE_DEPTH:
                         await self._settle(1)
                     continue
@@ -241,11 +320,11 @@ class Session:
         """Run a command (not pong) and return its reply frame; raises Disconnect."""
         op = command.op
         if op != "connect":
-            verdict = self._bucket.take(time.monotonic())
+            verdict = self._bucket.take(self._monotonic())
             if verdict is Verdict.CLOSE:
                 raise Disconnect(CloseCode.RATE_LIMITED)
             if verdict is Verdict.REJECT:
-                self.node.metrics.rate_limit("commands")
+                self.host.metrics.rate_limit("commands")
                 return self._reply_error(command, ErrorCode.TOO_MANY, "rate limited: slow down")
         handler = self._handlers[op]
         try:
@@ -263,11 +342,11 @@ class Session:
             self._after.clear()
             log.exception("command %s failed", op)
             return self._reply_error(command, ErrorCode.INTERNAL, "internal error")
-        self.node.metrics.command(op, "ok")
+        self.host.metrics.command(op, "ok")
         return protocol.reply_ok(command.id, result)
 
     def _reply_error(self, command: Command, code: ErrorCode, reason: str) -> str:
-        self.node.metrics.command(command.op, str(int(code)))
+        self.host.metrics.command(command.op, str(int(code)))
         return protocol.reply_error(command.id, int(code), reason)
 
     # --- commands ------------------------------------------------------------------------------
@@ -279,19 +358,19 @@ class Session:
         if rooms is not None and not isinstance(rooms, dict):
             raise CommandError(ErrorCode.BAD_REQUEST, "`rooms` must be an object of room → {since}")
         token = params.get("token")
-        node = self.node
+        host = self.host
         if token is not None:
             if not isinstance(token, str):
                 raise Disconnect(CloseCode.UNAUTHORIZED, "token must be a string")
             self.principal = await self._authenticate(token)
         elif self.principal is None:
-            if not node.settings.allow_anonymous:
-                node.metrics.auth_failures.add(1, {"reason": "missing_token"})
+            if not host.settings.allow_anonymous:
+                host.metrics.auth_failures.add(1, {"reason": "missing_token"})
                 log_auth_failure("missing_token", "a token is required", where="connect", conn=self.client_id)
                 raise Disconnect(CloseCode.UNAUTHORIZED, "a token is required")
             self.principal = Principal(user="", rooms=(), publish=(), info=None, expires_at=None)
         self.state = State.CONNECTED
-        node.session_connected(self)
+        host.session_connected(self)
         joined: JSONObject = {}
         for name, spec in (rooms or {}).items():
             try:
@@ -306,71 +385,68 @@ class Session:
             "client": self.client_id,
             "user": self.principal.user,
             "expires_in": self._expires_in(),
-            "ping_interval": protocol.wire_number(node.settings.ping_interval),
+            "ping_interval": protocol.wire_number(host.settings.ping_interval),
             "rooms": joined,
         }
 
     async def _authenticate(self, token: str) -> Principal:
         try:
-            return await self.node.auth.authenticate(token)
+            return await self.host.authenticate(token)
         except AuthError as exc:
-            self.node.metrics.auth_failures.add(1, {"reason": exc.reason})
+            self.host.metrics.auth_failures.add(1, {"reason": exc.reason})
             log_auth_failure(exc.reason, exc.message, where="connect", conn=self.client_id)
             raise Disconnect(CloseCode.UNAUTHORIZED, exc.message) from None
 
     def _expires_in(self) -> int | None:
         if self.principal is None or self.principal.expires_at is None:
             return None
-        return max(0, int(self.principal.expires_at - time.time()))
+        return max(0, int(self.principal.expires_at - self.host.clock.wall()))
 
     async def _refresh(self, params: JSONObject) -> JSONObject:
         token = protocol.param_str(params, "token", max_len=16384)
         assert token is not None
         try:
-            principal = await self.node.auth.authenticate(token)
+            principal = await self.host.authenticate(token)
         except AuthError as exc:
-            self.node.metrics.auth_failures.add(1, {"reason": exc.reason})
+            self.host.metrics.auth_failures.add(1, {"reason": exc.reason})
             log_auth_failure(exc.reason, exc.message, where="refresh", conn=self.client_id)
             raise CommandError(ErrorCode.UNAUTHORIZED, exc.message) from None
         if self.principal is not None and principal.user != self.principal.user:
             raise CommandError(ErrorCode.FORBIDDEN, "the new token is for another user")
         self.principal = principal
-        self.node.schedule_expiry(self)
+        self.host.schedule_expiry(self)
         return {"expires_in": self._expires_in()}
 
     async def _join(self, params: JSONObject) -> JSONObject:
         return await self._join_room(params.get("room"), params.get("since"))
 
     async def _join_room(self, name: object, raw_since: object) -> JSONObject:
+        host = self.host
         room = rules.check_room(name)
-        options = rules.room_options(self.node.settings, room)
+        options = rules.room_options(host.settings, room)
         since = protocol.param_since(raw_since)
         if room in self.rooms:
             raise CommandError(ErrorCode.CONFLICT, "already joined")
-        if len(self.rooms) >= self.node.settings.max_rooms_per_connection:
+        if len(self.rooms) >= host.settings.max_rooms_per_connection:
             raise CommandError(ErrorCode.TOO_MANY, "too many rooms on this connection")
         assert self.principal is not None
         rules.check_join(self.principal.rooms, room, options)
-        node = self.node
+        # Recorded before the host's awaits: a connection that ends meanwhile leaves the room in `cleanup`.
         self.rooms[room] = options
         try:
-            found = await node.join_room(room, self.outbox, since, options)
-            if options.presence:
-                await node.backends.presence.add(room, self.client_id, self._presence_entry())
+            found = await host.join_room(self, room, since, options)
         except BaseException:
-            del self.rooms[room]
-            await node.leave_room(room, self.outbox)
+            # The host has undone its part; `cleanup` may have left the room meanwhile too.
+            self.rooms.pop(room, None)
             raise
         recovered, pubs = recover(since, found)
         published = protocol.publications_json(pubs)
-        if recovered and pubs and len(protocol.dumps(published)) > node.settings.max_queue_bytes // 2:
+        if recovered and pubs and len(protocol.dumps(published)) > host.settings.max_queue_bytes // 2:
             # A reply that large would trip the slow-consumer limit by itself: say what is true instead.
             recovered, published = False, []
 
         async def finish() -> None:
-            node.hub.complete_join(room, self.outbox, found.epoch, found.offset)
-            if options.join_leave:
-                await node.backends.broker.publish_join(room, self.client_info())
+            await host.complete_join(self, room, found, options)
 
         self._after.append(finish)
         return {
@@ -380,7 +456,8 @@ class Session:
             "publications": published,
         }
 
-    def _presence_entry(self) -> JSONObject:
+    def presence_entry(self) -> JSONObject:
+        """What the room's presence says of this connection."""
         entry: JSONObject = {"user": self.user}
         if self.principal is not None and self.principal.info is not None:
             entry["info"] = self.principal.info
@@ -395,46 +472,41 @@ class Session:
 
     async def _leave_room(self, room: Room) -> None:
         options = self.rooms.pop(room)
-        node = self.node
-        await node.leave_room(room, self.outbox)
-        if options.presence:
-            await node.backends.presence.remove(room, self.client_id)
-        if options.join_leave:
-            await node.backends.broker.publish_leave(room, self.client_info())
+        await self.host.leave_room(self, room, options)
 
     async def _publish(self, params: JSONObject) -> JSONObject:
         room = rules.check_room(params.get("room"))
-        options = rules.room_options(self.node.settings, room)
+        options = rules.room_options(self.host.settings, room)
         assert self.principal is not None
         rules.check_publish(self.principal.publish, room, options)
         if "data" not in params:
             raise CommandError(ErrorCode.BAD_REQUEST, "`data` is required")
         key = protocol.param_idempotency_key(params.get("idempotency_key"))
-        result = await self.node.publish(room, params["data"], key, options, info=self.client_info(), source="ws")
+        result = await self.host.publish(room, params["data"], key, options, info=self.client_info(), source="ws")
         return {"epoch": result.epoch, "offset": result.offset}
 
     async def _history(self, params: JSONObject) -> JSONObject:
         room = rules.check_room(params.get("room"))
-        options = rules.room_options(self.node.settings, room)
+        options = rules.room_options(self.host.settings, room)
         assert self.principal is not None
         rules.check_read(self.principal.rooms, room)
         since = protocol.param_since(params.get("since"))
         limit = protocol.param_limit(params.get("limit"))
-        return await self.node.history(room, since, limit, options)
+        return await self.host.history(room, since, limit, options)
 
     async def _presence(self, params: JSONObject) -> JSONObject:
         room = self._presence_room(params)
-        clients = await self.node.backends.presence.get(room)
+        clients = await self.host.presence(room)
         return {"clients": clients}
 
     async def _presence_stats(self, params: JSONObject) -> JSONObject:
         room = self._presence_room(params)
-        stats = await self.node.backends.presence.stats(room)
+        stats = await self.host.presence_stats(room)
         return {"clients": stats.clients, "users": stats.users}
 
     def _presence_room(self, params: JSONObject) -> Room:
         room = rules.check_room(params.get("room"))
-        options = rules.room_options(self.node.settings, room)
+        options = rules.room_options(self.host.settings, room)
         assert self.principal is not None
         rules.check_read(self.principal.rooms, room)
         if not options.presence:

@@ -25,7 +25,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Final
+from typing import Final, Protocol
 from urllib.parse import urlsplit
 
 from opentelemetry.context import Context
@@ -40,15 +40,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from hubbub import __version__
-from hubbub.backends.base import InsufficientStateCause, PublishResult
+from hubbub.backends.base import BrokerEventHandler, InsufficientStateCause, PublishResult
 from hubbub.preflight import redact
 from hubbub.protocol import Publication
 from hubbub.rules import namespace_of
 from hubbub.settings import Settings
 from hubbub.types import JSONObject, Room
-
-if TYPE_CHECKING:
-    from hubbub.hub import Hub
 
 log = logging.getLogger("hubbub.tracing")
 
@@ -61,6 +58,14 @@ TRACES_PATH: Final = "/v1/traces"
 _PROPAGATOR: Final = TraceContextTextMapPropagator()
 
 Attributes = Mapping[str, AttributeValue]
+
+
+class FanOut(BrokerEventHandler, Protocol):
+    """The node's local fan-out (`hub.Hub`) as the traced handler sees it: typed here rather than imported,
+    since `hubbub.hub` sits in a layer that `hubbub.preflight`, which imports this module, may not reach."""
+
+    def members(self, room: Room) -> int:
+        """Local members of `room`."""
 
 
 def configured_endpoint(settings: Settings, environ: Mapping[str, str] = os.environ) -> tuple[str, str] | None:
@@ -176,7 +181,7 @@ class Tracing:
                 span.set_attribute("hubbub.duplicate", True)
             return result
 
-    def handler(self, hub: Hub) -> TracedHandler:
+    def handler(self, hub: FanOut) -> TracedHandler:
         """The hub as the broker's event handler, with each fan-out in a span."""
         return TracedHandler(hub, self)
 
@@ -196,7 +201,7 @@ class TracedHandler:
     that the broker passes in `remote_parent`.
     """
 
-    def __init__(self, hub: Hub, tracing: Tracing) -> None:
+    def __init__(self, hub: FanOut, tracing: Tracing) -> None:
         self.hub = hub
         self.tracing = tracing
         self._parent: Context | None = None

@@ -24,10 +24,9 @@ from typing import Any
 from hubbub.app import HubbubApp
 from hubbub.auth import Principal
 from hubbub.connection import WebSocketConnection
-from hubbub.node import Node
 from hubbub.outbox import Sink
 from hubbub.server import DrainingServer, StartupError, bind, uvicorn_config
-from hubbub.session import Session, State
+from hubbub.session import Session, SessionHost, State
 from hubbub.settings import Settings
 
 #: Autobahn's largest messages are 16 MiB (cases 9.1.6, 9.2.6); the node's default limit (64 KiB)
@@ -43,8 +42,8 @@ class EchoSession(Session):
     `connect_timeout` never closes it and, never having sent `connect`, it is never pinged.
     """
 
-    def __init__(self, node: Node, sink: Sink, *, principal: Principal | None) -> None:
-        super().__init__(node, sink, principal=principal)
+    def __init__(self, host: SessionHost, sink: Sink, *, principal: Principal | None) -> None:
+        super().__init__(host, sink, principal=principal)
         self.state = State.CONNECTED
         self.sink = sink
 
