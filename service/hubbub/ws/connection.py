@@ -25,7 +25,7 @@ ones, any other raises `InvalidTransition`):
 - CLOSING: a close frame was sent or received (RFC 6455 §7.1.3): nothing but the close handshake is
   sent any more. After our close, the peer's frames are read for its answer, for CLOSE_TIMEOUT.
 - CLOSED: the transport is gone, or the upgrade was refused with an HTTP error (no WebSocket ever
-  existed: RFC 6455 §4.1 has the client go from CONNECTING to CLOSED too).
+  existed: for the client too, a failed opening handshake goes from CONNECTING straight to CLOSED).
 
 Apart from the state, `_receiving` says whether the peer's frames are still read: from the 101
 until the peer's close, a violation or a binary message ends the stream, in OPEN (the replies to
@@ -338,9 +338,9 @@ class WebSocketConnection(asyncio.Protocol):
             self._deflate = agreement.window_bits
         self._reader = frames.FrameReader(settings.max_frame_bytes, allow_compressed=agreement is not None)
         self._receiving = True
+        session = self.session = self.session_class(node, self, principal=principal)
         self.transition(ConnectionState.OPEN)
         self._update_reading()  # resumes reading if it paused for the token
-        session = self.session = self.session_class(node, self, principal=principal)
         node.attach(session)
         code = admission.turn_away(node)
         if code is not None:
