@@ -1,4 +1,4 @@
-"""Micro-benchmark of the inbound frame reader (hubbub.frames.FrameReader), in-process, no sockets.
+"""Micro-benchmark of the inbound frame reader (hubbub.ws.frames.FrameReader), in-process, no sockets.
 
     .venv/bin/python bench/micro_frames.py            # every case, best of 5
     .venv/bin/python bench/micro_frames.py --repeat 9
@@ -16,7 +16,7 @@ import struct
 import time
 from collections.abc import Callable
 
-from hubbub import frames
+from hubbub.ws import frames
 
 MAX_SIZE = 2 * 1024 * 1024
 

@@ -1,201 +1,26 @@
-"""The WebSocket connection's frame path (hubbub.connection): order within a read, pings, backpressure.
-
-The first tests drive a WebSocketConnection in-process through a fake transport, to see exactly what it
-writes and when it reads; the others speak raw frames to a real `hubbub serve`.
+"""The WebSocket connection against a real `hubbub serve`, in raw frames: order within a read, pings,
+flow control. (tests/test_ws_connection.py drives it in-process, through a fake transport.)
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import os
 import statistics
 import struct
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from hubbub import frames
-from hubbub.backends import Backends
-from hubbub.backends.memory import MemoryEngine, MemoryPresence
-from hubbub.connection import CONTROL_FRAMES_BEFORE_CONNECT, MAX_INBOX, WebSocketConnection
-from hubbub.loader import load_settings
-from hubbub.node import Node
+from hubbub.ws import frames
+from hubbub.ws.connection import CONTROL_FRAMES_BEFORE_CONNECT
 from tests.conftest import ServerFactory
-from tests.support.polling import until
 from tests.support.server import ServerProcess
+from tests.support.ws_fakes import UPGRADE, client_frame, command, pong_payloads
 from tests.support.wsclient import WAIT, RawClient, token
-
-
-def client_frame(payload: bytes, opcode: int = frames.TEXT, *, fin: bool = True) -> bytes:
-    """A masked client frame."""
-    first = (0x80 if fin else 0) | opcode
-    n = len(payload)
-    if n < 126:
-        head = bytes((first, 0x80 | n))
-    elif n < 65536:
-        head = struct.pack("!BBH", first, 0x80 | 126, n)
-    else:
-        head = struct.pack("!BBQ", first, 0x80 | 127, n)
-    key = os.urandom(4)
-    return head + key + frames.unmask(payload, key)
-
-
-def command(obj: dict[str, Any]) -> bytes:
-    return client_frame(json.dumps(obj).encode())
-
-
-def server_frames(data: bytes) -> list[tuple[int, bytes]]:
-    """The (opcode, payload) of every whole server frame (unmasked) in `data`."""
-    out: list[tuple[int, bytes]] = []
-    pos = 0
-    while pos < len(data):
-        length, head = data[pos + 1] & 0x7F, 2
-        if length == 126:
-            (length,), head = struct.unpack_from("!H", data, pos + 2), 4
-        elif length == 127:
-            (length,), head = struct.unpack_from("!Q", data, pos + 2), 10
-        out.append((data[pos] & 0x0F, data[pos + head : pos + head + length]))
-        pos += head + length
-    return out
-
-
-# --- in-process, through a fake transport ------------------------------------------------------------
-
-
-class FakeTransport(asyncio.Transport):
-    """Keeps what is written; says whether the connection asked it to read."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.written = bytearray()
-        self.reading = True
-        self.closing = False
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self.written += data
-
-    def writelines(self, list_of_data: Any) -> None:
-        for data in list_of_data:
-            self.write(data)
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def close(self) -> None:
-        self.closing = True
-
-    def abort(self) -> None:
-        self.closing = True
-
-    def is_reading(self) -> bool:
-        return self.reading
-
-    def pause_reading(self) -> None:
-        self.reading = False
-
-    def resume_reading(self) -> None:
-        self.reading = True
-
-    def take_frames(self) -> list[tuple[int, bytes]]:
-        """The frames written since the last call (after the upgrade answer)."""
-        data = bytes(self.written)
-        self.written.clear()
-        if data.startswith(b"HTTP/1.1 "):
-            data = data.partition(b"\r\n\r\n")[2]
-        return server_frames(data)
-
-
-UPGRADE = (
-    b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-    b"Sec-WebSocket-Key: " + base64.b64encode(b"0123456789abcdef") + b"\r\nSec-WebSocket-Version: 13\r\n\r\n"
-)
-
-
-async def open_connection() -> tuple[WebSocketConnection, FakeTransport]:
-    """A connection on a node of its own (memory backends, anonymous `connect` allowed), upgraded."""
-    engine = MemoryEngine()
-    node = Node(
-        load_settings(env={}, overrides={"mode": "development", "allow_anonymous": True}),
-        Backends(broker=engine, history=engine, presence=MemoryPresence()),
-    )
-    connection = WebSocketConnection(
-        SimpleNamespace(app=SimpleNamespace(node=node)), SimpleNamespace(connections=set())
-    )
-    transport = FakeTransport()
-    connection.connection_made(transport)
-    connection.data_received(UPGRADE)
-    assert transport.written.startswith(b"HTTP/1.1 101 "), bytes(transport.written)
-    transport.take_frames()
-    return connection, transport
-
-
-def pong_payloads(written: list[tuple[int, bytes]]) -> list[bytes]:
-    return [payload for opcode, payload in written if opcode == frames.PONG]
-
-
-async def test_pings_that_cannot_be_answered_yet_get_one_pong_with_the_latest_payload() -> None:
-    connection, transport = await open_connection()
-    connection.pause_writing()  # the peer does not read: the socket's buffer is full
-    assert not transport.reading  # nor is the peer read any further ...
-    # ... but a read already under way is handled whole: its pings may not pile up answers.
-    connection.data_received(b"".join(client_frame(b"ping %d" % i, frames.PING) for i in range(5)))
-    connection.data_received(client_frame(b"ping 5", frames.PING) + client_frame(b"ping 6", frames.PING))
-    assert pong_payloads(transport.take_frames()) == []
-    connection.resume_writing()
-    assert pong_payloads(transport.take_frames()) == [b"ping 6"]  # RFC 6455 5.5.3: the latest one is enough
-    assert transport.reading
-    connection.data_received(client_frame(b"ping 7", frames.PING) + client_frame(b"ping 8", frames.PING))
-    assert pong_payloads(transport.take_frames()) == [b"ping 7", b"ping 8"]  # writable: every ping answered
-
-
-async def test_reading_resumes_only_when_the_socket_takes_writes_and_the_inbox_has_room() -> None:
-    connection, transport = await open_connection()
-    assert connection.session is not None
-    outbox = connection.session.outbox
-    connection.data_received(command({"id": 1, "op": "connect"}))
-    await until(lambda: b'"id":1' in transport.written, what="the connect reply")
-    transport.take_frames()
-
-    # The inbox fills (reading pauses), then the socket stops taking writes and takes them again:
-    # reading stays paused while the inbox is full ...
-    commands = b"".join(command({"id": 100 + i, "op": "pong"}) for i in range(MAX_INBOX + 8))
-    connection.data_received(commands)
-    assert not transport.reading
-    connection.pause_writing()
-    connection.resume_writing()
-    assert not transport.reading
-    # ... and the inbox, drained while the socket is paused again, does not resume reading either:
-    # the replies are waiting for the socket.
-    connection.pause_writing()
-    await until(lambda: outbox.pending >= len('{"id":100,"ok":{}}') * (MAX_INBOX + 8), what="every reply queued")
-    assert not transport.reading
-    connection.resume_writing()
-    assert transport.reading
-    replies = [json.loads(line) for _, text in transport.take_frames() for line in text.decode().split("\n")]
-    assert [reply["id"] for reply in replies] == [100 + i for i in range(MAX_INBOX + 8)]
-
-
-async def test_a_violation_waits_for_the_replies_to_the_commands_read_before_it() -> None:
-    connection, transport = await open_connection()
-    connection.data_received(
-        command({"id": 1, "op": "connect"}) + client_frame(b"hello", frames.PING) + client_frame(b"x", 0x3)
-    )
-    written = transport.take_frames()
-    assert written == [(frames.PONG, b"hello")]  # the pong at once; the reply is on its way
-    await until(lambda: transport.closing, what="the connection to close")
-    written = transport.take_frames()
-    assert [opcode for opcode, _ in written] == [frames.TEXT, frames.CLOSE]
-    assert json.loads(written[0][1])["id"] == 1
-    assert struct.unpack("!H", written[1][1][:2]) == (1002,)
-
-
-# --- a real server, raw frames -----------------------------------------------------------------------
 
 
 class RawWebSocket:

@@ -22,9 +22,9 @@ import uvicorn
 from uvicorn.server import ServerState
 
 from hubbub.app import HubbubApp
-from hubbub.connection import WebSocketConnection
 from hubbub.gate import Gate, Heads, Refusal, Tally, warning
 from hubbub.settings import Settings
+from hubbub.ws.connection import WebSocketConnection
 from tests.conftest import ServerFactory
 from tests.support.polling import until
 from tests.support.server import ServerProcess

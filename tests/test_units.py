@@ -10,7 +10,6 @@ import pytest
 from hubbub import protocol, rules
 from hubbub.backends.base import HistoryResult
 from hubbub.codes import CLOSE_TABLE, TERMINAL_CLOSE_CODES, CloseCode, CommandError, Disconnect
-from hubbub.connection import _has_pong
 from hubbub.outbox import MAX_BATCH_CHARS, Flusher, Outbox, _batches
 from hubbub.protocol import Publication, StreamPosition
 from hubbub.ratelimit import AddressLimiter, TokenBucket, Verdict
@@ -18,6 +17,7 @@ from hubbub.session import recover
 from hubbub.settings import NamespaceOptions
 from hubbub.timers import DeadlineHeap, FixedDelayQueue
 from hubbub.types import ClientId
+from hubbub.ws.connection import _has_pong
 
 # --- protocol codec ---------------------------------------------------------------------------------
 
@@ -373,7 +373,7 @@ async def test_a_shared_prepared_frame_is_written_as_is_only_when_it_is_alone_in
     ],
 )
 def test_a_pong_is_spotted_on_arrival_without_decoding_the_frame(frame: str, found: bool) -> None:
-    """Pongs count when they arrive (hubbub.connection), even behind a long queue of commands."""
+    """Pongs count when they arrive (hubbub.ws.connection), even behind a long queue of commands."""
     assert _has_pong(frame) is found
 
 

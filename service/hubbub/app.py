@@ -34,7 +34,7 @@ def announce(settings: Settings) -> None:
 
 class HubbubApp:
     """ASGI entry point for HTTP and the lifespan. WebSockets never reach it under `hubbub serve`: uvicorn
-    hands every upgrade to hubbub.connection.WebSocketConnection, which reads `self.node`."""
+    hands every upgrade to hubbub.ws.connection.WebSocketConnection, which reads `self.node`."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings

@@ -42,9 +42,9 @@ from typing import Any, ClassVar, Final, Generic, TypeVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from hubbub.connection import http_response
 from hubbub.metrics import HandshakeRefusal, Metrics
 from hubbub.settings import Settings
+from hubbub.ws.handshake import http_response
 
 log = logging.getLogger("hubbub.gate")
 

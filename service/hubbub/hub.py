@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from hubbub.activity import Activity
 from hubbub.backends.base import InsufficientStateCause
 from hubbub.codes import CloseCode
-from hubbub.frames import text_frame
 from hubbub.metrics import Metrics
 from hubbub.outbox import Outbox
 from hubbub.protocol import Publication, presence_push, pub_push
 from hubbub.types import JSONObject, Room
+from hubbub.ws.frames import text_frame
 
 
 @dataclass(slots=True)

@@ -28,7 +28,7 @@ log = logging.getLogger("hubbub.outbox")
 
 
 class Sink(Protocol):
-    """Where an outbox writes: the connection (hubbub.connection.WebSocketConnection)."""
+    """Where an outbox writes: the connection (hubbub.ws.connection.WebSocketConnection)."""
 
     @property
     def paused(self) -> bool: ...

@@ -15,11 +15,11 @@ import uvicorn
 from hubbub import __version__
 from hubbub.app import HubbubApp
 from hubbub.codes import CloseCode
-from hubbub.connection import WebSocketConnection
 from hubbub.gate import Gate
 from hubbub.node import Node
 from hubbub.preflight import Preflight
 from hubbub.settings import Settings
+from hubbub.ws.connection import WebSocketConnection
 
 log = logging.getLogger("hubbub")
 

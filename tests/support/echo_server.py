@@ -23,11 +23,11 @@ from typing import Any
 
 from hubbub.app import HubbubApp
 from hubbub.auth import Principal
-from hubbub.connection import WebSocketConnection
 from hubbub.outbox import Sink
 from hubbub.server import DrainingServer, StartupError, bind, uvicorn_config
 from hubbub.session import Session, SessionHost, State
 from hubbub.settings import Settings
+from hubbub.ws.connection import WebSocketConnection
 
 #: Autobahn's largest messages are 16 MiB (cases 9.1.6, 9.2.6); the node's default limit (64 KiB)
 #: would turn its performance cases into 1009 closes instead of measuring the frame reader.

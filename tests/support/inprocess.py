@@ -12,7 +12,7 @@
   each at its own instant, and lets what it woke run before time moves on. So heartbeats, timeouts,
   token expiry and paced closes happen at exact instants, and a 25 s ping interval takes no time.
 - `FakeSink` is the sink a session's Outbox writes to in place of the socket: it keeps the frames.
-- `InProcessClient` plays the transport's part (hubbub.connection): text frames go to
+- `InProcessClient` plays the transport's part (hubbub.ws.connection): text frames go to
   `Session.handle_text` one at a time in order (saying when more wait, so publishes pipeline as on
   a socket), replies and pushes come back parsed, and a close ends the connection as a peer's
   answer would (the node detaches the session).
@@ -204,7 +204,7 @@ class InProcessClient:
             self.session.handle_binary()
 
     async def _work(self) -> None:
-        # What hubbub.connection's inbox worker does: one frame at a time, saying whether more wait.
+        # What hubbub.ws.connection's inbox worker does: one frame at a time, saying whether more wait.
         pending = self._pending
         try:
             while pending:

@@ -1,4 +1,4 @@
-"""permessage-deflate (hubbub.deflate), pure: the header grammar, each negotiation rule, the codec."""
+"""permessage-deflate (hubbub.ws.deflate), pure: the header grammar, each negotiation rule, the codec."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import zlib
 
 import pytest
 
-from hubbub import deflate, frames
+from hubbub.ws import deflate, frames
 
 ANSWER = "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
 
@@ -179,3 +179,17 @@ def test_decompress_refuses_garbage_and_messages_over_the_limit() -> None:
     with pytest.raises(frames.FrameError) as too_big:
         deflate.decompress(deflate.compress(MESSAGE, 15), len(MESSAGE) - 1)
     assert too_big.value.code == frames.TOO_BIG
+
+
+@pytest.mark.parametrize("size", [10, 200, 70_000])
+def test_a_compressed_text_frame_is_final_flagged_rsv1_and_inflates_back(size: int) -> None:
+    payload = (MESSAGE * (size // len(MESSAGE) + 1))[:size]
+    frame = deflate.text_frame(payload, 15)
+    assert frame[0] == 0x80 | 0x40 | frames.TEXT  # FIN, RSV1, text
+    length, head = frame[1], 2
+    if length == 126:
+        length, head = int.from_bytes(frame[2:4], "big"), 4
+    elif length == 127:
+        length, head = int.from_bytes(frame[2:10], "big"), 10
+    assert len(frame) == head + length
+    assert deflate.decompress(frame[head:], size) == payload

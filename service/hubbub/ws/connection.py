@@ -10,31 +10,61 @@ Inbound commands are handled in order by a task that exists only while commands 
 keeps what the transport cannot take yet while it is paused; reading pauses then too, so a peer
 that does not read cannot make the node buffer answers to what it keeps sending (pongs above
 all). docs/websocket.md says what the transport accepts and how it answers.
+
+**States** (`ConnectionState`; every change goes through `transition`, `TRANSITIONS` lists the legal
+ones, any other raises `InvalidTransition`):
+
+    CONNECTING ──101──▶ OPEN ──close frame sent or received──▶ CLOSING ──transport lost──▶ CLOSED
+        │                 └──────────────transport lost──────────────────────────────────▶ CLOSED
+        └──refused, shut down or lost before the 101───────────────────────────────────▶ CLOSED
+
+- CONNECTING: from uvicorn's hand-over until the upgrade is answered. The only data is the request
+  head; reading pauses while a token sent with it is checked (a client sends no frame before the
+  101, RFC 6455 §4.1).
+- OPEN: the 101 is out; frames go both ways. The session exists from here on.
+- CLOSING: a close frame was sent or received (RFC 6455 §7.1.3): nothing but the close handshake is
+  sent any more. After our close, the peer's frames are read for its answer, for CLOSE_TIMEOUT.
+- CLOSED: the transport is gone, or the upgrade was refused with an HTTP error (no WebSocket ever
+  existed: for the client too, a failed opening handshake goes from CONNECTING straight to CLOSED).
+
+Apart from the state, `_receiving` says whether the peer's frames are still read: from the 101
+until the peer's close, a violation or a binary message ends the stream, in OPEN (the replies to
+the commands read before a violation still go out, then the close) as in CLOSING.
+
+**The uvicorn hook.** uvicorn hands every upgrade to the class given as `Config(ws=...)`: it
+constructs it with the keyword arguments `config`, `server_state` and `app_state`, calls
+`connection_made(transport)`, then `data_received` once with the request head (which it parsed,
+written out again), and makes it the transport's protocol; when the server shuts down it calls
+`shutdown()` on every member of `server_state.connections`. uvicorn does not document this for
+classes of its users (its own WebSocket protocols are the other implementations), so
+`UvicornConfig` and `UvicornServerState` spell out what this class uses of it, pyproject.toml pins
+uvicorn to the minor version it is tested with (0.54), and tests/test_ws_connection.py drives
+uvicorn's HTTP protocol through an upgrade to hold the hook to this description.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import enum
 import functools
 import logging
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar, Final
-from urllib.parse import parse_qs
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, ClassVar, Final, Protocol
 
-from hubbub import deflate, frames, protocol, rules
-from hubbub.auth import AuthError, Principal
+from hubbub.auth import Principal
 from hubbub.codes import CloseCode
-from hubbub.metrics import HandshakeRefusal
 from hubbub.ratelimit import TokenBucket, Verdict
-from hubbub.refusals import REFUSALS
-from hubbub.session import Session, State, log_auth_failure
+from hubbub.session import Session, State
+from hubbub.ws import admission, deflate, frames, handshake
+from hubbub.ws.handshake import Refusal, UpgradeRequest
 
 if TYPE_CHECKING:
+    from hubbub.metrics import Metrics
     from hubbub.node import Node
 
-log = logging.getLogger("hubbub.connection")
+log = logging.getLogger("hubbub.ws.connection")
 
 #: Commands (frames) read ahead of the one being handled before reading pauses.
 MAX_INBOX: Final = 32
@@ -45,49 +75,62 @@ CLOSE_TIMEOUT: Final = 5.0
 CONTROL_FRAMES_BEFORE_CONNECT: Final = 16
 
 
-def parse_request(raw: bytes) -> tuple[str, str, dict[str, str]]:
-    """Method, target and headers (lower-case names, repeated ones joined by ", ") of an upgrade request."""
-    head, _, _ = raw.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    method, target, _ = (lines[0].split(" ", 2) + ["", ""])[:3]
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if sep:
-            key = name.strip().lower()
-            headers[key] = f"{headers[key]}, {value.strip()}" if key in headers else value.strip()
-    return method, target, headers
+class ConnectionState(enum.Enum):
+    """Where a connection is in its life; the module's docstring says what each state allows."""
+
+    CONNECTING = "connecting"
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
 
 
-def upgrade_token(headers: dict[str, str], query: str) -> str | None:
-    """A token from `Authorization: Bearer` or the `token` query parameter."""
-    scheme, _, credentials = headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and credentials.strip():
-        return credentials.strip()
-    tokens = parse_qs(query).get("token")
-    return tokens[0] if tokens else None
-
-
-def http_response(status: int, reason: str, extra: str = "") -> bytes:
-    body = protocol.dumps(protocol.error_body(status, reason)).encode()
-    head = (
-        f"HTTP/1.1 {status} {_PHRASES.get(status, 'Error')}\r\ncontent-type: application/json\r\n"
-        f"content-length: {len(body)}\r\nconnection: close\r\n{extra}\r\n"
-    )
-    return head.encode() + body
-
-
-_PHRASES: Final = {
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not Found",
-    408: "Request Timeout",
-    414: "URI Too Long",
-    426: "Upgrade Required",
-    431: "Request Header Fields Too Large",
-    503: "Service Unavailable",
+#: The states each state may go to; CLOSED is final.
+TRANSITIONS: Final[Mapping[ConnectionState, frozenset[ConnectionState]]] = {
+    ConnectionState.CONNECTING: frozenset({ConnectionState.OPEN, ConnectionState.CLOSED}),
+    ConnectionState.OPEN: frozenset({ConnectionState.CLOSING, ConnectionState.CLOSED}),
+    ConnectionState.CLOSING: frozenset({ConnectionState.CLOSED}),
+    ConnectionState.CLOSED: frozenset(),
 }
+
+
+class InvalidTransition(RuntimeError):
+    """A change of state that TRANSITIONS does not allow: a bug in the connection, never the peer's doing."""
+
+    def __init__(self, current: ConnectionState, target: ConnectionState) -> None:
+        super().__init__(f"a WebSocket connection cannot go from {current.value} to {target.value}")
+        self.current = current
+        self.target = target
+
+
+class HostApp(Protocol):
+    """What the connection reads of uvicorn's app (hubbub.app.HubbubApp)."""
+
+    @property
+    def node(self) -> Node | None:
+        """The node, once the app's start-up has made it."""
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+
+class UvicornConfig(Protocol):
+    """What the connection reads of the `uvicorn.Config` it is constructed with."""
+
+    @property
+    def app(self) -> HostApp: ...
+
+
+class ConnectionSet(Protocol):
+    def add(self, connection: WebSocketConnection, /) -> None: ...
+
+    def discard(self, connection: WebSocketConnection, /) -> None: ...
+
+
+class UvicornServerState(Protocol):
+    """What the connection uses of `uvicorn.server.ServerState`: the set whose members uvicorn shuts down."""
+
+    @property
+    def connections(self) -> ConnectionSet: ...
 
 
 class WebSocketConnection(asyncio.Protocol):
@@ -98,17 +141,19 @@ class WebSocketConnection(asyncio.Protocol):
         "_control_budget",
         "_control_frames",
         "_deflate",
-        "_then",
         "_held",
         "_inbox",
         "_pong",
         "_reader",
+        "_receiving",
+        "_then",
         "_worker",
         "closed_code",
         "connections",
         "node",
         "paused",
         "session",
+        "state",
         "transport",
     )
 
@@ -116,14 +161,28 @@ class WebSocketConnection(asyncio.Protocol):
     #: an echoing session to measure this transport with the Autobahn|Testsuite.
     session_class: ClassVar[type[Session]] = Session
 
-    def __init__(self, config: Any, server_state: Any, app_state: Any = None, _loop: Any = None) -> None:
-        self.node: Node | None = getattr(config.app, "node", None)
-        if self.node is None and (metrics := getattr(config.app, "metrics", None)) is not None:
-            metrics.refused("starting")  # `_handshake` refuses it (503): counted here, where the app is at hand
-        self.connections: set[Any] = server_state.connections
-        self.transport: asyncio.Transport | None = None
-        self.session: Session | None = None
-        self._reader: frames.FrameReader | None = None
+    #: Set by `connection_made`, which uvicorn calls right after constructing the connection.
+    transport: asyncio.Transport
+    #: The session of the accepted upgrade: set from OPEN on.
+    session: Session
+    #: Set from OPEN on.
+    _reader: frames.FrameReader
+
+    def __init__(
+        self,
+        config: UvicornConfig,
+        server_state: UvicornServerState,
+        app_state: object = None,
+        _loop: object = None,
+    ) -> None:
+        #: The node this upgrade is for; None while the app is starting (the upgrade is refused, 503).
+        self.node = config.app.node
+        if self.node is None:
+            config.app.metrics.refused("starting")  # counted here, where the app is at hand
+        self.connections = server_state.connections
+        self.state = ConnectionState.CONNECTING
+        #: Whether the peer's frames are read and handled: from the 101 until the stream ends.
+        self._receiving = False
         self._inbox: collections.deque[str] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._close_timer: asyncio.TimerHandle | None = None
@@ -144,6 +203,12 @@ class WebSocketConnection(asyncio.Protocol):
         #: The code the connection ended with (the peer's close code, or 1006).
         self.closed_code = 1006
 
+    def transition(self, target: ConnectionState) -> None:
+        """Go to `target`; InvalidTransition unless TRANSITIONS allows it from the current state."""
+        if target not in TRANSITIONS[self.state]:
+            raise InvalidTransition(self.state, target)
+        self.state = target
+
     # --- asyncio.Protocol ----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -151,11 +216,11 @@ class WebSocketConnection(asyncio.Protocol):
         self.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
-        reader = self._reader
-        if reader is None:
-            if self.session is None:
+        if not self._receiving:
+            if self.state is ConnectionState.CONNECTING:
                 self._handshake(data)
-            return
+            return  # the stream has ended: what still comes is dropped unread
+        reader = self._reader
         # In order, up to a violation or a close: what came before either is handled as if alone.
         for opcode, payload in reader.feed(data):
             if opcode & 0x0F == frames.TEXT:
@@ -169,24 +234,29 @@ class WebSocketConnection(asyncio.Protocol):
                 return
             elif opcode & 0x0F == frames.BINARY:
                 self._binary()
-            if self._reader is None:
+            if not self._receiving:
                 return  # this message failed the connection: the rest of the read goes unread
         if reader.error is not None:
             self._fail(reader.error.code, reader.error.reason)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.connections.discard(self)
-        self._reader = None
+        self._receiving = False
+        was = self.state
+        if was is ConnectionState.CLOSED:
+            return  # refused (or shut down) before the 101: nothing was opened
+        self.transition(ConnectionState.CLOSED)
         if self._close_timer is not None:
             self._close_timer.cancel()
             self._close_timer = None
-        session, self.session = self.session, None
-        if session is not None and self.node is not None:
+        if was is not ConnectionState.CONNECTING:
+            session = self.session
             if self._worker is not None:
                 self._worker.cancel()
             session.outbox.detach()
-            self.node.loop.create_task(self.node.detach(session, self.closed_code))
-        self.transport = None
+            node = self.node
+            if node is not None:  # always, once a session exists: the upgrade is refused while starting
+                node.loop.create_task(node.detach(session, self.closed_code))
 
     def pause_writing(self) -> None:
         self.paused = True
@@ -195,9 +265,10 @@ class WebSocketConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.paused = False
         pong, self._pong = self._pong, None
-        if pong is not None and self._close_timer is None:
+        state = self.state
+        if pong is not None and state is ConnectionState.OPEN:
             self._write(frames.pong_frame(pong))
-        if self.session is not None:
+        if state is ConnectionState.OPEN or state is ConnectionState.CLOSING:
             self.session.outbox.flush()
         self._update_reading()
 
@@ -208,7 +279,7 @@ class WebSocketConnection(asyncio.Protocol):
         ours must not make them pile up in the transport's buffer, so it is not read either.
         """
         transport = self.transport
-        if transport is None or transport.is_closing():
+        if transport.is_closing():
             return
         if self.paused or self._held:
             if transport.is_reading():
@@ -218,86 +289,67 @@ class WebSocketConnection(asyncio.Protocol):
 
     def shutdown(self) -> None:
         """uvicorn's shutdown: close what is still open (the node has already said goodbye)."""
-        if self.session is not None and self.session.close_code is None:
-            self.session.close(CloseCode.DRAINING)
-        elif self.session is None and self.transport is not None:
+        state = self.state
+        if state is ConnectionState.CONNECTING:
+            self.transition(ConnectionState.CLOSED)
             self.transport.close()
+        elif state is ConnectionState.OPEN and self.session.close_code is None:
+            self.session.close(CloseCode.DRAINING)
 
     # --- the upgrade ---------------------------------------------------------------------------
 
     def _handshake(self, raw: bytes) -> None:
+        request = handshake.parse_request(raw)
         node = self.node
-        method, target, headers = parse_request(raw)
-        path, _, query = target.partition("?")
         if node is None:
-            return self._refuse(503, "the node is starting")
-        if path != "/ws":
-            return self._refuse(404, "WebSocket endpoint is /ws", why="not_websocket")
-        if method != "GET" or "websocket" not in headers.get("upgrade", "").lower():
-            return self._refuse(400, "not a WebSocket upgrade", why="not_websocket")
-        if headers.get("sec-websocket-version") != "13":
-            return self._refuse(
-                426, "WebSocket version 13 is required", "sec-websocket-version: 13\r\n", why="not_websocket"
-            )
-        key = headers.get("sec-websocket-key", "")
-        if not frames.valid_key(key):
-            return self._refuse(400, "missing or invalid Sec-WebSocket-Key", why="not_websocket")
-        origin = headers.get("origin")
-        if not rules.origin_permitted(origin, headers.get("host"), node.settings):
-            REFUSALS.refused(origin or "", "a WebSocket", node.settings.allowed_origins)
-            return self._refuse(403, "origin not allowed: add it to the allowed_origins setting", why="origin")
-        token = upgrade_token(headers, query)
+            return self._refuse(admission.STARTING)
+        refusal = handshake.check_upgrade(request) or admission.check_origin(request, node)
+        if refusal is not None:
+            return self._refuse(refusal)
+        token = admission.upgrade_token(request)
         if token is None:
-            self._accept(node, headers, key, None)
+            self._accept(node, request, None)
         else:
-            # Rare (the token normally comes with `connect`), and JWKS may need the network.
-            node.loop.create_task(self._authenticate(node, headers, key, token))
+            # Rare (the token normally comes with `connect`), and JWKS may need the network. Nothing is
+            # read meanwhile: what a client sends before the 101 is for after it (RFC 6455 §4.1).
+            self.transport.pause_reading()
+            node.loop.create_task(self._authenticate(node, request, token))
 
-    async def _authenticate(self, node: Node, headers: dict[str, str], key: str, token: str) -> None:
-        try:
-            principal = await node.auth.authenticate(token)
-        except AuthError as exc:
-            node.metrics.auth_failures.add(1, {"reason": exc.reason})
-            log_auth_failure(exc.reason, exc.message, where="WebSocket upgrade")
-            self._refuse(401, exc.message, why="auth")
-            return
-        if self.transport is not None and not self.transport.is_closing():
-            self._accept(node, headers, key, principal)
+    async def _authenticate(self, node: Node, request: UpgradeRequest, token: str) -> None:
+        verdict = await admission.authenticate(node, token)
+        if isinstance(verdict, Refusal):
+            self._refuse(verdict)
+        elif self.state is ConnectionState.CONNECTING:  # not lost, nor shut down, meanwhile
+            self._accept(node, request, verdict)
 
-    def _refuse(self, status: int, reason: str, extra: str = "", *, why: HandshakeRefusal | None = None) -> None:
-        """Answer the upgrade request with an error and close; `why` is counted (None: already counted)."""
-        if why is not None and self.node is not None:
-            self.node.metrics.refused(why)
-        if self.transport is not None:
-            self.transport.write(http_response(status, reason, extra))
-            self.transport.close()
+    def _refuse(self, refusal: Refusal) -> None:
+        """Answer the upgrade request with an HTTP error and close; `refusal.why` is counted."""
+        if refusal.why is not None and self.node is not None:
+            self.node.metrics.refused(refusal.why)
+        if self.state is not ConnectionState.CONNECTING:
+            return  # lost, or shut down, while its token was checked
+        self.transition(ConnectionState.CLOSED)
+        self.transport.write(handshake.refusal_response(refusal))
+        self.transport.close()
 
-    def _accept(self, node: Node, headers: dict[str, str], key: str, principal: Principal | None) -> None:
-        offered = [p.strip() for p in headers.get("sec-websocket-protocol", "").split(",")]
-        lines = [
-            "HTTP/1.1 101 Switching Protocols",
-            "upgrade: websocket",
-            "connection: Upgrade",
-            f"sec-websocket-accept: {frames.accept_key(key)}",
-        ]
-        if protocol.SUBPROTOCOL in offered:
-            lines.append(f"sec-websocket-protocol: {protocol.SUBPROTOCOL}")
-        offers = headers.get("sec-websocket-extensions")
-        agreement = deflate.negotiate(offers) if offers and node.settings.permessage_deflate else None
+    def _accept(self, node: Node, request: UpgradeRequest, principal: Principal | None) -> None:
+        settings = node.settings
+        answer, agreement = handshake.accept(request, permessage_deflate=settings.permessage_deflate)
+        self.transport.write(answer)
         if agreement is not None:
             self._deflate = agreement.window_bits
-            lines.append(f"sec-websocket-extensions: {agreement.answer}")
-        assert self.transport is not None
-        self.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode())
-        self._reader = frames.FrameReader(node.settings.max_frame_bytes, allow_compressed=agreement is not None)
+        self._reader = frames.FrameReader(settings.max_frame_bytes, allow_compressed=agreement is not None)
+        self._receiving = True
         session = self.session = self.session_class(node, self, principal=principal)
-        node.attach(session)  # closes it at once while draining, or over capacity
+        self.transition(ConnectionState.OPEN)
+        self._update_reading()  # resumes reading if it paused for the token
+        node.attach(session)  # closes it at once while draining (1012), or over capacity (1013)
 
     # --- inbound -------------------------------------------------------------------------------
 
     def _text(self, payload: bytes, *, compressed: bool) -> None:
         session = self.session
-        if session is None or session.close_code is not None:
+        if session.close_code is not None:
             return
         try:
             text = self._inflate(payload).decode() if compressed else payload.decode()
@@ -315,14 +367,12 @@ class WebSocketConnection(asyncio.Protocol):
             self._inbox = collections.deque()
         self._inbox.append(text)
         if self._worker is None:
-            assert self.node is not None
-            self._worker = self.node.loop.create_task(self._work(session))
+            self._worker = session.host.loop.create_task(self._work(session))
         elif len(self._inbox) >= MAX_INBOX and not self._held:
             self._held = True
             self._update_reading()
 
     def _inflate(self, payload: bytes) -> bytes:
-        assert self._reader is not None
         return deflate.decompress(payload, self._reader.max_size)
 
     async def _work(self, session: Session) -> None:
@@ -356,19 +406,20 @@ class WebSocketConnection(asyncio.Protocol):
             self._fail(exc.code, exc.reason)
             return
         self.closed_code = code if code != 1005 else 1000
-        self._reader = None
+        self._receiving = False
         session = self.session
-        if session is not None and session.close_code is None:
+        if session.close_code is None:
             # The peer started the close: answer it and end (nothing more may be sent after our close).
             session.outbox.discard()
-            self._write(frames.close_frame(code if code != 1005 else 1000, ""))
-        if self.transport is not None:
-            self.transport.close()
+            self._write(frames.close_frame(self.closed_code, ""))
+        if self.state is ConnectionState.OPEN:
+            self.transition(ConnectionState.CLOSING)
+        self.transport.close()
 
     def _fail(self, code: int, reason: str) -> None:
         """A protocol error below the hubbub protocol: nothing more is read, and the connection closes with
         the RFC 6455 code once the commands read before the error are answered (their replies go first)."""
-        self._reader = None
+        self._receiving = False
         if self._worker is not None:
             self._then = functools.partial(self._close_failed, code, reason)  # `_work` calls it when the inbox is empty
             return
@@ -378,25 +429,24 @@ class WebSocketConnection(asyncio.Protocol):
         """Protocol v1 has no binary messages: the session closes (1003; 4001 before `connect`), like a
         violation, after the commands read before the binary message are answered."""
         session = self.session
-        if session is None:
-            return
         if self._worker is not None:
-            self._reader = None  # nothing after it is read, as after a violation
+            self._receiving = False  # nothing after it is read, as after a violation
             self._then = session.handle_binary
             return
         session.handle_binary()
 
     def _close_failed(self, code: int, reason: str) -> None:
+        state = self.state
+        if state is ConnectionState.CLOSED:
+            return  # lost while the commands before the violation were handled
         session = self.session
-        if session is None or self.transport is None:
-            return
         if session.close_code is None:
             if code == frames.TOO_BIG:
                 session.close(CloseCode.MESSAGE_TOO_BIG)
             else:
                 # Below the application: no disconnect push (the client library reports the code).
                 session.outbox.close(code, reason, reconnect=False, notify=False)
-        elif self._close_timer is not None:
+        elif state is ConnectionState.CLOSING:
             self._end_unreadable()  # our close is out; its answer can no longer be read
         # (Otherwise our close is still queued: `write_close` ends the connection once it is out.)
 
@@ -410,7 +460,7 @@ class WebSocketConnection(asyncio.Protocol):
         closes its side, or after CLOSE_TIMEOUT.
         """
         transport = self.transport
-        if transport is None or transport.is_closing():
+        if transport.is_closing():
             return
         if not transport.can_write_eof():
             transport.close()
@@ -420,8 +470,8 @@ class WebSocketConnection(asyncio.Protocol):
         if not transport.is_reading():
             transport.resume_reading()
         transport.write_eof()
-        if self.node is not None and self._close_timer is None:
-            self._close_timer = self.node.loop.call_later(CLOSE_TIMEOUT, self.abort)
+        if self._close_timer is None:
+            self._close_timer = self.session.host.loop.call_later(CLOSE_TIMEOUT, self.abort)
 
     def _ping(self, payload: bytes) -> None:
         if not self._charge_control_frame():
@@ -441,7 +491,7 @@ class WebSocketConnection(asyncio.Protocol):
         again, the connection closes 4029, as a command flood does.
         """
         session = self.session
-        if session is None or session.close_code is not None:
+        if session.close_code is not None:
             return False
         if session.state is State.CONNECTING:
             self._control_frames += 1
@@ -463,15 +513,15 @@ class WebSocketConnection(asyncio.Protocol):
     # --- outbound (the Outbox's sink) ----------------------------------------------------------
 
     def _write(self, data: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
+        if not self.transport.is_closing():
             self.transport.write(data)
 
     def write_texts(self, texts: list[str]) -> None:
         transport = self.transport
-        if transport is None or transport.is_closing():
+        if transport.is_closing():
             return
         if self._deflate:
-            transport.writelines([_deflate_frame(text.encode(), self._deflate) for text in texts])
+            transport.writelines([deflate.text_frame(text.encode(), self._deflate) for text in texts])
             return
         if len(texts) == 1:
             payload = texts[0].encode()
@@ -486,7 +536,7 @@ class WebSocketConnection(asyncio.Protocol):
 
     def write_framed(self, wire: bytes, text: str) -> None:
         transport = self.transport
-        if transport is None or transport.is_closing():
+        if transport.is_closing():
             return
         if self._deflate:
             self.write_texts([text])
@@ -497,16 +547,15 @@ class WebSocketConnection(asyncio.Protocol):
         """Send our close frame and give the peer CLOSE_TIMEOUT to answer before dropping the socket."""
         self._write(frames.close_frame(code, reason))
         self.closed_code = code
-        if self.transport is None:
-            return
-        if self._reader is None:
+        if self.state is ConnectionState.OPEN:
+            self.transition(ConnectionState.CLOSING)
+        if not self._receiving:
             self._end_unreadable()  # the framing broke: no close answer can be read
-        elif self.node is not None and self._close_timer is None:
-            self._close_timer = self.node.loop.call_later(CLOSE_TIMEOUT, self.abort)
+        elif self._close_timer is None:
+            self._close_timer = self.session.host.loop.call_later(CLOSE_TIMEOUT, self.abort)
 
     def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
+        self.transport.abort()
 
 
 def _has_pong(text: str) -> bool:
@@ -516,9 +565,3 @@ def _has_pong(text: str) -> bool:
     what a pong proves: the peer is alive and reading.
     """
     return any(len(line) < 64 and '"pong"' in line for line in text.split("\n"))
-
-
-def _deflate_frame(payload: bytes, window_bits: int) -> bytes:
-    data = deflate.compress(payload, window_bits)
-    first = 0x80 | 0x40 | frames.TEXT  # FIN, RSV1 (compressed), text
-    return bytes((first,)) + frames.header(frames.TEXT, len(data))[1:] + data

@@ -1,4 +1,4 @@
-"""RFC 6455 framing, pure: the upgrade answer, server frames out, client frames in.
+"""RFC 6455 framing, pure: server frames out, client frames in.
 
 The server only ever sends unmasked, unfragmented frames; it accepts what a client may send:
 masked frames, fragmented messages, control frames between fragments. Every violation is a
@@ -8,9 +8,7 @@ docs/websocket.md ("Frames") says what is refused and how.
 
 from __future__ import annotations
 
-import base64
 import codecs
-import hashlib
 import struct
 from collections.abc import Callable
 from typing import Final
@@ -20,8 +18,6 @@ try:  # the C helper that ships with `websockets`; the fallback below is correct
     from websockets.speedups import apply_mask as _apply_mask
 except ImportError:  # pragma: no cover - websockets is a dependency, its wheel has the extension
     _apply_mask = None
-
-GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 CONTINUATION: Final = 0x0
 TEXT: Final = 0x1
@@ -44,18 +40,6 @@ class FrameError(Exception):
         super().__init__(reason)
         self.code = code
         self.reason = reason
-
-
-def accept_key(key: str) -> str:
-    """The `Sec-WebSocket-Accept` value for a client's `Sec-WebSocket-Key`."""
-    return base64.b64encode(hashlib.sha1(key.encode() + GUID).digest()).decode()
-
-
-def valid_key(key: str) -> bool:
-    try:
-        return len(base64.b64decode(key, validate=True)) == 16
-    except ValueError:
-        return False
 
 
 def header(opcode: int, length: int) -> bytes:

@@ -2,7 +2,8 @@
 
 hubbub compresses and inflates every message on its own, without context takeover in either
 direction, so a connection keeps no zlib state between messages. Negotiation happens once per
-upgrade (`negotiate`); the codec (`compress`, `decompress`) runs per message and parses nothing.
+upgrade (`negotiate`, which handshake.accept calls); the codec (`compress`, `text_frame`,
+`decompress`) runs per message and parses nothing.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Final
 
-from hubbub import frames
+from hubbub.ws import frames
 
 NAME: Final = "permessage-deflate"
 #: What every accepted offer is answered with. `server_no_context_takeover`: hubbub compresses each
@@ -160,6 +161,13 @@ def compress(payload: bytes, window_bits: int) -> bytes:
     compressor = zlib.compressobj(wbits=-window_bits)
     data = compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH)
     return data[:-4] if data.endswith(_TAIL) else data
+
+
+def text_frame(payload: bytes, window_bits: int) -> bytes:
+    """A final text frame carrying `payload` compressed on its own, RSV1 set (§6)."""
+    data = compress(payload, window_bits)
+    first = 0x80 | 0x40 | frames.TEXT  # FIN, RSV1 (compressed), text
+    return bytes((first,)) + frames.header(frames.TEXT, len(data))[1:] + data
 
 
 def decompress(payload: bytes, limit: int) -> bytes:

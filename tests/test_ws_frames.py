@@ -1,4 +1,4 @@
-"""RFC 6455 framing (hubbub.frames), pure: no sockets."""
+"""RFC 6455 framing (hubbub.ws.frames), pure: no sockets."""
 
 from __future__ import annotations
 
@@ -8,25 +8,8 @@ import time
 
 import pytest
 
-from hubbub import frames
-
-
-def client_frame(
-    payload: bytes, opcode: int = frames.TEXT, *, fin: bool = True, rsv: int = 0, mask: bool = True
-) -> bytes:
-    """What a client sends: masked, any length encoding."""
-    first = (0x80 if fin else 0) | rsv | opcode
-    n = len(payload)
-    if n < 126:
-        head = bytes((first, (0x80 if mask else 0) | n))
-    elif n < 65536:
-        head = struct.pack("!BBH", first, (0x80 if mask else 0) | 126, n)
-    else:
-        head = struct.pack("!BBQ", first, (0x80 if mask else 0) | 127, n)
-    if not mask:
-        return head + payload
-    key = os.urandom(4)
-    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+from hubbub.ws import frames
+from tests.support.ws_fakes import client_frame
 
 
 def read(reader: frames.FrameReader, *reads: bytes) -> tuple[list[tuple[int, bytes]], int | None]:
@@ -39,12 +22,6 @@ def read(reader: frames.FrameReader, *reads: bytes) -> tuple[list[tuple[int, byt
 
 def bytewise(data: bytes) -> list[bytes]:
     return [data[i : i + 1] for i in range(len(data))]
-
-
-def test_accept_key_matches_the_rfc_example() -> None:
-    assert frames.accept_key("dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-    assert frames.valid_key("dGhlIHNhbXBsZSBub25jZQ==")
-    assert not frames.valid_key("short") and not frames.valid_key("not base64 at all!!")
 
 
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536, 70000])
