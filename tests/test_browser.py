@@ -14,7 +14,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import pytest
 
 from tests.support.browser import AppOrigin, Browser, Page
 from tests.support.nginx import Nginx
+from tests.support.polling import wait_until
 from tests.support.redis_server import RedisServer
 from tests.support.server import TEST_NAMESPACES, ServerProcess, server_config
 from tests.support.wsclient import token
@@ -118,15 +119,6 @@ def publish(proc: ServerProcess, room: str, data: Any) -> int:
     assert answer.status_code == 200, answer.text
     offset: int = answer.json()["offset"]
     return offset
-
-
-def wait_until(check: Callable[[], object], what: str, timeout: float = 30.0) -> None:
-    """Poll `check` until it is truthy (these tests are synchronous); the timeout only bounds a failure."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def history_data(proc: ServerProcess, room: str) -> list[Any]:
@@ -418,7 +410,7 @@ def test_a_publish_whose_reply_was_lost_is_resent_with_its_key_and_stored_once(
         page.evaluate("(room) => t.client.join(room).then(() => true)", room)
         relay.blackhole = True  # the server still gets the publish; its reply never comes back
         page.evaluate("(room) => { t.lost = t.client.publish(room, { only: 'once' }); return true; }", room)
-        wait_until(lambda: history_data(demo, room) == [{"only": "once"}], "the publish to be stored")
+        wait_until(lambda: history_data(demo, room) == [{"only": "once"}], what="the publish to be stored")
         relay.blackhole = False
         relay.cut()
         result = page.evaluate("() => t.lost")

@@ -4,28 +4,18 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.support.cluster import Cluster, ClusterError
+from tests.support.polling import wait_until
 
 pytestmark = pytest.mark.k8s
 
 CHART = Path(__file__).parent / "fixtures" / "charts" / "mini"
-
-
-def eventually(check: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
 
 
 @pytest.fixture
@@ -105,7 +95,9 @@ def test_crd_with_a_cel_rule_rejects_a_bad_object(k8s: Cluster, namespace: str) 
             },
         }
     )
-    eventually(lambda: k8s.api("GET", f"/apis/{group}/v1/namespaces/{namespace}/widgets").is_success, what="CRD")
+    wait_until(
+        lambda: k8s.api("GET", f"/apis/{group}/v1/namespaces/{namespace}/widgets").is_success, timeout=60, what="CRD"
+    )
     good = {"apiVersion": f"{group}/v1", "kind": "Widget", "metadata": {"name": "good", "namespace": namespace}}
     k8s.apply({**good, "spec": {"minReplicas": 1, "maxReplicas": 3}})
     bad = {**good, "metadata": {"name": "bad", "namespace": namespace}, "spec": {"minReplicas": 5, "maxReplicas": 3}}
@@ -130,7 +122,7 @@ def test_server_side_apply_tracks_field_managers_and_reports_conflicts(k8s: Clus
 
 def test_deployment_reaches_ready_replicas_on_kwok_nodes(k8s: Cluster, namespace: str) -> None:
     k8s.apply(deployment("web", namespace, 3))
-    eventually(lambda: ready_replicas(k8s, namespace, "web") == 3, what="3 ready replicas")
+    wait_until(lambda: ready_replicas(k8s, namespace, "web") == 3, timeout=60, what="3 ready replicas")
     pods = k8s.api("GET", f"/api/v1/namespaces/{namespace}/pods").json()["items"]
     assert len(pods) == 3
     assert all(p["status"]["phase"] == "Running" and p["spec"]["nodeName"].startswith("kwok-node") for p in pods)
@@ -148,22 +140,27 @@ def test_deleting_an_owner_garbage_collects_its_children(k8s: Cluster, namespace
         }
     )
     k8s.apply(deployment("gc", namespace, 1))
-    eventually(lambda: ready_replicas(k8s, namespace, "gc") == 1, what="gc deployment ready")
+    wait_until(lambda: ready_replicas(k8s, namespace, "gc") == 1, timeout=60, what="gc deployment ready")
     k8s.api("DELETE", f"/api/v1/namespaces/{namespace}/configmaps/owner")
-    eventually(lambda: k8s.get(f"/api/v1/namespaces/{namespace}/configmaps/child") is None, what="child collected")
+    wait_until(
+        lambda: k8s.get(f"/api/v1/namespaces/{namespace}/configmaps/child") is None, timeout=60, what="child collected"
+    )
     k8s.api("DELETE", f"/apis/apps/v1/namespaces/{namespace}/deployments/gc")
-    eventually(
+    wait_until(
         lambda: not k8s.api("GET", f"/apis/apps/v1/namespaces/{namespace}/replicasets").json()["items"],
+        timeout=60,
         what="ReplicaSets collected",
     )
-    eventually(
-        lambda: not k8s.api("GET", f"/api/v1/namespaces/{namespace}/pods").json()["items"], what="Pods collected"
+    wait_until(
+        lambda: not k8s.api("GET", f"/api/v1/namespaces/{namespace}/pods").json()["items"],
+        timeout=60,
+        what="Pods collected",
     )
 
 
 def test_hpa_on_a_pods_custom_metric_scales_a_deployment(k8s: Cluster, namespace: str) -> None:
     k8s.apply(deployment("scaled", namespace, 1))
-    eventually(lambda: ready_replicas(k8s, namespace, "scaled") == 1, what="1 ready replica")
+    wait_until(lambda: ready_replicas(k8s, namespace, "scaled") == 1, timeout=60, what="1 ready replica")
     k8s.apply(
         {
             "apiVersion": "autoscaling/v2",
@@ -198,9 +195,9 @@ def test_hpa_on_a_pods_custom_metric_scales_a_deployment(k8s: Cluster, namespace
         return int(found.get("spec", {}).get("replicas", 0)) == replicas
 
     # 1 pod at 300 connections against a target of 100 per pod: the HPA wants 3 replicas.
-    eventually(lambda: scaled_to(3, "300"), timeout=90, what="scale up to 3")
+    wait_until(lambda: scaled_to(3, "300"), timeout=90, what="scale up to 3")
     # Load per pod drops to 10: the HPA scales back to its minimum.
-    eventually(lambda: scaled_to(1, "10"), timeout=90, what="scale down to 1")
+    wait_until(lambda: scaled_to(1, "10"), timeout=90, what="scale down to 1")
 
 
 def test_service_account_without_permission_gets_403_and_with_it_succeeds(k8s: Cluster, namespace: str) -> None:
@@ -227,8 +224,9 @@ def test_service_account_without_permission_gets_403_and_with_it_succeeds(k8s: C
         }
     )
     token = _token_of(kubeconfig)
-    eventually(
+    wait_until(
         lambda: k8s.api("GET", f"/api/v1/namespaces/{namespace}/configmaps", token=token).status_code == 200,
+        timeout=60,
         what="RBAC grant",
     )
     assert k8s.api("DELETE", f"/api/v1/namespaces/{namespace}/configmaps/x", token=token).status_code == 403
@@ -254,7 +252,9 @@ def test_helm_installs_upgrades_and_uninstalls_a_chart(k8s: Cluster, namespace: 
     history = k8s.helm("history", "demo", "-n", namespace, "-o", "json").stdout
     assert '"revision":2' in history.replace(" ", "")
     k8s.helm("uninstall", "demo", "-n", namespace, "--wait")
-    eventually(lambda: k8s.get(f"/apis/apps/v1/namespaces/{namespace}/deployments/demo") is None, what="uninstall")
+    wait_until(
+        lambda: k8s.get(f"/apis/apps/v1/namespaces/{namespace}/deployments/demo") is None, timeout=60, what="uninstall"
+    )
     assert k8s.get(f"/api/v1/namespaces/{namespace}/configmaps/demo-config") is None
 
 
