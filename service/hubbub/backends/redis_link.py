@@ -10,7 +10,8 @@ without waiting for each other's replies and still get consecutive offsets.
 
 redis-py still makes the connection (URL options, TLS, ACL users and Sentinel discovery stay its
 business); once its handshake is done the Link takes the socket over with its own protocol and
-parses replies with hiredis.
+parses replies with hiredis. redis-py has no public API for that hand-over: what it uses of its
+internals is in `redis_internals`, with the redis-py versions it is tested with.
 
 Timeouts belong to the Link, not to callers: when the oldest unanswered command is older than
 `timeout` the connection is presumed hung and closed, and every waiting caller fails. A timer per
@@ -35,6 +36,8 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as LinkDown
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as LinkTimeout
+
+from hubbub.backends.redis_internals import forget_stream, transport_of
 
 if TYPE_CHECKING:
     from hubbub.metrics import Histogram
@@ -179,8 +182,7 @@ class Link:
                 await asyncio.wait_for(conn.connect(), self._timeout)  # type: ignore[no-untyped-call]
             except TimeoutError:
                 raise LinkTimeout("redis connect timed out") from None
-            writer = getattr(conn, "_writer", None)
-            transport = getattr(writer, "transport", None)
+            transport = transport_of(conn)
             if transport is None:
                 raise LinkDown("this redis-py version does not expose its connection's stream")
         except BaseException as exc:
@@ -276,7 +278,7 @@ class Link:
         if transport is not None:
             transport.abort()
         if conn is not None:
-            conn._close()  # type: ignore[no-untyped-call]  # forget the stream redis-py would otherwise warn about as unclosed
+            forget_stream(conn)  # or redis-py warns about it as unclosed when it is collected
         self._fail_all(error)
 
     def _fail_all(self, error: Exception) -> None:

@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
-from redis._parsers import _AsyncRESP3Parser
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialWithJitterBackoff
@@ -22,6 +21,7 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
+from hubbub.backends.redis_internals import PYTHON_PARSER
 from hubbub.metrics import RedisErrorKind
 from hubbub.settings import Settings
 
@@ -58,7 +58,8 @@ def _options(settings: Settings, client_name: str) -> dict[str, object]:
         "client_name": client_name,
         # redis-py's own parser, which it used before hiredis became our dependency (for the Link,
         # which uses hiredis directly): the pool is off the hot path and stays on the tested parser.
-        "parser_class": _AsyncRESP3Parser,
+        # Private to redis-py: see redis_internals.
+        "parser_class": PYTHON_PARSER,
         # One quick retry smooths over a dropped pooled connection; anything longer is the caller's 503.
         "retry": Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.2), 1),
     }
