@@ -4,11 +4,11 @@
 re-exports them (the same objects). The names the client had here that collided with the server's own
 classes still resolve, to their new classes, with a DeprecationWarning (see docs/client.md):
 
-| deprecated name here | now             |
-|----------------------|-----------------|
+| deprecated name here | now               |
+|----------------------|-------------------|
 | `CommandError`       | `CommandRejected` |
-| `Disconnect`         | `Disconnection` |
-| `Publication`        | `Message`       |
+| `Disconnect`         | `Disconnection`   |
+| `Publication`        | `Message`         |
 
 Only this module is kept: the old submodules (`hubbub.client.models`, ...) were the client's insides.
 """
