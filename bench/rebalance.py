@@ -5,7 +5,7 @@
 
 Real processes on 127.0.0.1: a private redis-server, `--after` hubbub nodes, and nginx in front of the
 first `--before` of them (round robin, as a Service spreads connections; `--balance least_conn` for a
-load-aware proxy). hubbub.client clients (reconnecting, recovering) join one room through nginx while a
+load-aware proxy). hubbub_client clients (reconnecting, recovering) join one room through nginx while a
 publisher sends a numbered publication to it every `--interval` seconds. Then nginx gets every node (the
 scale-out: the new nodes start empty) and the operator's Rebalancer (hubbub_operator.rebalance) runs in
 rounds, as the operator does after each cooldown: it asks the loaded nodes (POST /api/shed) to close their
@@ -43,7 +43,7 @@ from harness.config import API_KEY, SECRET
 from harness.processes import Proc, free_port, http_ok, stop_all, wait_until
 from harness.targets import Redis, hubbub_argv
 from hubbub.auth import mint_token
-from hubbub.client import Client, ConnectionState, Publication, Rejoin
+from hubbub_client import Client, ConnectionState, Message, Rejoin
 from hubbub_operator.rebalance import HttpPods, Pod, Rebalancer, plan_sheds
 
 ROOM = "bench:rebalance"
@@ -148,7 +148,7 @@ class Member:
 
         async def listen() -> None:
             async for event in room.events():
-                if isinstance(event, Publication) and isinstance(event.data, int):
+                if isinstance(event, Message) and isinstance(event.data, int):
                     self.received.append(event.data)
                 elif isinstance(event, Rejoin):
                     self.rejoins.append(event)

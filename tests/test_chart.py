@@ -359,7 +359,7 @@ def test_the_round_trip_script_publishes_and_receives_through_a_real_server(serv
     [
         pytest.param({"HUBBUB_API_KEY": "wrong"}, "/api/publish: HTTP 401", id="wrong-api-key"),
         pytest.param({"HUBBUB_JWT_SECRET": "x" * 40}, "WebSocket ws://127.0.0.1:", id="wrong-token-secret"),
-        pytest.param({"HUBBUB_TEST_ROOM": "nowhere:x"}, "CommandError", id="unknown-room-namespace"),
+        pytest.param({"HUBBUB_TEST_ROOM": "nowhere:x"}, "CommandRejected: 404", id="unknown-room-namespace"),
         pytest.param({"HUBBUB_API_KEY": ""}, "not configured: HUBBUB_API_KEY unset", id="not-configured"),
     ],
 )

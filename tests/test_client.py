@@ -1,4 +1,4 @@
-"""hubbub.client against a real server: commands, errors, rooms, events and closing; plus the pure parts
+"""hubbub_client against a real server: commands, errors, rooms, events and closing; plus the pure parts
 (backoff schedule, close-code policy, refresh timing, frame splitting, de-duplication)."""
 
 from __future__ import annotations
@@ -9,23 +9,23 @@ import time
 
 import pytest
 
-from hubbub.client import (
+from hubbub_client import (
     Backoff,
     Client,
     ClientClosed,
-    CommandError,
+    CommandRejected,
     ConnectionState,
     JoinResult,
-    Publication,
+    Message,
     QueueFull,
     Rejoin,
     StreamPosition,
 )
-from hubbub.client.connection import split_frame
-from hubbub.client.pacer import Pacer
-from hubbub.client.policy import Action, action_for
-from hubbub.client.room import Room
-from hubbub.client.token import refresh_delay
+from hubbub_client.connection import split_frame
+from hubbub_client.pacer import Pacer
+from hubbub_client.policy import Action, action_for
+from hubbub_client.room import Room
+from hubbub_client.token import refresh_delay
 from tests.conftest import ServerFactory
 from tests.support.polling import until
 from tests.support.server import ServerProcess
@@ -152,11 +152,11 @@ async def test_room_never_delivers_an_offset_twice_nor_goes_backwards() -> None:
     for offset in (3, 3, 2, 4):
         assert room.publication({"offset": offset, "data": offset, "ts": 0})
     assert not room.publication({"offset": 9, "data": 9, "ts": 0})  # a gap is refused, not delivered
-    pubs = [Publication("chat:dedupe", "e1", n, n, 0) for n in (3, 4, 5, 6)]
+    pubs = [Message("chat:dedupe", "e1", n, n, 0) for n in (3, 4, 5, 6)]
     event = room.rejoined(JoinResult("chat:dedupe", "e1", 6, recovered=True, publications=pubs))
     assert event.recovered and event.position == StreamPosition("e1", 6)
     events = await take(room, room.pending)
-    assert [e.offset for e in events if isinstance(e, Publication)] == [3, 4, 5, 6]
+    assert [e.offset for e in events if isinstance(e, Message)] == [3, 4, 5, 6]
     assert [e for e in events if isinstance(e, Rejoin)] == [event]
     assert events.index(event) == 2  # the re-join comes before what it recovered
 
@@ -174,7 +174,7 @@ async def test_join_publish_iterate_history_presence_and_leave(server: ServerPro
         first = await client.publish(name, {"text": "hello"})
         second = await room.publish({"text": "again"}, idempotency_key="k-2")
         assert (first.offset, second.offset) == (1, 2) and first.epoch == room.epoch
-        received: list[Publication] = []
+        received: list[Message] = []
         async for pub in room:
             received.append(pub)
             if len(received) == 2:
@@ -213,20 +213,20 @@ async def test_idempotency_key_given_by_the_caller_returns_the_first_result(serv
 async def test_error_replies_raise_command_error_with_the_code(server: ServerProcess) -> None:
     restricted = token(unique("eve-"), rooms=("quiet:*",), publish=())
     async with client_for(server.ws_url, token=restricted) as client:
-        with pytest.raises(CommandError) as forbidden:
+        with pytest.raises(CommandRejected) as forbidden:
             await client.join(unique("chat:"))
         assert forbidden.value.code == 403
-        with pytest.raises(CommandError) as unknown:
+        with pytest.raises(CommandRejected) as unknown:
             await client.join(unique("nosuchns:"))
         assert unknown.value.code == 404
-        with pytest.raises(CommandError) as no_publish:
+        with pytest.raises(CommandRejected) as no_publish:
             await client.publish(unique("quiet:"), "x")
         assert no_publish.value.code == 403
-        with pytest.raises(CommandError) as not_joined:
+        with pytest.raises(CommandRejected) as not_joined:
             await client.leave(unique("quiet:"))
         assert not_joined.value.code == 409
         room = await client.join(unique("quiet:"))
-        with pytest.raises(CommandError) as twice:
+        with pytest.raises(CommandRejected) as twice:
             await client.join(room.name)
         assert twice.value.code == 409
         assert client.state is ConnectionState.CONNECTED  # error replies never close the connection
@@ -241,7 +241,7 @@ async def test_join_and_leave_pushes_reach_other_members(server: ServerProcess) 
         bob_room = await bob.join(name)
         await bob_room.leave()
         joined, left = await take(room, 2)
-        assert [e.kind for e in (joined, left) if not isinstance(e, Publication | Rejoin)] == ["join", "leave"]
+        assert [e.kind for e in (joined, left) if not isinstance(e, Message | Rejoin)] == ["join", "leave"]
         assert [(e.info.user, e.info.client) for e in events.presence] == [(bob_user, bob.client_id)] * 2
 
 
@@ -253,7 +253,7 @@ async def test_close_sends_normal_close_ends_iterators_and_fails_later_commands(
 
     reading = asyncio.Event()
 
-    async def read_all() -> list[Publication]:
+    async def read_all() -> list[Message]:
         reading.set()
         return [pub async for pub in room]
 
@@ -294,7 +294,7 @@ async def test_many_concurrent_publishes_are_pipelined_batched_and_delivered_in_
         results = await asyncio.wait_for(asyncio.gather(*(client.publish(name, {"n": n}) for n in range(150))), 30)
         assert [r.offset for r in results] == list(range(1, 151))
         received = await take(room, 150)
-        assert [e.data for e in received if isinstance(e, Publication)] == [{"n": n} for n in range(150)]
+        assert [e.data for e in received if isinstance(e, Message)] == [{"n": n} for n in range(150)]
 
 
 async def test_publishes_are_paced_below_the_servers_command_rate(server_factory: ServerFactory) -> None:
@@ -320,7 +320,7 @@ async def test_join_with_since_resumes_from_a_position_the_application_kept(serv
         assert room.recovered is True and room.position == StreamPosition(history.epoch, 3)
         rejoin, *missed = await take(room, 3)
         assert isinstance(rejoin, Rejoin) and rejoin.recovered and rejoin.previous == kept
-        assert [p.data for p in missed if isinstance(p, Publication)] == [1, 2]
+        assert [p.data for p in missed if isinstance(p, Message)] == [1, 2]
         await room.leave()
 
         stale = await client.join(name, since=StreamPosition("some-old-epoch", 1))

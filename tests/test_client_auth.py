@@ -1,4 +1,4 @@
-"""hubbub.client against real servers: terminal close codes, tokens (invalid, refreshed, expired) and the
+"""hubbub_client against real servers: terminal close codes, tokens (invalid, refreshed, expired) and the
 protocol heartbeat."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from hubbub.client import Client, ClientClosed, ConnectionState
+from hubbub_client import Client, ClientClosed, ConnectionState
 from tests.conftest import ServerFactory
 from tests.support.polling import until
 from tests.support.server import ServerProcess

@@ -1,4 +1,4 @@
-"""hubbub.client's first connect: it gives up with a `ConnectFailed` that says what is wrong (at once when
+"""hubbub_client's first connect: it gives up with a `ConnectFailed` that says what is wrong (at once when
 retrying cannot help, after `connect_timeout` otherwise), logs every failed attempt, and cancelling it leaves
 nothing running. Once connected it keeps retrying, whatever a front answers meanwhile."""
 
@@ -17,8 +17,8 @@ from typing import Any, Literal
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from hubbub.client import Client, ClientClosed, ConnectFailed, ConnectionState
-from hubbub.client.policy import refusal_is_terminal
+from hubbub_client import Client, ClientClosed, ConnectFailed, ConnectionState
+from hubbub_client.policy import refusal_is_terminal
 from tests.conftest import ServerFactory
 from tests.support.polling import until
 from tests.support.procs import free_port
@@ -98,7 +98,7 @@ class Listener:
 
 
 def client_tasks() -> set[asyncio.Task[Any]]:
-    """Tasks running hubbub.client code: the runner, connection readers and watchdogs, token refreshes."""
+    """Tasks running hubbub_client code: the runner, connection readers and watchdogs, token refreshes."""
     package = f"{os.sep}hubbub{os.sep}client{os.sep}"
     found: set[asyncio.Task[Any]] = set()
     for task in asyncio.all_tasks():
@@ -109,7 +109,7 @@ def client_tasks() -> set[asyncio.Task[Any]]:
 
 
 def client_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [record.getMessage() for record in caplog.records if record.name == "hubbub.client"]
+    return [record.getMessage() for record in caplog.records if record.name == "hubbub_client"]
 
 
 def attempt_line(url: str, attempt: int, cause: str) -> re.Pattern[str]:
@@ -158,7 +158,7 @@ async def test_server_down_fails_after_connect_timeout_with_the_cause_and_a_warn
     publishing = asyncio.create_task(client.publish("chat:x", "queued before the first connect"))
     joining = asyncio.create_task(client.join("chat:x"))  # waits for a connection within command_timeout
     started = time.monotonic()
-    with caplog.at_level(logging.WARNING, logger="hubbub.client"):
+    with caplog.at_level(logging.WARNING, logger="hubbub_client"):
         error = await expect_connect_failed(client, within=20)
     # Not before the deadline; the upper bound leaves a loaded machine room for late timers and still
     # fails a client that waits for anything longer (the command timeout, the 30 s default).
@@ -181,7 +181,7 @@ async def test_server_down_fails_after_connect_timeout_with_the_cause_and_a_warn
         assert re.fullmatch(rf"connect attempt {number} to {re.escape(url)} failed: connection refused; {then}", line)
     # An attempt that fails at the deadline itself is told only by the last line.
     assert len(attempts) in (error.attempts, error.attempts - 1) and last == f"giving up: {error}"
-    records = [r for r in caplog.records if r.name == "hubbub.client"]
+    records = [r for r in caplog.records if r.name == "hubbub_client"]
     assert all(r.levelno == logging.WARNING and r.exc_info is None for r in records)  # no tracebacks
 
 
@@ -224,7 +224,7 @@ async def test_refused_upgrade_fails_at_once_with_the_status_and_the_servers_wor
     url = f"ws://127.0.0.1:{server.port}{url_tail}"
     client = client_for(url, **options)  # the default connect_timeout (30 s): none of it is used
     started = time.monotonic()
-    with caplog.at_level(logging.WARNING, logger="hubbub.client"):
+    with caplog.at_level(logging.WARNING, logger="hubbub_client"):
         error = await expect_connect_failed(client, within=20)
     assert time.monotonic() - started < 15  # not the 30 s of connect_timeout
     assert error.status == status and error.attempts == 1 == client.attempts
@@ -313,7 +313,7 @@ async def test_first_connect_retries_a_refusal_that_may_pass(
     relay.answer = http_answer(status, "try again later")
     client = client_for(relay.ws_url)
     try:
-        with caplog.at_level(logging.WARNING, logger="hubbub.client"):
+        with caplog.at_level(logging.WARNING, logger="hubbub_client"):
             connecting = asyncio.create_task(client.connect())
             await until(lambda: relay.accepted >= 2, what="a retry after the refusal")
             relay.answer = None
@@ -389,7 +389,7 @@ async def test_after_connecting_http_refusals_are_retried_with_a_warning_until_t
     try:
         async with client_for(relay.ws_url, connect_timeout=SHORT_CONNECT_TIMEOUT) as client:
             first = client.client_id
-            with caplog.at_level(logging.INFO, logger="hubbub.client"):
+            with caplog.at_level(logging.INFO, logger="hubbub_client"):
                 relay.answer = http_answer(404, "no route to the service yet")  # an ingress mid-rollout
                 cut = time.time()
                 relay.cut()
@@ -414,7 +414,7 @@ async def test_after_connecting_refused_connections_are_retried_with_a_warning(
 ) -> None:
     server = server_factory()
     async with client_for(server.ws_url, connect_timeout=SHORT_CONNECT_TIMEOUT) as client:
-        with caplog.at_level(logging.WARNING, logger="hubbub.client"):
+        with caplog.at_level(logging.WARNING, logger="hubbub_client"):
             stopped = time.time()
             await asyncio.to_thread(server.stop)
             await until_logged(caplog, "connection refused", 3)
@@ -436,7 +436,7 @@ async def until_retried_past(caplog: pytest.LogCaptureFixture, moment: float) ->
 
     def retried() -> bool:
         return any(
-            r.name == "hubbub.client"
+            r.name == "hubbub_client"
             and r.created > moment
             and " failed: " in r.getMessage()
             and "retrying" in r.getMessage()

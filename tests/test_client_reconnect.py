@@ -1,4 +1,4 @@
-"""hubbub.client reconnects against real servers: restarts, recovery, the offline queue, lost replies,
+"""hubbub_client reconnects against real servers: restarts, recovery, the offline queue, lost replies,
 dead connections and command timeouts."""
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ import time
 
 import pytest
 
-from hubbub.client import (
-    CommandError,
+from hubbub_client import (
+    CommandRejected,
     CommandTimeout,
     ConnectionState,
-    Publication,
+    Message,
     Rejoin,
     StreamPosition,
 )
@@ -33,7 +33,7 @@ async def test_restart_reconnects_with_backoff_and_reports_not_recovered_with_a_
         room = await client.join(name)
         await client.publish(name, "before")
         old = await take(room, 1)
-        assert isinstance(old[0], Publication) and old[0].offset == 1
+        assert isinstance(old[0], Message) and old[0].offset == 1
         old_epoch, old_client = room.epoch, client.client_id
 
         await asyncio.to_thread(server.stop)
@@ -56,7 +56,7 @@ async def test_restart_reconnects_with_backoff_and_reports_not_recovered_with_a_
         await client.publish(name, "after")
         signal, fresh = await take(room, 2)  # the "not recovered" signal comes first, in the room's stream
         assert signal == rejoin
-        assert isinstance(fresh, Publication) and (fresh.epoch, fresh.offset, fresh.data) == (room.epoch, 1, "after")
+        assert isinstance(fresh, Message) and (fresh.epoch, fresh.offset, fresh.data) == (room.epoch, 1, "after")
 
 
 async def test_forced_reconnect_recovers_every_missed_publication_exactly_once_in_order(
@@ -91,7 +91,7 @@ async def test_forced_reconnect_recovers_every_missed_publication_exactly_once_i
         assert rejoin.previous == StreamPosition(str(room.epoch), 1) and rejoin.position == StreamPosition(
             str(room.epoch), 8
         )
-        pubs = [e for e in recovered if isinstance(e, Publication)]
+        pubs = [e for e in recovered if isinstance(e, Message)]
         assert [p.offset for p in pubs] == list(range(2, 9)) and [p.data for p in pubs] == list(range(1, 8))
         assert [(d.code, d.reconnect, d.delay) for d in events.disconnects] == [(4011, True, 0.0)]
         assert events.rejoins == [rejoin]
@@ -99,11 +99,11 @@ async def test_forced_reconnect_recovers_every_missed_publication_exactly_once_i
 
         server.api("POST", "/api/publish", json={"room": name, "data": 8})
         [live] = await take(room, 1)
-        assert isinstance(live, Publication) and live.offset == 9  # live ones follow
+        assert isinstance(live, Message) and live.offset == 9  # live ones follow
         # Nothing twice: anything delivered again would come before the next publication.
         server.api("POST", "/api/publish", json={"room": name, "data": 9})
         [last] = await take(room, 1)
-        assert isinstance(last, Publication) and last.offset == 10 and room.pending == 0
+        assert isinstance(last, Message) and last.offset == 10 and room.pending == 0
 
 
 async def test_offline_publishes_are_flushed_in_order_exactly_once_after_restart(
@@ -230,7 +230,7 @@ async def test_room_that_cannot_be_rejoined_is_closed_with_the_error(server: Ser
         [failed] = events.rejoins
         assert failed.error is not None and failed.error.code == 403 and not failed.recovered
         assert not room.active and name not in client.rooms
-        with pytest.raises(CommandError) as raised:
+        with pytest.raises(CommandRejected) as raised:
             await take(room, 1)
         assert raised.value.code == 403
         assert client.state is ConnectionState.CONNECTED

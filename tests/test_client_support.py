@@ -1,4 +1,4 @@
-"""Helpers for the hubbub.client tests (no tests here): fast client settings, event recording, and a TCP
+"""Helpers for the hubbub_client tests (no tests here): fast client settings, event recording, and a TCP
 relay that can black-hole or cut the connection between a client and a real server. Waiting on a condition:
 `tests.support.polling.until`."""
 
@@ -10,8 +10,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from hubbub.client import Client, ConnectError, ConnectionState, Disconnect, PresenceEvent, Rejoin, TokenRefresh
-from hubbub.client.room import Room, RoomEvent
+from hubbub_client import Client, ConnectError, ConnectionState, Disconnection, PresenceEvent, Rejoin, TokenRefresh
+from hubbub_client.room import Room, RoomEvent
 from tests.support.wsclient import token
 
 #: Reconnect quickly in tests; the schedule itself is unit-tested with the defaults. The command timeout
@@ -63,7 +63,7 @@ class Recorder:
 
     def __init__(self, client: Client) -> None:
         self.states: list[ConnectionState] = []
-        self.disconnects: list[Disconnect] = []
+        self.disconnects: list[Disconnection] = []
         self.connect_errors: list[ConnectError] = []
         self.rejoins: list[Rejoin] = []
         self.refreshes: list[TokenRefresh] = []

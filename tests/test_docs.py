@@ -377,7 +377,7 @@ GOOD_PYTHON = """
 import asyncio
 import os
 
-from hubbub.client import Client
+from hubbub_client import Client
 
 
 async def main() -> None:

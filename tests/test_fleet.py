@@ -18,8 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from hubbub.client import Client, Disconnect, Rejoin
-from hubbub.client.models import Publication
+from hubbub_client import Client, Disconnection, Message, Rejoin
 from tests.support.nginx import Nginx
 from tests.support.polling import until
 from tests.support.redis_server import RedisServer
@@ -39,7 +38,7 @@ class Member:
         self.room = room
         self.offsets: list[int] = []
         self.rejoins: list[Rejoin] = []
-        self.disconnects: list[Disconnect] = []
+        self.disconnects: list[Disconnection] = []
         self.drained_at: list[float] = []
         user = f"fleet-{index}"
 
@@ -49,7 +48,7 @@ class Member:
         self.client = Client(f"{url}?sid={index}", token=fresh, **FAST)  # type: ignore[arg-type]
         self.client.on_disconnect(self._disconnected)
 
-    def _disconnected(self, disconnect: Disconnect) -> None:
+    def _disconnected(self, disconnect: Disconnection) -> None:
         self.disconnects.append(disconnect)
         if disconnect.code == 1012:
             self.drained_at.append(time.monotonic())
@@ -60,7 +59,7 @@ class Member:
         joined.on_publication(lambda pub: self._take(pub))
         joined.on_rejoin(self.rejoins.append)
 
-    def _take(self, pub: Publication) -> None:
+    def _take(self, pub: Message) -> None:
         self.offsets.append(pub.offset)
 
 

@@ -31,7 +31,7 @@ APP = "hubbub"
 CLIENT = textwrap.dedent(
     """
     import asyncio, json, sys
-    from hubbub.client import Client
+    from hubbub_client import Client
 
     async def main(url: str, token: str) -> None:
         async with Client(url, token=token, connect_timeout=20) as client:
@@ -50,7 +50,7 @@ CLIENT = textwrap.dedent(
 HOLDER = textwrap.dedent(
     """
     import asyncio, sys
-    from hubbub.client import Client
+    from hubbub_client import Client
 
     async def main(url: str, token: str, count: int) -> None:
         clients = [Client(url, token=token, connect_timeout=30) for _ in range(count)]

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from hubbub.client import Client, ConnectionState, Publication, Rejoin
+from hubbub_client import Client, ConnectionState, Message, Rejoin
 from hubbub_operator.rebalance import HttpPods, Pod, Rebalancer, plan_sheds
 from tests.support.nginx import Nginx, SidRouting
 from tests.support.polling import until
@@ -69,7 +69,7 @@ class Listener:
 
         async def listen() -> None:
             async for event in joined.events():
-                if isinstance(event, Publication):
+                if isinstance(event, Message):
                     assert isinstance(event.data, int)
                     self.received.append(event.data)
                 elif isinstance(event, Rejoin):

@@ -11,7 +11,7 @@ started through `nsenter` (RealNode.popen) and steered by `RoomLoad` from the te
     newest = load.call("stop_publishing")["newest"]
     verdict = load.call("check", timeout=60)   # every member holds every publication once, in order
 
-Each member is the Python client (hubbub.client.Client): it reconnects on 1012 and network loss and
+Each member is the Python client (hubbub_client.Client): it reconnects on 1012 and network loss and
 recovers what it missed from its position, as an application would.
 """
 
@@ -31,8 +31,7 @@ from typing import IO, Any
 import httpx
 
 from hubbub.auth import mint_token
-from hubbub.client import Client, Disconnect, Rejoin
-from hubbub.client.models import Publication
+from hubbub_client import Client, Disconnection, Message, Rejoin
 from tests.support.polling import until
 
 #: Fast reconnects: a test does not want a production client's 20 s backoff cap.
@@ -44,7 +43,7 @@ class Member:
         self.room = room
         self.offsets: list[int] = []
         self.rejoins: list[Rejoin] = []
-        self.disconnects: list[Disconnect] = []
+        self.disconnects: list[Disconnection] = []
         user = f"load-{index}"
 
         async def fresh() -> str:
@@ -59,7 +58,7 @@ class Member:
         joined.on_publication(self._take)
         joined.on_rejoin(self.rejoins.append)
 
-    def _take(self, pub: Publication) -> None:
+    def _take(self, pub: Message) -> None:
         self.offsets.append(pub.offset)
 
 

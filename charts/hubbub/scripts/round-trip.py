@@ -23,7 +23,7 @@ import urllib.request
 from typing import Any
 
 from hubbub.auth import mint_token
-from hubbub.client import Client, ClientError
+from hubbub_client import Client, ClientError
 
 
 class Failed(Exception):

@@ -8,7 +8,7 @@
  *     const room = await client.join("chat:lobby");
  *     room.on("publication", (pub) => render(pub));
  *
- * A port of the Python client (service/hubbub/client/), reviewed and tested against the server:
+ * A port of the Python client (service/hubbub_client/), reviewed and tested against the server:
  * same close-code policy, backoff, refresh margins, offline queue, pacing, re-join and de-dup rules.
  * Where this file differs it is because a browser differs (events instead of iterators, ms instead
  * of seconds, no way to drop a TCP connection without a close frame).

@@ -19,13 +19,13 @@ from typing import Any
 
 from websockets.exceptions import InvalidURI
 
-from hubbub.client.backoff import Backoff, Uniform
-from hubbub.client.connection import Closure, Connection, Refusal, describe, refusal
-from hubbub.client.emitter import Emitter
-from hubbub.client.errors import ClientClosed, CommandError, CommandTimeout, ConnectFailed, ConnectionLost
-from hubbub.client.events import ConnectError, ConnectionState, Disconnect, Rejoin, TokenRefresh
-from hubbub.client.membership import Membership, ignore_reply
-from hubbub.client.models import (
+from hubbub_client.backoff import Backoff, Uniform
+from hubbub_client.connection import Closure, Connection, Refusal, describe, refusal
+from hubbub_client.emitter import Emitter
+from hubbub_client.errors import ClientClosed, CommandRejected, CommandTimeout, ConnectFailed, ConnectionLost
+from hubbub_client.events import ConnectError, ConnectionState, Disconnection, Rejoin, TokenRefresh
+from hubbub_client.membership import Membership, ignore_reply
+from hubbub_client.models import (
     JSON,
     ConnectResult,
     HistoryResult,
@@ -37,12 +37,12 @@ from hubbub.client.models import (
     PublishResult,
     StreamPosition,
 )
-from hubbub.client.policy import Action, action_for, refusal_is_terminal
-from hubbub.client.publisher import Publisher
-from hubbub.client.room import Room
-from hubbub.client.token import TokenCallback, TokenSource, keep_fresh
+from hubbub_client.policy import Action, action_for, refusal_is_terminal
+from hubbub_client.publisher import Publisher
+from hubbub_client.room import Room
+from hubbub_client.token import TokenCallback, TokenSource, keep_fresh
 
-log = logging.getLogger("hubbub.client")
+log = logging.getLogger("hubbub_client")
 
 #: Connections shorter than this that end with 4011/4009 twice in a row get a backoff delay, not zero.
 MIN_STABLE_CONNECTION = 1.0
@@ -92,7 +92,7 @@ class Client:
         self.client_id: str | None = None
         self.user: str | None = None
         #: How the client ended, once `CLOSED`.
-        self.final: Disconnect | None = None
+        self.final: Disconnection | None = None
         #: Why the first connect failed for good (what `connect()` raised), if it did.
         self.failure: ConnectFailed | None = None
         #: Counters since creation: connection attempts, `connect` replies received, server pings answered.
@@ -101,7 +101,7 @@ class Client:
         self.pings = 0
 
         self.on_state: Emitter[ConnectionState] = Emitter("state")
-        self.on_disconnect: Emitter[Disconnect] = Emitter("disconnect")
+        self.on_disconnect: Emitter[Disconnection] = Emitter("disconnect")
         self.on_connect_error: Emitter[ConnectError] = Emitter("connect_error")
         self.on_rejoin: Emitter[Rejoin] = Emitter("rejoin")
         self.on_presence: Emitter[PresenceEvent] = Emitter("presence")
@@ -143,7 +143,7 @@ class Client:
 
     async def connect(self) -> None:
         """Start the client and wait for the first successful `connect`, retrying with backoff meanwhile
-        (each failed attempt is logged at WARNING on the `hubbub.client` logger).
+        (each failed attempt is logged at WARNING on the `hubbub_client` logger).
 
         Raises `ConnectFailed` (a `ClientClosed`) when the first connect fails for good: `connect_timeout`
         passed, or an attempt failed in a way retrying cannot fix (a 4xx refusal of the upgrade such as
@@ -179,7 +179,7 @@ class Client:
             if self._state is ConnectionState.CLOSED:
                 raise self._closed_error()
 
-    async def wait_closed(self) -> Disconnect:
+    async def wait_closed(self) -> Disconnection:
         """Wait until the client is `CLOSED`; returns why."""
         if self._state is not ConnectionState.CLOSED:
             await self.on_state.wait(lambda state: state is ConnectionState.CLOSED)
@@ -200,7 +200,7 @@ class Client:
             runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await runner
-        self._finish(Disconnect(1000, "closed by the client", reconnect=False))
+        self._finish(Disconnection(1000, "closed by the client", reconnect=False))
 
     async def _abandon(self, reason: str) -> None:
         """Stop at once because `connect()` was cancelled: a connection that got its `connect` reply is
@@ -214,7 +214,7 @@ class Client:
         if runner is not None and not runner.done():
             runner.cancel()  # aborts whatever it is opening or serving (see `_run`)
             await asyncio.wait([runner])
-        self._finish(Disconnect(None, reason, reconnect=False))
+        self._finish(Disconnection(None, reason, reconnect=False))
 
     def _closed_error(self) -> ClientClosed:
         """What to raise once `CLOSED`: the first connect's failure if that is how the client ended."""
@@ -236,7 +236,7 @@ class Client:
         the application kept: missed publications are delivered first and `room.recovered` tells whether
         all of them were. Re-joined automatically after every reconnect until `leave()`."""
         if room in self._membership:
-            raise CommandError(409, "already joined")
+            raise CommandRejected(409, "already joined")
         handle = Room(self, room)
         params: JSONObject = {"room": room}
         if since is not None:
@@ -268,7 +268,7 @@ class Client:
         conn = self._conn
         if conn is None:
             if handle is None:
-                raise CommandError(409, "not joined")
+                raise CommandRejected(409, "not joined")
             return
         try:
             await self._request(conn, "leave", {"room": room})
@@ -283,7 +283,7 @@ class Client:
         wait in the same queue for their turn. The queue is bounded: beyond `max_queue` waiting publishes,
         `QueueFull` is raised at once. A publish whose reply was lost to a disconnect is sent again with
         the same idempotency key, so it is never duplicated. Raises `CommandTimeout` when a sent publish
-        gets no reply within `command_timeout`, `CommandError` for an error reply."""
+        gets no reply within `command_timeout`, `CommandRejected` for an error reply."""
         if self._state is ConnectionState.CLOSED:
             raise ClientClosed(self.final)
         return await self._publisher.publish(room, data, idempotency_key)
@@ -363,7 +363,7 @@ class Client:
             final = await self._reconnect_loop()
         except Exception as exc:  # a bug: never leave the application waiting on a dead runner
             log.exception("the client runner failed")
-            final = Disconnect(None, f"client error: {exc!r}", reconnect=False)
+            final = Disconnection(None, f"client error: {exc!r}", reconnect=False)
         finally:
             current = self._current
             if current is not None:
@@ -372,7 +372,7 @@ class Client:
         if final is not None:
             self._finish(final)
 
-    async def _reconnect_loop(self) -> Disconnect | None:
+    async def _reconnect_loop(self) -> Disconnection | None:
         """Connect, serve, and reconnect until a terminal close (returned) or `close()` (None).
 
         Until the first `connect` reply every step runs against the `connect_timeout` deadline, and a
@@ -440,7 +440,7 @@ class Client:
                 delay = self.backoff.jitter(self.drain_jitter)
             elif action is Action.BACKOFF:
                 delay = self.backoff.next_delay()
-            disconnect = Disconnect(closure.code, closure.reason, reconnect=action is not Action.STOP, delay=delay)
+            disconnect = Disconnection(closure.code, closure.reason, reconnect=action is not Action.STOP, delay=delay)
             if action is Action.STOP:
                 if not ever_connected:
                     return self._give_up(self._closure_message(closure), None, disconnect=disconnect)
@@ -488,11 +488,11 @@ class Client:
         error: BaseException | None,
         refused: Refusal | None = None,
         *,
-        disconnect: Disconnect | None = None,
-    ) -> Disconnect:
+        disconnect: Disconnection | None = None,
+    ) -> Disconnection:
         """End the first connect for good: record the `ConnectFailed` for `connect()` and return the final
         disconnect."""
-        final = disconnect if disconnect is not None else Disconnect(None, message, reconnect=False)
+        final = disconnect if disconnect is not None else Disconnection(None, message, reconnect=False)
         self.failure = ConnectFailed(
             message,
             url=self.url,
@@ -505,7 +505,7 @@ class Client:
         log.warning("giving up: %s", message)
         return final
 
-    def _timed_out(self, error: BaseException | None, cause: str) -> Disconnect:
+    def _timed_out(self, error: BaseException | None, cause: str) -> Disconnection:
         attempts = f"{self.attempts} attempt{'s' if self.attempts != 1 else ''}"
         return self._give_up(
             f"could not connect to {self.url} within {self.connect_timeout:g} s ({attempts}); last error: {cause}",
@@ -571,7 +571,7 @@ class Client:
             await self._request(conn, "connect", params, on_ok=on_ok, timeout=timeout)
         except ConnectionLost:
             pass
-        except CommandError as exc:  # never expected: the client sends well-formed connects
+        except CommandRejected as exc:  # never expected: the client sends well-formed connects
             await conn.close(1000, "connect refused")
             self._current = None
             return Closure(None, f"connect refused: {exc}", terminal=True), False
@@ -625,7 +625,7 @@ class Client:
         self._state = state
         self.on_state.emit(state)
 
-    def _finish(self, final: Disconnect) -> None:
+    def _finish(self, final: Disconnection) -> None:
         if self._state is ConnectionState.CLOSED:
             return
         self.final = final

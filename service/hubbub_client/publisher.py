@@ -10,16 +10,16 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from hubbub.client.connection import Connection
-from hubbub.client.errors import CommandError, CommandTimeout, ConnectionLost
-from hubbub.client.models import JSON, JSONObject, PublishResult, StreamPosition
-from hubbub.client.outbox import Outbox, PendingPublish
-from hubbub.client.pacer import Pacer
+from hubbub_client.connection import Connection
+from hubbub_client.errors import CommandRejected, CommandTimeout, ConnectionLost
+from hubbub_client.models import JSON, JSONObject, PublishResult, StreamPosition
+from hubbub_client.pacer import Pacer
+from hubbub_client.publish_queue import PendingPublish, PublishQueue
 
 
 class Publisher:
     def __init__(self, *, max_queue: int, rate: float, burst: int, command_timeout: float) -> None:
-        self.outbox = Outbox(max_queue)
+        self.queue = PublishQueue(max_queue)
         self.pacer = Pacer(rate, burst)
         self.command_timeout = command_timeout
         self._conn: Connection | None = None
@@ -27,7 +27,7 @@ class Publisher:
 
     @property
     def queued(self) -> int:
-        return self.outbox.queued
+        return self.queue.queued
 
     def publish(self, room: str, data: JSON, idempotency_key: str | None) -> asyncio.Future[PublishResult]:
         """Send now, or queue (raises `QueueFull` at the bound). The future gets the server's answer."""
@@ -35,10 +35,10 @@ class Publisher:
         future: asyncio.Future[PublishResult] = loop.create_future()
         item = PendingPublish(room, data, idempotency_key or uuid.uuid4().hex, future)
         conn = self._conn
-        if conn is not None and not self.outbox.queued and self.pacer.take(loop.time()) == 0:
+        if conn is not None and not self.queue.queued and self.pacer.take(loop.time()) == 0:
             self._send(conn, item)  # the common case: nothing waiting, send at once
         else:
-            self.outbox.enqueue(item)
+            self.queue.enqueue(item)
             self._pump()
         return future
 
@@ -53,18 +53,18 @@ class Publisher:
         """The connection ended: publishes without a reply go back to the front of the queue."""
         self._conn = None
         self._stop_pump()
-        self.outbox.requeue_in_flight()
+        self.queue.requeue_in_flight()
 
     def fail_all(self, error: BaseException) -> None:
         self._conn = None
         self._stop_pump()
-        self.outbox.fail_all(error)
+        self.queue.fail_all(error)
 
     def _send(self, conn: Connection, item: PendingPublish) -> None:
-        outbox = self.outbox
+        queue = self.queue
 
         def on_reply(result: JSONObject | BaseException) -> None:
-            if isinstance(result, ConnectionLost) or not outbox.answered(item) or item.future.done():
+            if isinstance(result, ConnectionLost) or not queue.answered(item) or item.future.done():
                 return  # requeued by the disconnect, timed out, or given up by the caller
             if isinstance(result, BaseException):
                 item.future.set_exception(result)
@@ -76,17 +76,17 @@ class Publisher:
 
         def on_timeout() -> None:
             item.timer = None
-            if outbox.answered(item) and not item.future.done():
+            if queue.answered(item) and not item.future.done():
                 item.future.set_exception(
                     CommandTimeout("publish", self.command_timeout, idempotency_key=item.idempotency_key)
                 )
 
-        outbox.sent(item)
+        queue.sent(item)
         item.timer = asyncio.get_running_loop().call_later(self.command_timeout, on_timeout)
         try:
             conn.submit("publish", item.params(), on_reply)
-        except CommandError as exc:  # larger than a frame
-            outbox.answered(item)
+        except CommandRejected as exc:  # larger than a frame
+            queue.answered(item)
             if not item.future.done():
                 item.future.set_exception(exc)
 
@@ -96,12 +96,12 @@ class Publisher:
         if conn is None or self._timer is not None:
             return
         loop = asyncio.get_running_loop()
-        while self.outbox.queued:
+        while self.queue.queued:
             wait = self.pacer.take(loop.time())
             if wait > 0:
                 self._timer = loop.call_later(wait, self._pump_later)
                 return
-            item = self.outbox.pop()
+            item = self.queue.pop()
             if item is not None:
                 self._send(conn, item)
 

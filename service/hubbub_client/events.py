@@ -5,8 +5,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from hubbub.client.errors import CommandError
-from hubbub.client.models import StreamPosition
+from hubbub_client.errors import CommandRejected
+from hubbub_client.models import StreamPosition
 
 
 class ConnectionState(enum.Enum):
@@ -20,7 +20,7 @@ class ConnectionState(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class Disconnect:
+class Disconnection:
     """An established connection ended (or the client closed before any).
 
     `code` is the close code (from the server's `disconnect` push or the close frame); None when the
@@ -58,7 +58,7 @@ class Rejoin:
     recovered: bool
     previous: StreamPosition | None
     position: StreamPosition | None
-    error: CommandError | None = None
+    error: CommandRejected | None = None
 
     @property
     def epoch_changed(self) -> bool:

@@ -6,9 +6,9 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TypeAlias
 
-from hubbub.client.errors import ConnectionLost
-from hubbub.client.events import TokenRefresh
-from hubbub.client.models import JSONObject
+from hubbub_client.errors import ConnectionLost
+from hubbub_client.events import TokenRefresh
+from hubbub_client.models import JSONObject
 
 #: An application callback returning a fresh JWT; called for every (re)connect and every refresh.
 TokenCallback: TypeAlias = Callable[[], Awaitable[str]]

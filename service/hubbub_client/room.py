@@ -14,28 +14,28 @@ from collections import deque
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, TypeAlias
 
-from hubbub.client.emitter import Emitter
-from hubbub.client.events import Rejoin
-from hubbub.client.models import (
+from hubbub_client.emitter import Emitter
+from hubbub_client.events import Rejoin
+from hubbub_client.models import (
     JSON,
     HistoryResult,
     JoinResult,
     JSONObject,
+    Message,
     Presence,
     PresenceEvent,
     PresenceStats,
-    Publication,
     PublishResult,
     StreamPosition,
 )
 
 if TYPE_CHECKING:
-    from hubbub.client.client import Client
+    from hubbub_client.client import Client
 
-log = logging.getLogger("hubbub.client")
+log = logging.getLogger("hubbub_client")
 
 #: Everything a room's `events()` iterator yields, in the order it happened.
-RoomEvent: TypeAlias = Publication | Rejoin | PresenceEvent
+RoomEvent: TypeAlias = Message | Rejoin | PresenceEvent
 
 
 class Room:
@@ -58,7 +58,7 @@ class Room:
         self.recovered: bool | None = None
         self.active = True
         self.error: BaseException | None = None
-        self.on_publication: Emitter[Publication] = Emitter("publication")
+        self.on_publication: Emitter[Message] = Emitter("publication")
         self.on_rejoin: Emitter[Rejoin] = Emitter("rejoin")
         self.on_presence: Emitter[PresenceEvent] = Emitter("presence")
         self._buffer: deque[RoomEvent] = deque()
@@ -79,12 +79,12 @@ class Room:
 
     # --- application API -----------------------------------------------------------------------
 
-    def __aiter__(self) -> AsyncIterator[Publication]:
+    def __aiter__(self) -> AsyncIterator[Message]:
         return self.publications()
 
-    async def publications(self) -> AsyncIterator[Publication]:
+    async def publications(self) -> AsyncIterator[Message]:
         """Publications in offset order, each once. Ends after `leave()` or `Client.close()`; raises
-        `ClientClosed` after a terminal disconnect, or the `CommandError` of a failed re-join.
+        `ClientClosed` after a terminal disconnect, or the `CommandRejected` of a failed re-join.
 
         Other events in the buffer (re-joins, presence) are skipped: use `events()` to see them in order,
         or the `on_rejoin` callback / `recovered` attribute for the "not recovered" signal.
@@ -93,11 +93,11 @@ class Room:
             event = await self._next()
             if event is None:
                 return
-            if isinstance(event, Publication):
+            if isinstance(event, Message):
                 yield event
 
     async def events(self) -> AsyncIterator[RoomEvent]:
-        """Every event of the room in order: `Publication`, `Rejoin` (check `recovered`), `PresenceEvent`.
+        """Every event of the room in order: `Message`, `Rejoin` (check `recovered`), `PresenceEvent`.
 
         Use either this or the publication iterator: both take from the same buffer.
         """
@@ -160,7 +160,7 @@ class Room:
         """Apply a `pub` push. Duplicates are dropped; returns False on a gap (a missing offset), in which
         case nothing is delivered and the caller must reconnect to recover."""
         assert self.epoch is not None, "a pub push before the join reply"
-        pub = Publication.from_json(self.name, self.epoch, obj)
+        pub = Message.from_json(self.name, self.epoch, obj)
         if pub.offset <= self.offset:
             return True
         if pub.offset != self.offset + 1:
@@ -183,7 +183,7 @@ class Room:
 
     # --- internals ------------------------------------------------------------------------------
 
-    def _deliver(self, pub: Publication) -> None:
+    def _deliver(self, pub: Message) -> None:
         self.offset = pub.offset
         self._put(pub)
         self.on_publication.emit(pub)

@@ -1,16 +1,41 @@
 """What the client does after a connection ends, by close code (protocol §7 and §10), and which refused
 upgrades end a first connect. Pure.
-
-The close-code table itself is the server's (`hubbub.codes`), defined once for both sides.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
+from typing import Final
 
-from hubbub.codes import TERMINAL_CLOSE_CODES, CloseCode
+#: Protocol §7's close-code table as the client reads it: every code the server closes with, and whether
+#: the server announces a reconnect after it. The server defines the same table (`hubbub.codes`); this
+#: copy keeps the client free of server imports, and tests/test_client_package.py holds the two equal.
+RECONNECT_AFTER: Final[Mapping[int, bool]] = {
+    1000: False,  # normal close
+    1003: False,  # binary frames are not supported
+    1009: False,  # frame too large
+    1011: True,  # internal error
+    1012: True,  # node draining
+    1013: True,  # node full
+    4000: False,  # disconnected by the server API
+    4001: False,  # unauthorized
+    4003: False,  # forbidden
+    4004: False,  # protocol violation
+    4008: True,  # slow consumer
+    4009: True,  # token expired
+    4010: True,  # heartbeat timeout
+    4011: True,  # insufficient state
+    4029: True,  # rate limited
+}
 
-_KNOWN_CODES = frozenset(int(code) for code in CloseCode)
+#: Codes after which the client must not reconnect on its own (4001 only with a new token).
+TERMINAL_CLOSE_CODES: Final = frozenset(code for code, again in RECONNECT_AFTER.items() if not again)
+
+DRAINING: Final = 1012
+UNAUTHORIZED: Final = 4001
+TOKEN_EXPIRED: Final = 4009
+INSUFFICIENT_STATE: Final = 4011
 
 
 class Action(enum.Enum):
@@ -28,18 +53,18 @@ def action_for(code: int | None, *, server_reconnect: bool | None = None, has_to
     `server_reconnect` is the `reconnect` flag of the server's `disconnect` push, if one arrived; it
     decides only for codes outside the protocol table.
     """
-    if code == CloseCode.UNAUTHORIZED:
+    if code == UNAUTHORIZED:
         return Action.RETRY_AUTH if has_token_callback else Action.STOP
-    if code == CloseCode.TOKEN_EXPIRED:
+    if code == TOKEN_EXPIRED:
         # Reconnecting with the same static token would only fail again with 4001.
         return Action.FRESH_TOKEN if has_token_callback else Action.STOP
     if code in TERMINAL_CLOSE_CODES:
         return Action.STOP
-    if code == CloseCode.INSUFFICIENT_STATE:
+    if code == INSUFFICIENT_STATE:
         return Action.AT_ONCE
-    if code == CloseCode.DRAINING:
+    if code == DRAINING:
         return Action.DRAIN_DELAY
-    if code is not None and code not in _KNOWN_CODES and code >= 4000 and server_reconnect is False:
+    if code is not None and code not in RECONNECT_AFTER and code >= 4000 and server_reconnect is False:
         return Action.STOP
     return Action.BACKOFF
 

@@ -1,4 +1,4 @@
-"""`Outbox`: the client's publishes that have no reply yet, queued while offline and in flight while online.
+"""`PublishQueue`: the client's publishes that have no reply yet, queued while offline and in flight while online.
 
 Every publish carries an idempotency key (a uuid4 unless the caller gave one), so sending it again after
 a lost reply never publishes twice (the server returns the first result within its idempotency window).
@@ -12,8 +12,8 @@ import asyncio
 from collections import deque
 from dataclasses import dataclass, field
 
-from hubbub.client.errors import QueueFull
-from hubbub.client.models import JSON, JSONObject, PublishResult
+from hubbub_client.errors import QueueFull
+from hubbub_client.models import JSON, JSONObject, PublishResult
 
 
 @dataclass(eq=False, slots=True)
@@ -34,7 +34,7 @@ class PendingPublish:
             self.timer = None
 
 
-class Outbox:
+class PublishQueue:
     def __init__(self, max_queue: int) -> None:
         if max_queue < 0:
             raise ValueError("max_queue must be >= 0")

@@ -13,15 +13,15 @@ import logging
 from collections.abc import Coroutine, Iterator
 from typing import Any
 
-from hubbub.client.backoff import Backoff
-from hubbub.client.connection import Connection
-from hubbub.client.emitter import Emitter
-from hubbub.client.errors import CommandError, ConnectionLost
-from hubbub.client.events import Rejoin
-from hubbub.client.models import JoinResult, JSONObject, PresenceEvent, StreamPosition
-from hubbub.client.room import Room
+from hubbub_client.backoff import Backoff
+from hubbub_client.connection import Connection
+from hubbub_client.emitter import Emitter
+from hubbub_client.errors import CommandRejected, ConnectionLost
+from hubbub_client.events import Rejoin
+from hubbub_client.models import JoinResult, JSONObject, PresenceEvent, StreamPosition
+from hubbub_client.room import Room
 
-log = logging.getLogger("hubbub.client")
+log = logging.getLogger("hubbub_client")
 
 #: Reply code after which a re-join is retried on the same connection (protocol rule 11).
 UNAVAILABLE = 503
@@ -94,7 +94,7 @@ class Membership:
         if error is None:
             self.on_rejoin.emit(room.rejoined(JoinResult.from_json(room.name, raw)))
             return
-        exc = CommandError.from_json(error)
+        exc = CommandRejected.from_json(error)
         if exc.code == UNAVAILABLE:
             self._spawn(self._retry_rejoin(conn, room))
             return
@@ -121,7 +121,7 @@ class Membership:
                 params["since"] = room.position.to_json()
             try:
                 await asyncio.wait_for(conn.request("join", params, on_ok), self.command_timeout)
-            except CommandError as exc:
+            except CommandRejected as exc:
                 if exc.code == UNAVAILABLE:
                     continue
                 if self._rooms.get(room.name) is room:

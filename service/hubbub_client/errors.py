@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from hubbub.client.events import Disconnect
+    from hubbub_client.events import Disconnection
 
 
 class ClientError(Exception):
-    """Base class of every error raised by `hubbub.client`."""
+    """Base class of every error raised by `hubbub_client`."""
 
 
-class CommandError(ClientError):
+class CommandRejected(ClientError):
     """The server answered a command with an error reply (protocol §2); the connection stays open.
 
     `code` is the reply code: 400 bad params, 401, 403 forbidden, 404 unknown namespace, 409 conflict,
@@ -25,7 +25,7 @@ class CommandError(ClientError):
         self.reason = reason
 
     @classmethod
-    def from_json(cls, value: object) -> CommandError:
+    def from_json(cls, value: object) -> CommandRejected:
         """From an error body `{"code": ..., "reason": ...}` (a malformed one reads as 500)."""
         obj = value if isinstance(value, dict) else {}
         code, reason = obj.get("code"), obj.get("reason")
@@ -55,7 +55,7 @@ class ClientClosed(ClientError):
     `disconnect` says why (None before the client ever connected).
     """
 
-    def __init__(self, disconnect: Disconnect | None) -> None:
+    def __init__(self, disconnect: Disconnection | None) -> None:
         detail = f": {disconnect.code} {disconnect.reason}" if disconnect is not None else ""
         super().__init__(f"client closed{detail}")
         self.disconnect = disconnect
@@ -86,7 +86,7 @@ class ConnectFailed(ClientClosed):
         message: str,
         *,
         url: str,
-        disconnect: Disconnect,
+        disconnect: Disconnection,
         attempts: int,
         cause: BaseException | None = None,
         status: int | None = None,

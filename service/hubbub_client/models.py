@@ -69,8 +69,9 @@ class ClientInfo:
 
 
 @dataclass(frozen=True, slots=True)
-class Publication:
-    """One message of a room. `info` is None for publications made through the HTTP API."""
+class Message:
+    """One publication of a room as the client delivers it: from a `pub` push, or from the `publications`
+    of a join or history reply. `info` is None for publications made through the HTTP API."""
 
     room: str
     epoch: str
@@ -84,7 +85,7 @@ class Publication:
         return StreamPosition(self.epoch, self.offset)
 
     @classmethod
-    def from_json(cls, room: str, epoch: str, value: object) -> Publication:
+    def from_json(cls, room: str, epoch: str, value: object) -> Message:
         obj = _object(value, "a publication")
         info = obj.get("info")
         return cls(
@@ -97,10 +98,10 @@ class Publication:
         )
 
 
-def _publications(room: str, epoch: str, value: object) -> list[Publication]:
+def _publications(room: str, epoch: str, value: object) -> list[Message]:
     if not isinstance(value, list):
         raise ValueError("`publications` must be a list")
-    return [Publication.from_json(room, epoch, item) for item in value]
+    return [Message.from_json(room, epoch, item) for item in value]
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +113,7 @@ class JoinResult:
     epoch: str
     offset: int
     recovered: bool
-    publications: list[Publication] = field(default_factory=list)
+    publications: list[Message] = field(default_factory=list)
 
     @classmethod
     def from_json(cls, room: str, obj: JSONObject) -> JoinResult:
@@ -130,7 +131,7 @@ class HistoryResult:
     room: str
     epoch: str
     offset: int
-    publications: list[Publication]
+    publications: list[Message]
 
     @classmethod
     def from_json(cls, room: str, obj: JSONObject) -> HistoryResult:

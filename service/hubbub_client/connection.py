@@ -22,13 +22,13 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidStatus
 from websockets.typing import Subprotocol
 
-from hubbub.client.errors import CommandError, ConnectionLost
-from hubbub.client.models import JSONObject
-from hubbub.protocol import SUBPROTOCOL, dumps, loads
+from hubbub_client.errors import CommandRejected, ConnectionLost
+from hubbub_client.models import JSONObject
+from hubbub_client.wire import SUBPROTOCOL, dumps, loads
 
-log = logging.getLogger("hubbub.client")
+log = logging.getLogger("hubbub_client")
 
-#: A command's outcome: the `ok` payload, a `CommandError`, or `ConnectionLost`.
+#: A command's outcome: the `ok` payload, a `CommandRejected`, or `ConnectionLost`.
 ReplyCallback = Callable[[JSONObject | BaseException], None]
 
 #: Seconds the closing handshake may take before the socket is dropped.
@@ -171,7 +171,7 @@ class Connection:
             callback(ConnectionLost("the connection is closed"))
             return
         command_id = self._next_id + 1
-        encoded = self._encode({"id": command_id, "op": op, **params})  # may raise CommandError(413)
+        encoded = self._encode({"id": command_id, "op": op, **params})  # may raise CommandRejected(413)
         self._next_id = command_id
         self._pending[command_id] = callback
         self._enqueue(encoded)
@@ -179,7 +179,7 @@ class Connection:
     def request(
         self, op: str, params: JSONObject, on_ok: Callable[[JSONObject], None] | None = None
     ) -> asyncio.Future[JSONObject]:
-        """Send a command; the future resolves with the `ok` payload or fails with `CommandError` /
+        """Send a command; the future resolves with the `ok` payload or fails with `CommandRejected` /
         `ConnectionLost`. `on_ok` runs synchronously in the reader when the ok reply arrives, even if the
         future was cancelled meanwhile, before any later message is handled."""
         future: asyncio.Future[JSONObject] = self._loop.create_future()
@@ -210,7 +210,7 @@ class Connection:
         text = dumps(obj)
         size = len(text.encode())
         if size > self._max_frame_bytes:
-            raise CommandError(413, f"command of {size} bytes is above the frame limit of {self._max_frame_bytes}")
+            raise CommandRejected(413, f"command of {size} bytes is above the frame limit of {self._max_frame_bytes}")
         return text, size
 
     def _enqueue(self, encoded: tuple[str, int]) -> None:
@@ -282,7 +282,7 @@ class Connection:
                 return
             error = obj.get("error")
             if isinstance(error, dict):
-                callback(CommandError.from_json(error))
+                callback(CommandRejected.from_json(error))
                 return
             ok = obj.get("ok")
             callback(ok if isinstance(ok, dict) else ValueError(f"malformed reply: {obj!r}"))

@@ -15,7 +15,7 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 C = TypeVar("C", bound=Callable[..., object])
 
-log = logging.getLogger("hubbub.client")
+log = logging.getLogger("hubbub_client")
 
 
 class Emitter(Generic[T]):
