@@ -23,7 +23,7 @@ from pydantic import BaseModel, ValidationError
 from hubbub.settings import ENV_PREFIX, NamespaceOptions, Settings, SettingsError
 
 #: `HUBBUB_*` variables that are not settings: the config file's path, and the project's own scripts'.
-#: A test (tests/test_settings.py) finds every variable the scripts, tests and bench read and checks it is here
+#: A test (tests/unit/test_settings.py) finds every variable the scripts, tests and bench read and checks it is here
 #: or a setting: an exported tool variable must not stop `hubbub serve` (CI's HUBBUB_REQUIRE_PROMETHEUS once
 #: did, in the bench).
 ENV_NOT_SETTINGS: Final = frozenset(

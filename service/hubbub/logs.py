@@ -14,7 +14,7 @@ in a context variable: a connection's frames are handled in protocol callbacks, 
 its own, so a context variable would not follow it.
 
 Nothing logged anywhere may hold a secret (a token, an API key, a Redis password) or a message
-body; tests/test_logs.py checks every line of a real server's run for them.
+body; tests/process/observability/test_logs.py checks every line of a real server's run for them.
 """
 
 from __future__ import annotations

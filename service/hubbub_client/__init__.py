@@ -14,7 +14,7 @@ token before it expires.
 
 It imports nothing of `hubbub`, not even the server's pure protocol modules: it needs only two things of
 theirs, the JSON codec (`wire`) and the close-code table (`policy`), both small and both fixed by the
-protocol, so it keeps its own copies and tests/test_client_package.py holds them equal to the server's.
+protocol, so it keeps its own copies and tests/unit/test_client_package.py holds them equal to the server's.
 Importing them would have loaded the server's package for some 60 lines of it. So this package depends
 on `websockets` and `orjson` alone (the `client` extra) and could ship as a distribution of its own;
 import-linter holds it to that (pyproject.toml).

@@ -10,7 +10,7 @@ from typing import Final
 
 #: Protocol §7's close-code table as the client reads it: every code the server closes with, and whether
 #: the server announces a reconnect after it. The server defines the same table (`hubbub.codes`); this
-#: copy keeps the client free of server imports, and tests/test_client_package.py holds the two equal.
+#: copy keeps the client free of server imports, and tests/unit/test_client_package.py holds the two equal.
 RECONNECT_AFTER: Final[Mapping[int, bool]] = {
     1000: False,  # normal close
     1003: False,  # binary frames are not supported

@@ -1,7 +1,7 @@
 """The wire format as the client speaks it: the subprotocol name and the JSON codec of protocol v1.
 
 The same rules as the server's codec (`hubbub.protocol.loads` / `dumps`), kept here so that the client
-imports nothing of the server; tests/test_client_package.py runs both on the same inputs. Decoding is
+imports nothing of the server; tests/unit/test_client_package.py runs both on the same inputs. Decoding is
 strict (RFC 8259 only: no NaN, no out-of-range numbers) and exact (integers beyond 64 bits keep every
 digit); encoding uses orjson and falls back to the standard library for what orjson refuses (integers
 beyond 64 bits, lone surrogates), so any JSON the server sends can be published again unchanged.

@@ -5,12 +5,12 @@ server once per test case, sends what the case prescribes, and judges what comes
 ends with a `behavior` (OK, NON-STRICT, INFORMATIONAL, UNIMPLEMENTED, FAILED), a `behaviorClose`
 for the closing handshake and the close code the server sent (`remoteCloseCode`). This module
 writes its spec, runs it with a bounded timeout and reads the reports back. It plays against one
-of two servers (tests/test_autobahn.py runs both):
+of two servers (tests/process/transport/test_autobahn.py runs both):
 
 - the echo endpoint (tests/support/echo_server.py): hubbub's transport with a session that echoes
   text, so that Autobahn can judge every case; binary messages close with 1003, as on a node;
 - a real node (`hubbub serve`, `--node`): no echo and no `connect`, so what counts is the close
-  code of every case (tests/test_autobahn.py has the table of the codes each case must get).
+  code of every case (tests/process/transport/test_autobahn.py has the table of the codes each case must get).
 
 Run by hand (starts the server on a free port, prints a summary; Autobahn's HTML reports stay in
 `--workdir`):
@@ -49,7 +49,7 @@ VERSION = "0.8.2"
 #: Who the reports are about (the `agent` of the spec).
 AGENT = "hubbub"
 
-#: What tests/test_autobahn.py runs in CI against the echo endpoint: every family of the framing,
+#: What tests/process/transport/test_autobahn.py runs in CI against the echo endpoint: every family of the framing,
 #: UTF-8 and close cases, a sample of the large and fragmented performance cases (9.*) and of
 #: permessage-deflate (12.1.*): 132 cases, 40 s on two busy cores. The larger 12.1.* cases
 #: (12.1.7-10, 12.1.13-18) are left out: 90 s more, nearly all of it the fuzzing client's own

@@ -1,5 +1,6 @@
-"""What the tests of rendered manifests share (tests/test_chart.py, tests/test_skaffold.py, and the CRDs
-of tests/test_operator.py): the CRDs they need on the control plane, and the server-side dry run that
+"""What the tests of rendered manifests share (tests/kubernetes/test_chart.py,
+tests/kubernetes/test_skaffold.py, and the CRDs
+of tests/kubernetes/test_operator.py): the CRDs they need on the control plane, and the server-side dry run that
 every rendered object must pass.
 
 - `crds_installed(k8s)`: our CRD and kopf's peering CRDs (the chart's crds/), and with `ecosystem=True`

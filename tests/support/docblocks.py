@@ -3,7 +3,7 @@
 Just enough CommonMark for the project's own docs: fences of three or more backticks or tildes,
 code spans of any backtick count (they may wrap onto the next line, not past a blank line),
 inline links, and the `src`/`href` of inline HTML. A `<!-- docs-test: ... -->` comment on the
-last non-blank line before a fence is that block's directive (see tests/test_docs.py).
+last non-blank line before a fence is that block's directive (see tests/project/test_docs.py).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Running a doc's code block as a reader would: the languages, a live node to run against, a
-directory that looks like a checkout, and failures that show the block as run (see tests/test_docs.py)."""
+directory that looks like a checkout, and failures that show the block as run (see tests/project/test_docs.py)."""
 
 from __future__ import annotations
 

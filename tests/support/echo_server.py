@@ -1,4 +1,5 @@
-"""A WebSocket echo endpoint on hubbub's real transport, for the Autobahn|Testsuite (tests/test_autobahn.py).
+"""A WebSocket echo endpoint on hubbub's real transport, for the Autobahn|Testsuite
+(tests/process/transport/test_autobahn.py).
 
     python -m tests.support.echo_server --port 9001      # ws://127.0.0.1:9001/ws
 
@@ -11,7 +12,7 @@ handshake and the outbound framing (`write_texts`, compressed when negotiated).
 The one seam is `WebSocketConnection.session_class` (which session an upgrade gets). A binary
 message goes where it goes on a node, to `Session.handle_binary`, which closes with 1003 as protocol
 v1 says: the Autobahn cases that send binary messages (`tests.support.autobahn.BINARY_FAMILIES`)
-end FAILED (no echo) with that close code, which tests/test_autobahn.py checks.
+end FAILED (no echo) with that close code, which tests/process/transport/test_autobahn.py checks.
 """
 
 from __future__ import annotations

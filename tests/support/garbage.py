@@ -1,7 +1,7 @@
 """Garbage to send a node: wrong types and hostile values for every field of every command of protocol v1.
 
-Shared by the process tests (tests/test_garbage.py, which sends it over real sockets, also in its seeded
-fuzz run) and the in-process ones (tests/test_session_inprocess.py, which sends it straight to sessions).
+Shared by the process tests (tests/process/session/test_garbage.py, which sends it over real sockets, also in its seeded
+fuzz run) and the in-process ones (tests/inprocess/test_session_inprocess.py, which sends it straight to sessions).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ the upper directories of overlay mounts, one per build step) and calls this modu
     python3 -m tests.support.image_archive archive OUT.tar --tag hubbub:dev --layer L1.tar ... \\
         --entrypoint '["hubbub"]' --user 10001 --env PATH=/venv/bin:/usr/bin --workdir /
 
-tests/test_image.py reads the archives back (`read_archive`, `unpack`): the Dockerfile's image,
+tests/kubernetes/test_image.py reads the archives back (`read_archive`, `unpack`): the Dockerfile's image,
 which buildah writes in the same format, is checked and run from the tarball the real tier imports.
 
 Standard library only, so it runs with the system Python before any virtualenv exists. The

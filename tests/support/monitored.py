@@ -1,6 +1,6 @@
 """Two real hubbub nodes on a real Redis under a small steady load, scraped by a real Prometheus.
 
-The scenario of tests/test_prometheus.py and of scripts/render-dashboard-preview:
+The scenario of tests/process/observability/test_prometheus.py and of scripts/render-dashboard-preview:
 
 - a `redis-server` and two nodes (`node0`, `node1`) on it, each scraped every second by a private
   Prometheus as pod `node0`/`node1` in namespace `hubbub-test`, with hubbub's alert rules loaded;

@@ -11,7 +11,8 @@ Routing (upstream `hubbub`):
   `sid` hash on `$remote_addr:$remote_port` instead, i.e. each new TCP connection lands on an
   effectively random node (spread, not sticky). The choice is made by a `map` on `$arg_sid`.
   `SidRouting(balance="least_conn")` or `"round_robin"` replace the hash (no affinity): new connections
-  go to the node with the fewest of this nginx's connections, or to each node in turn (tests/test_rebalance.py).
+  go to the node with the fewest of this nginx's connections, or to each node in turn
+  (tests/process/scaleout/test_rebalance.py).
 * Failover: every server has `max_fails=1 fail_timeout=2s` and the proxy uses
   `proxy_next_upstream error timeout`, so when a node is down a new connection (including a
   sid-pinned one) is retried on the next node of the hash ring, and the dead node is skipped

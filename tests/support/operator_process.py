@@ -46,8 +46,8 @@ def running_operator(
     """`python -m hubbub_operator <args> --liveness=… --resync-seconds=3`, its output in workdir/operator.log.
 
     No rebalancing by default (`--no-rebalance`): the kwok pods' IPs are nobody's (a call would leave
-    the machine); tests/test_rebalance.py runs the Rebalancer against real nodes, and the real tier
-    (tests/test_operator_real.py) turns it on. `wrap` turns the command into the one to run
+    the machine); tests/process/scaleout/test_rebalance.py runs the Rebalancer against real nodes, and the real tier
+    (tests/kubernetes/test_operator_real.py) turns it on. `wrap` turns the command into the one to run
     (RealNode.in_netns: inside the real node's network namespace, where the pods answer), `host` is
     where the health endpoint listens (an address the test reaches)."""
     log_path = workdir / "operator.log"

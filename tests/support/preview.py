@@ -1,6 +1,7 @@
 """A preview of a Grafana dashboard without Grafana: its panels' queries, run against a real Prometheus, drawn.
 
-Runs the scenario of tests/test_prometheus.py (two nodes on Redis under a steady load, scraped by a
+Runs the scenario of tests/process/observability/test_prometheus.py (two nodes on Redis under a steady load,
+scraped by a
 private Prometheus), adds the events the panels are about (a connection burst, bad tokens, a storm
 of slow consumers, a Redis outage), then runs each time-series panel's query over the whole run
 with `query_range` (as Grafana would) and draws the panels in a grid, in Grafana's dark colours:

@@ -1,7 +1,7 @@
 """The backend contracts: Broker (publish and fan-out between nodes), History and Presence.
 
 A node talks to its backends only through these Protocols, so the embedded (memory) and
-Redis implementations are interchangeable; `tests/test_backends.py` runs one conformance suite
+Redis implementations are interchangeable; `tests/process/scaleout/test_backends.py` runs one conformance suite
 against every implementation. Guarantees are stated on each method.
 """
 

@@ -17,12 +17,12 @@ redis-py offers no public way to do the three things below, and each is worth it
 These are not covered by redis-py's compatibility promises, so the range of redis-py that
 pyproject.toml allows (`SUPPORTED`) is only what has been tested: 6.0.0, 6.4.0, 7.0.0, 7.4.1,
 8.0.1 and 8.1.0 (5.x lacks the public `ExponentialWithJitterBackoff` that redis_pool uses).
-tests/test_redis_internals.py checks each use against the installed redis-py and a real
+tests/process/scaleout/test_redis_internals.py checks each use against the installed redis-py and a real
 redis-server and names what is missing. Before raising the upper bound, run it with the new
 version and the Redis suites, which start `hubbub serve` with the same PYTHONPATH:
 
     .venv/bin/pip install --no-deps --target /tmp/redis-X 'redis==X'
-    PYTHONPATH=/tmp/redis-X .venv/bin/pytest tests/test_redis_*.py tests/test_backends.py
+    PYTHONPATH=/tmp/redis-X .venv/bin/pytest tests/test_redis_*.py tests/process/scaleout/test_backends.py
 """
 
 from __future__ import annotations

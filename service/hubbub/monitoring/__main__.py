@@ -1,7 +1,7 @@
 """`python -m hubbub.monitoring`: regenerate the checked-in dashboards and alert rules.
 
 `python -m hubbub.monitoring --check` writes nothing and exits 1 when a file differs from what
-the code generates (tests/test_monitoring.py runs the same comparison).
+the code generates (tests/process/observability/test_monitoring.py runs the same comparison).
 """
 
 from __future__ import annotations

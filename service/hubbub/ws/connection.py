@@ -38,7 +38,7 @@ written out again), and makes it the transport's protocol; when the server shuts
 `shutdown()` on every member of `server_state.connections`. uvicorn does not document this for
 classes of its users (its own WebSocket protocols are the other implementations), so
 `UvicornConfig` and `UvicornServerState` spell out what this class uses of it, pyproject.toml pins
-uvicorn to the minor version it is tested with (0.54), and tests/test_ws_connection.py drives
+uvicorn to the minor version it is tested with (0.54), and tests/inprocess/test_ws_connection.py drives
 uvicorn's HTTP protocol through an upgrade to hold the hook to this description.
 """
 

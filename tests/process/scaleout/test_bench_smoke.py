@@ -1,0 +1,80 @@
+"""The benchmark's smoke run (bench/run.py --smoke): every target and scenario, end to end.
+
+No performance target is asserted here: the smoke only proves the bench still works and catches
+what must never happen, whatever the machine: a target crashing, or hubbub losing a message in
+any phase. It starts its own Redis, servers and load generator (built from bench/loadgen).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]
+TARGETS = ("hubbub", "socketio", "pysocketio", "ws")
+SCENARIOS = ("fanout", "idle", "connect_1", "connect_50", "rooms")
+RUN_TIMEOUT = 600
+
+
+def phases(result: Any, path: str = "") -> list[tuple[str, dict[str, Any]]]:
+    """Every object of a generator result that accounts for messages (has `lost`)."""
+    found: list[tuple[str, dict[str, Any]]] = []
+    if isinstance(result, dict):
+        if "lost" in result:
+            found.append((path, result))
+        for key, value in result.items():
+            found += phases(value, f"{path}.{key}" if path else key)
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+@pytest.mark.timeout(RUN_TIMEOUT + 120)
+def test_bench_smoke(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", "--out", str(tmp_path)],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        output, _ = proc.communicate(timeout=RUN_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)  # the runner stops every process it started
+        output, _ = proc.communicate(timeout=60)
+        pytest.fail(f"bench/run.py --smoke took longer than {RUN_TIMEOUT} s:\n{output[-6000:]}")
+    files = sorted(tmp_path.glob("*.json"))
+    assert len(files) == 1, f"expected one results file in {tmp_path}:\n{output[-6000:]}"
+    document = json.loads(files[0].read_text())
+    assert proc.returncode == 0, f"problems: {document['problems']}\n{output[-6000:]}"
+    assert document["mode"] == "smoke"
+    assert document["problems"] == []
+
+    skipped = {(entry["target"], entry["scenario"]) for entry in document["not_applicable"]}
+    for target in TARGETS:
+        for scenario in SCENARIOS:
+            if (target, scenario) in skipped:
+                continue
+            runs = [r for r in document["runs"] if r["target"] == target and r["scenario"] == scenario]
+            assert runs, f"no {scenario} run of {target}"
+            for run in runs:
+                assert run["error"] is None, f"{target} {scenario}: {run['error']}"
+                assert run["crashed"] == [], f"{target} {scenario}: crashed {run['crashed']}"
+                assert run["result"] is not None
+                if scenario in ("fanout", "rooms"):
+                    found = phases(run["result"])
+                    assert found, f"{target} {scenario}: no phase in {run['result']}"
+                    for path, phase in found:
+                        assert phase["received"] > 0, f"{target} {scenario} {path}: nothing received"
+                        if target == "hubbub":
+                            assert phase["lost"] == 0, f"hubbub lost {phase['lost']} in {scenario} {path}"
+            assert scenario in document["summary"][target]
+    assert sum(1 for run in document["runs"] if run["target"] == "hubbub") == len(SCENARIOS)
