@@ -25,8 +25,9 @@ from hubbub.codes import CLOSE_TABLE, CloseCode
 from hubbub.node import SHED_REASON
 from hubbub.protocol import MAX_COMMAND_ID
 from hubbub.types import Room
+from tests.support.conversation import Closed
 from tests.support.garbage import GARBAGE, MISSING, REPLY_CODES, TEMPLATES, USER, every_field, mutated, nested, render
-from tests.support.inprocess import Closed, InProcessClient, InProcessNode
+from tests.support.inprocess import InProcessClient, InProcessNode
 from tests.support.wsclient import token
 
 NodeFactory = Callable[..., Awaitable[InProcessNode]]

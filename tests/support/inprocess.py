@@ -46,6 +46,7 @@ from hubbub.session import Session
 from hubbub.settings import Settings
 from hubbub.tracing import Tracing
 from hubbub.types import JSON
+from tests.support.conversation import Closed, Conversation
 from tests.support.server import API_KEY, server_config
 from tests.support.wsclient import token
 
@@ -118,16 +119,6 @@ class FakeClock:
         return sum(1 for _, _, future in self._sleepers if not future.done())
 
 
-class Closed(Exception):
-    """The connection ended: the close code the server sent (None: none was sent) and its disconnect push."""
-
-    def __init__(self, code: int | None, reason: str | None, disconnect: dict[str, Any] | None) -> None:
-        super().__init__(f"closed {code} {reason}")
-        self.code = code
-        self.reason = reason
-        self.disconnect = disconnect
-
-
 class FakeSink:
     """Where a session's Outbox writes in place of a socket: every text frame, in order, and the close."""
 
@@ -155,19 +146,18 @@ class FakeSink:
         self._client._lost(1006)
 
 
-class InProcessClient:
+class InProcessClient(Conversation):
     """One connection to an InProcessNode, speaking protocol v1 as JSON text, as `RawClient` does on a socket."""
 
+    wait = WAIT
+
     def __init__(self, node: Node, *, principal: Principal | None = None) -> None:
+        super().__init__()
         self.node = node
         self.sink = FakeSink(self)
         self.session = Session(node, self.sink, principal=principal)
-        #: Replies and pushes received and not yet taken by `recv`, oldest first.
-        self.inbox: collections.deque[dict[str, Any]] = collections.deque()
-        self.disconnect: dict[str, Any] | None = None
         #: Once the connection has ended: the close code the server sent (None: it sent none) and its reason.
         self.ended: tuple[int | None, str | None] | None = None
-        self._next_id = 0
         self._pending: collections.deque[str] = collections.deque()
         self._worker: asyncio.Task[None] | None = None
         self._binary = False
@@ -178,10 +168,6 @@ class InProcessClient:
         node.attach(self.session)
 
     # --- sending ----------------------------------------------------------------------------
-
-    def next_id(self) -> int:
-        self._next_id += 1
-        return self._next_id
 
     async def send(self, *objects: dict[str, Any]) -> None:
         """One text frame of these commands, newline-delimited."""
@@ -254,38 +240,10 @@ class InProcessClient:
                 if self.failure is not None:
                     raise AssertionError("the session failed") from self.failure
                 if self.ended is not None:
-                    raise Closed(*self.ended, self.disconnect)
+                    raise Closed(self.ended[0], self.disconnect, self.ended[1])
                 self._changed.clear()
                 await self._changed.wait()
         return self.inbox.popleft()
-
-    async def call(self, op: str, **params: Any) -> dict[str, Any]:
-        """Send a command and return its reply; the pushes that came before it stay in `inbox`."""
-        command_id = self.next_id()
-        await self.send({"id": command_id, "op": op, **params})
-        return await self.reply(command_id)
-
-    async def reply(self, command_id: int, timeout: float = WAIT) -> dict[str, Any]:
-        held: list[dict[str, Any]] = []
-        try:
-            while True:
-                message = await self.recv(timeout)
-                if message.get("id") == command_id:
-                    return message
-                held.append(message)
-        finally:
-            self.inbox.extendleft(reversed(held))
-
-    async def push(self, kind: str, timeout: float = WAIT) -> dict[str, Any]:
-        """The next message, which must be a push of `kind` (pings in between are answered)."""
-        while True:
-            message = await self.recv(timeout)
-            if message.get("push") == "ping" and kind != "ping":
-                await self.send({"op": "pong"})
-                continue
-            if message.get("push") == kind:
-                return message
-            raise AssertionError(f"expected a {kind} push, got {message}")
 
     async def closed(self, timeout: float = WAIT) -> Closed:
         """Wait for the connection to end (taking whatever comes before) and for the node to release it;

@@ -10,7 +10,8 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from tests.support.wsclient import Closed, RawClient, cancel_and_wait, token
+from tests.support.conversation import Closed
+from tests.support.wsclient import RawClient, cancel_and_wait, token
 
 
 @dataclass(frozen=True)

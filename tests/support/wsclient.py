@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections import deque
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from hubbub.auth import mint_token
+from tests.support.conversation import Closed, Conversation
 from tests.support.server import SECRET
 
 #: Seconds to wait for an expected frame or close by default. Only a failing test waits this long, so it
@@ -22,24 +22,18 @@ def token(sub: str = "alice", *, rooms: tuple[str, ...] = ("*",), publish: tuple
     return mint_token(SECRET, sub=sub, rooms=rooms, publish=publish, **kw)
 
 
-class Closed(Exception):
-    def __init__(self, code: int | None, disconnect: dict[str, Any] | None) -> None:
-        super().__init__(f"closed {code}")
-        self.code = code
-        self.disconnect = disconnect
+class RawClient(Conversation):
+    """The conversation over a real WebSocket (the `websockets` client): frames as the peer sent them."""
 
-
-class RawClient:
     #: Every client opened and not yet closed by the test: `close_leftovers()` closes them when a test ends,
     #: so one that fails half-way leaves no socket to warn about in a later test.
     opened: set[RawClient] = set()
+    wait = WAIT
 
     def __init__(self, ws: ClientConnection) -> None:
+        super().__init__()
         self.ws = ws
-        self.inbox: deque[dict[str, Any]] = deque()
         self.frames = 0
-        self._next_id = 0
-        self.disconnect: dict[str, Any] | None = None
 
     @classmethod
     async def open(cls, url: str, **kwargs: Any) -> RawClient:
@@ -58,10 +52,6 @@ class RawClient:
         reply = await client.call("connect", **connect_params)
         assert "ok" in reply, reply
         return client
-
-    def next_id(self) -> int:
-        self._next_id += 1
-        return self._next_id
 
     async def send(self, *objects: dict[str, Any]) -> None:
         await self.ws.send("\n".join(json.dumps(o) for o in objects))
@@ -83,34 +73,6 @@ class RawClient:
                     self.disconnect = obj
                 self.inbox.append(obj)
         return self.inbox.popleft()
-
-    async def call(self, op: str, **params: Any) -> dict[str, Any]:
-        """Send a command and return its reply; pushes that arrive meanwhile stay queued in `pushes`."""
-        command_id = self.next_id()
-        await self.send({"id": command_id, "op": op, **params})
-        return await self.reply(command_id)
-
-    async def reply(self, command_id: int, timeout: float = WAIT) -> dict[str, Any]:
-        held: list[dict[str, Any]] = []
-        try:
-            while True:
-                obj = await self.recv(timeout)
-                if obj.get("id") == command_id:
-                    return obj
-                held.append(obj)
-        finally:
-            self.inbox.extendleft(reversed(held))
-
-    async def push(self, kind: str, timeout: float = WAIT) -> dict[str, Any]:
-        """The next push of `kind`, skipping pings (answered) and dropping nothing else silently."""
-        while True:
-            obj = await self.recv(timeout)
-            if obj.get("push") == "ping" and kind != "ping":
-                await self.send({"op": "pong"})
-                continue
-            if obj.get("push") == kind:
-                return obj
-            raise AssertionError(f"expected a {kind} push, got {obj}")
 
     async def closed(self, timeout: float = WAIT) -> Closed:
         """Wait for the server to close; returns the close code and the disconnect push seen."""

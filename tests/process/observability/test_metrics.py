@@ -25,10 +25,11 @@ from hubbub.codes import CLOSE_TABLE, ErrorCode
 from hubbub.loader import load_settings
 from hubbub.metrics import HTTP_ROUTES, METRICS, PER_PROCESS, MetricSpec
 from tests.conftest import ServerFactory
+from tests.support.conversation import Closed
 from tests.support.polling import until
 from tests.support.redis_server import RedisServer
 from tests.support.server import API_KEY, TEST_NAMESPACES, ServerProcess, server_config
-from tests.support.wsclient import Closed, RawClient, token
+from tests.support.wsclient import RawClient, token
 
 DOC = (Path(__file__).parents[3] / "docs" / "metrics.md").read_text()
 SPECS = {spec.name: spec for spec in METRICS}

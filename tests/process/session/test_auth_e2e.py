@@ -17,7 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from tests.conftest import ServerFactory
 from tests.inprocess.test_jwks import KEY_1, KEY_2, FakeIdp, idp  # noqa: F401 - the fixture is used by name
-from tests.support.wsclient import Closed, RawClient
+from tests.support.conversation import Closed
+from tests.support.wsclient import RawClient
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 

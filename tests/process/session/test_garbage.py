@@ -34,6 +34,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import ServerFactory
+from tests.support.conversation import Closed
 from tests.support.garbage import (
     BYSTAND_ROOM,
     GARBAGE,
@@ -47,7 +48,7 @@ from tests.support.garbage import (
 )
 from tests.support.polling import until
 from tests.support.server import API_KEY, ServerProcess
-from tests.support.wsclient import Closed, RawClient, token
+from tests.support.wsclient import RawClient, token
 
 SEED = 20261125
 #: Cases the seeded run always makes, however slow the machine: the coverage does not depend on its speed.

@@ -13,9 +13,10 @@ import pytest
 
 from hubbub import pacing
 from tests.conftest import ServerFactory
+from tests.support.conversation import Closed
 from tests.support.polling import until
 from tests.support.server import ServerProcess
-from tests.support.wsclient import Closed, RawClient
+from tests.support.wsclient import RawClient
 
 
 def metric(server: ServerProcess, name: str) -> float:
