@@ -25,7 +25,7 @@ from hubbub.codes import CLOSE_TABLE, CloseCode
 from hubbub.node import SHED_REASON
 from hubbub.protocol import MAX_COMMAND_ID
 from hubbub.types import Room
-from tests.support.conversation import Closed
+from tests.support.conversation import Closed, pipelined_publishes
 from tests.support.garbage import GARBAGE, MISSING, REPLY_CODES, TEMPLATES, USER, every_field, mutated, nested, render
 from tests.support.inprocess import InProcessClient, InProcessNode
 from tests.support.wsclient import token
@@ -459,33 +459,8 @@ async def test_history_and_recovery_replies_stay_within_half_the_outbound_queue(
 
 
 async def test_pipelined_publishes_keep_command_order_in_replies_offsets_and_history(node: InProcessNode) -> None:
-    """25 publishes as separate frames, a `history` (which sees exactly those), then a frame of 25 more in
-    which one is refused (no data) and one forbidden: replies in command order, offsets in sending order."""
     name = room()
-    client = await node.connected(token=token("burst", publish=(name,)))
-    await client.call("join", room=name)
-    first = [{"id": 100 + i, "op": "publish", "room": name, "data": i} for i in range(25)]
-    for command in first:
-        await client.send(command)
-    await client.send({"id": 200, "op": "history", "room": name, "limit": 100})
-    second = [{"id": 300 + i, "op": "publish", "room": name, "data": 25 + i} for i in range(25)]
-    del second[10]["data"]
-    second[20]["room"] = name + "-other"  # not in the token's publish claim
-    await client.send(*second)
-    expected = [c["id"] for c in first] + [200] + [c["id"] for c in second]
-    replies: list[dict[str, Any]] = []
-    while len(replies) < len(expected):
-        message = await client.recv()
-        if "id" in message:
-            replies.append(message)
-    assert [r["id"] for r in replies] == expected
-    assert [p["data"] for p in replies[25]["ok"]["publications"]] == list(range(25))
-    assert replies[26 + 10]["error"]["code"] == 400
-    assert replies[26 + 20]["error"]["code"] == 403
-    offsets = [r["ok"]["offset"] for r in replies if "ok" in r and r["id"] != 200]
-    assert offsets == list(range(1, 49))
-    stored = (await client.call("history", room=name, limit=100))["ok"]["publications"]
-    assert [p["data"] for p in stored] == [*range(25), *(25 + i for i in range(25) if i not in (10, 20))]
+    await pipelined_publishes(await node.connected(token=token("burst", publish=(name,))), name)
 
 
 async def test_a_command_that_fails_unexpectedly_is_a_500_reply_and_the_connection_stays(

@@ -10,7 +10,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from hubbub.auth import mint_token
-from tests.support.conversation import Closed, Conversation
+from tests.support.conversation import Closed, Conversation, pipelined_publishes
 from tests.support.server import SECRET
 
 #: Seconds to wait for an expected frame or close by default. Only a failing test waits this long, so it
@@ -97,40 +97,9 @@ class RawClient(Conversation):
 
 
 async def publish_burst(url: str, name: str) -> None:
-    """Publishes pipelined around other commands keep command order: replies, offsets and side effects.
-
-    One connection sends 25 publishes as separate frames, a `history` (which must see exactly the
-    publishes before it), then a frame of 25 more in which one publish is refused (no data) and one
-    is forbidden (a room the token may not publish to). Every reply comes back in command order;
-    the 48 accepted publishes got offsets 1..48 in the order they were sent.
-    """
+    """`pipelined_publishes` over a real WebSocket to the server at `url`."""
     client = await RawClient.connected(url, token=token("burst", publish=(name,)))
-    await client.call("join", room=name)
-    first = [{"id": 100 + i, "op": "publish", "room": name, "data": i} for i in range(25)]
-    for command in first:
-        await client.send(command)
-    await client.send({"id": 200, "op": "history", "room": name, "limit": 100})
-    second = [{"id": 300 + i, "op": "publish", "room": name, "data": 25 + i} for i in range(25)]
-    del second[10]["data"]
-    second[20]["room"] = name + "-other"  # not in the token's publish claim
-    await client.send(*second)
-    expected = [c["id"] for c in first] + [200] + [c["id"] for c in second]
-    replies: list[dict[str, Any]] = []
-    while len(replies) < len(expected):
-        message = await client.recv()
-        if "id" in message:
-            replies.append(message)
-    assert [r["id"] for r in replies] == expected
-    history = replies[25]["ok"]
-    assert [p["offset"] for p in history["publications"]] == list(range(1, 26))
-    assert [p["data"] for p in history["publications"]] == list(range(25))
-    assert replies[26 + 10]["error"]["code"] == 400
-    assert replies[26 + 20]["error"]["code"] == 403
-    offsets = [r["ok"]["offset"] for r in replies if "ok" in r and "offset" in r["ok"] and r["id"] != 200]
-    assert offsets == list(range(1, 49))
-    stored = await client.call("history", room=name, limit=100)
-    data = [p["data"] for p in stored["ok"]["publications"]]
-    assert data == [*range(25), *(25 + i for i in range(25) if i not in (10, 20))]
+    await pipelined_publishes(client, name)
     await client.close()
 
 
