@@ -56,6 +56,8 @@ def metrics(flags: dict[str, dict[str, Any]]) -> list[Metric]:
         Metric("fanout", f"{top}.lost", "lost at max (all runs)", "", True, total=True),
         Metric("fanout", f"{fld}.lost", "lost in the flood (all runs)", "", True, total=True),
         Metric("idle", "idle.rss_kib_per_connection", "RSS per idle connection", "KiB", True),
+        Metric("idle", "idle.server_cpu_us_per_connection_s", "server CPU per idle connection", "µs/s", True),
+        Metric("idle", "idle.server_cpu_pct_idle", "server CPU while idle (all nodes)", "% of a core", True),
         Metric("idle", "idle.failed", "failed connects (all runs)", "", True, total=True),
         Metric("connect_1", "connect.connects_per_s", "connects/s", "/s", False, "connect.saturated"),
         Metric("connect_1", "connect.server_cpu_ms_per_connect", "server CPU per connect", "ms", True),

@@ -158,9 +158,11 @@ def render_markdown(document: dict[str, Any], charts: Sequence[tuple[str, str]],
         " sent open loop, all at once. Server CPU per delivery = server CPU time ÷ deliveries. Lost ="
         " expected − received when the phase's wait ends (5 s after the last publication;"
         f" {fan.get('flood-wait', 10)} s for the flood).",
-        f"**Idle memory.** {idle.get('connections', 5000):,} authenticated connections, each joined to one"
+        f"**Idle connections.** {idle.get('connections', 5000):,} authenticated connections, each joined to one"
         f" of {idle.get('rooms', 100)} rooms; the growth of the servers' summed RSS ÷ connections after"
-        f" {idle.get('settle', 5)} s of settling.",
+        f" {idle.get('settle', 5)} s of settling; then the servers' CPU over {idle.get('window', 30)} s in"
+        " which nothing happens but heartbeats and timers, ÷ seconds ÷ connections held (µs/s: millionths"
+        " of a core per connection).",
         f"**Connect rate.** {con.get('count', 2000):,} JWT-authenticated connects (WebSocket upgrade, token"
         " check and the protocol's handshake, no join), one at a time and 50 in flight; connects/s and"
         " server CPU time per connect.",

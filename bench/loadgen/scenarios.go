@@ -338,7 +338,7 @@ func containsInt32(s []int32, v int32) bool {
 
 type idleArgs struct {
 	connections, rooms, inflight int
-	settle                       float64
+	settle, window               float64
 }
 
 func idleFlags(fs *flag.FlagSet, c *Common) func() {
@@ -346,6 +346,8 @@ func idleFlags(fs *flag.FlagSet, c *Common) func() {
 	fs.IntVar(&a.connections, "connections", 5000, "connections to open, split evenly across --urls")
 	fs.IntVar(&a.rooms, "rooms", 100, "connection i joins bench:idle-<i % rooms>")
 	fs.Float64Var(&a.settle, "settle", 5, "seconds to wait after the last connect before measuring")
+	fs.Float64Var(&a.window, "window", 0,
+		"then seconds of idle CPU measured (0: none); longer than the servers' ping interval to include the heartbeats")
 	fs.IntVar(&a.inflight, "inflight", 200, "connects in flight")
 	return func() { runIdle(c, a) }
 }
@@ -364,9 +366,15 @@ type IdleReport struct {
 	SettleCPUS       float64          `json:"server_cpu_s_settle"`
 	SettleCPUPct     float64          `json:"server_cpu_pct_settle"`
 	ConnectCPUS      float64          `json:"server_cpu_s_connect"`
-	LoadgenCPUPct    float64          `json:"loadgen_cpu_pct"`
-	Saturated        bool             `json:"saturated"`
-	Lost             int64            `json:"connections_lost"`
+	// The idle window (--window): the servers' CPU while every connection is held and silent.
+	WindowSeconds float64 `json:"window_seconds"`
+	IdleCPUS      float64 `json:"server_cpu_s_idle"`
+	IdleCPUPct    float64 `json:"server_cpu_pct_idle"`
+	// Server CPU per held connection per idle second, in microseconds (µs/s = millionths of a core).
+	IdleCPUUsPerConn float64 `json:"server_cpu_us_per_connection_s"`
+	LoadgenCPUPct    float64 `json:"loadgen_cpu_pct"`
+	Saturated        bool    `json:"saturated"`
+	Lost             int64   `json:"connections_lost"`
 	Latency
 }
 
@@ -405,6 +413,17 @@ func runIdle(c *Common, a *idleArgs) {
 	r.Saturated = sat
 	fillCPU(&cpuFields{&r.SettleCPUS, &dummyMap, &r.SettleCPUPct, &selfS, &dummyPct, &sat, &dummyRSS, &dummyTotal},
 		connected, after, float64(after.At-connected.At)/1e9)
+	if a.window > 0 {
+		time.Sleep(seconds(a.window))
+		end := takeSample(c.PIDs)
+		r.WindowSeconds = round3(float64(end.At-after.At) / 1e9)
+		fillCPU(&cpuFields{&r.IdleCPUS, &dummyMap, &r.IdleCPUPct, &selfS, &dummyPct, &sat, &dummyRSS, &dummyTotal},
+			after, end, r.WindowSeconds)
+		if held := int64(setup.Connected) - t.lostConns.Load(); held > 0 && r.WindowSeconds > 0 {
+			r.IdleCPUUsPerConn = round3(1e6 * r.IdleCPUS / r.WindowSeconds / float64(held))
+		}
+		r.Lost = t.lostConns.Load()
+	}
 	out.set("idle", r)
 	logf("idle: %d connected, %d failed, %.2f KiB/connection", r.Connected, r.Failed, r.RSSPerConnection)
 	closeAll(conns)
