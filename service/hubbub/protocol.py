@@ -55,14 +55,35 @@ class StreamPosition:
 
 
 @dataclass(frozen=True, slots=True)
+class Encoded:
+    """Publication data still as the JSON text it arrived in, spliced into pushes as it is.
+
+    A publication crosses Redis as text; a node that only relays it to its members need not decode
+    and re-encode it (nor re-check it for integers beyond 64 bits, which decoding would round).
+    `value()` decodes it for whoever does need the value.
+    """
+
+    text: str
+
+    def value(self) -> JSON:
+        return loads(self.text)
+
+
+@dataclass(frozen=True, slots=True)
 class Publication:
     offset: int
-    data: JSON
+    data: JSON | Encoded
     ts: int
     info: JSONObject | None = None
 
+    @property
+    def value(self) -> JSON:
+        """The data, decoded if it is still encoded."""
+        data = self.data
+        return data.value() if isinstance(data, Encoded) else data
+
     def to_json(self) -> JSONObject:
-        out: JSONObject = {"offset": self.offset, "data": self.data, "ts": self.ts}
+        out: JSONObject = {"offset": self.offset, "data": self.value, "ts": self.ts}
         if self.info is not None:
             out["info"] = self.info
         return out
@@ -278,7 +299,12 @@ def error_body(code: int, reason: str) -> JSONObject:
 
 
 def pub_push(room: str, pub: Publication) -> str:
-    out: JSONObject = {"push": "pub", "room": room, "offset": pub.offset, "data": pub.data, "ts": pub.ts}
+    data = pub.data
+    if isinstance(data, Encoded):
+        # The same members in the same order as the encoder writes them below.
+        info = "" if pub.info is None else f',"info":{dumps(pub.info)}'
+        return f'{{"push":"pub","room":{dumps(room)},"offset":{pub.offset},"data":{data.text},"ts":{pub.ts}{info}}}'
+    out: JSONObject = {"push": "pub", "room": room, "offset": pub.offset, "data": data, "ts": pub.ts}
     if pub.info is not None:
         out["info"] = pub.info
     return dumps(out)

@@ -26,6 +26,7 @@ import contextlib
 import hashlib
 import logging
 import random
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable
@@ -47,7 +48,7 @@ from hubbub.backends.base import (
 from hubbub.backends.redis_link import Arg, Link
 from hubbub.backends.redis_pool import RedisClients, error_kind, stop_tasks
 from hubbub.metrics import RedisMetrics
-from hubbub.protocol import Publication
+from hubbub.protocol import Encoded, Publication
 from hubbub.throttle import RepeatedError
 from hubbub.types import JSONObject, Room
 
@@ -62,12 +63,13 @@ if idem then
     return {string.sub(seen, 1, sep - 1), tonumber(string.sub(seen, sep + 1)), 1}
   end
 end
-local epoch = redis.call('HGET', meta, 'epoch')
+local position = redis.call('HMGET', meta, 'epoch', 'offset')
+local epoch = position[1]
 if not epoch then
   epoch = ARGV[8]
   redis.call('DEL', stream)
   redis.call('HSET', meta, 'epoch', epoch, 'offset', 0)
-elseif epoch == ARGV[10] and tonumber(redis.call('HGET', meta, 'offset')) < tonumber(ARGV[11]) then
+elseif epoch == ARGV[10] and tonumber(position[2]) < tonumber(ARGV[11]) then
   -- This node already saw a higher offset in this epoch: Redis lost acknowledged writes
   -- (a failover to a lagging replica). Never hand those offsets out again under the same epoch.
   epoch = ARGV[8]
@@ -88,9 +90,11 @@ local trace = ''
 if ARGV[12] then
   trace = ',"tp":"' .. ARGV[12] .. '"'
 end
+-- "il" and "dl", the byte lengths of info and data, let a node cut data out of the message without
+-- parsing it (nodes before them read the message as a whole and ignore them).
 redis.call('PUBLISH', ARGV[9],
-  '{"e":"' .. epoch .. '","o":' .. offset .. ',"t":' .. ARGV[3] .. ',"i":' .. ARGV[2] .. ',"d":' .. ARGV[1]
-  .. trace .. '}')
+  '{"e":"' .. epoch .. '","o":' .. offset .. ',"t":' .. ARGV[3] .. trace .. ',"il":' .. #ARGV[2]
+  .. ',"dl":' .. #ARGV[1] .. ',"i":' .. ARGV[2] .. ',"d":' .. ARGV[1] .. '}')
 if idem then
   redis.call('SET', idem, epoch .. ':' .. offset, 'PX', ARGV[6])
 end
@@ -117,6 +121,17 @@ if limit > 0 then
   end
 end
 return {epoch, offset, entries}
+"""
+
+#: The (epoch, offset) of every room in KEYS (their meta hashes), flattened; nil for a missing one.
+POSITIONS = """
+local out = {}
+for i, meta in ipairs(KEYS) do
+  local position = redis.call('HMGET', meta, 'epoch', 'offset')
+  out[2 * i - 1] = position[1]
+  out[2 * i] = position[2]
+end
+return out
 """
 
 RENEW_EPOCH = """
@@ -184,7 +199,34 @@ def _pub_from_entry(entry: Any) -> Publication:
     values = {_decode(fields[i]): fields[i + 1] for i in range(0, len(fields), 2)}
     offset = int(_decode(entry_id).split("-", 1)[0])
     info = protocol.loads(values["i"])
-    return Publication(offset, protocol.loads(values["d"]), int(_decode(values["t"])), info)
+    return Publication(offset, Encoded(_decode(values["d"])), int(_decode(values["t"])), info)
+
+
+#: The fixed head of a publication message, up to its info: epoch, offset, ts, trace context, and the
+#: byte lengths of info and data that follow (see PUBLISH).
+_HEAD = re.compile(
+    rb'\{"e":"([^"\\]*)","o":([0-9]+),"t":([0-9]+)(?:,"tp":"([^"\\]*)")?,"il":([0-9]+),"dl":([0-9]+),"i":'
+)
+
+
+def _split(raw: bytes) -> tuple[str, Publication, str | None] | None:
+    """(epoch, publication, traceparent) cut out of a publication message, data left encoded; None
+    when `raw` is not one in this layout (a presence event, or a message of an older node)."""
+    head = _HEAD.match(raw)
+    if head is None:
+        return None
+    start = head.end()
+    info_end = start + int(head[5])
+    data_end = info_end + 5 + int(head[6])
+    if raw[info_end : info_end + 5] != b',"d":' or len(raw) != data_end + 1 or raw[data_end] != 0x7D:  # "}"
+        return None
+    info_text = raw[start:info_end]
+    info = None if info_text == b"null" else protocol.loads(info_text)
+    if info is not None and not isinstance(info, dict):
+        return None
+    pub = Publication(int(head[2]), Encoded(raw[info_end + 5 : data_end].decode()), int(head[3]), info)
+    trace = head[4]
+    return head[1].decode(), pub, None if trace is None else trace.decode()
 
 
 class RedisEngine:
@@ -208,7 +250,8 @@ class RedisEngine:
         self._publish = _Script(PUBLISH)
         self._read = _Script(READ)
         self._renew = _Script(RENEW_EPOCH)
-        scripts = (self._publish, self._read, self._renew)
+        self._positions = _Script(POSITIONS)
+        scripts = (self._publish, self._read, self._renew, self._positions)
         self._link = Link(
             clients.connection_factory(),
             timeout=timeout,
@@ -470,27 +513,31 @@ class RedisEngine:
         handler = self._handler
         if state is None or handler is None:
             return
-        try:
-            message = protocol.loads(raw)
-        except ValueError:
-            log.error("undecodable message on room %s dropped", room)
-            return
-        kind = message.get("k")
-        if kind == "join":
-            handler.on_join(room, message["i"])
-            return
-        if kind == "leave":
-            handler.on_leave(room, message["i"])
-            return
-        pub = Publication(int(message["o"]), message["d"], int(message["t"]), message["i"])
-        epoch = str(message["e"])
+        split = _split(raw)
+        if split is not None:
+            epoch, pub, traceparent = split
+        else:
+            try:
+                message = protocol.loads(raw)
+            except ValueError:
+                log.error("undecodable message on room %s dropped", room)
+                return
+            kind = message.get("k")
+            if kind == "join":
+                handler.on_join(room, message["i"])
+                return
+            if kind == "leave":
+                handler.on_leave(room, message["i"])
+                return
+            pub = Publication(int(message["o"]), message["d"], int(message["t"]), message["i"])
+            epoch, traceparent = str(message["e"]), message.get("tp")
         if not state.ready or state.backfilling:
             state.pending.append((epoch, pub))
             return
         if self._traced is None:
             self._deliver(room, state, epoch, pub)
         else:
-            with self._traced.remote_parent(message.get("tp")):
+            with self._traced.remote_parent(traceparent):
                 self._deliver(room, state, epoch, pub)
 
     def _deliver(self, room: Room, state: _Subscription, epoch: str, pub: Publication) -> bool:
@@ -642,8 +689,9 @@ class RedisEngine:
             batch = rooms[start : start + POSITION_BATCH]
             # Positions handed over before the read: Redis can only be behind these after a data loss.
             before = {room: (self._rooms[room].epoch, self._rooms[room].offset) for room in batch}
-            replies = [self._link.call("HMGET", self._key(room, "meta"), "epoch", "offset") for room in batch]
-            results = await self._call(asyncio.gather(*replies))
+            # One script call per batch, not a command per room: a node checks every room it holds.
+            flat = await self._script(self._positions, [self._key(room, "meta") for room in batch], [])
+            results = zip(flat[::2], flat[1::2], strict=True)
             for room, (epoch, offset) in zip(batch, results, strict=True):
                 state = self._rooms.get(room)
                 if state is None or not state.ready or state.backfilling or epoch is None:

@@ -9,12 +9,14 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from hubbub import protocol
 from hubbub.backends import Backends, create_backends
 from hubbub.backends.base import BackendUnavailable, InsufficientStateCause, StreamOptions
 from hubbub.backends.memory import MemoryEngine, MemoryPresence
+from hubbub.backends.redis_broker import RedisEngine
 from hubbub.backends.redis_presence import RedisPresence
 from hubbub.loader import load_settings
-from hubbub.protocol import Publication
+from hubbub.protocol import Encoded, Publication
 from hubbub.types import ClientId, JSONObject, Room
 from tests.support.polling import until
 from tests.support.procs import free_port
@@ -113,7 +115,7 @@ async def test_publishes_started_together_on_one_node_get_offsets_in_the_order_t
     results = await asyncio.gather(*tasks)
     assert [r.offset for r in results] == list(range(1, 301))
     stored = await b.history.read(ROOM, since=None, limit=300, options=OPTIONS)
-    assert [(p.offset, p.data) for p in stored.publications] == [(o, o - 1) for o in range(296, 301)]
+    assert [(p.offset, p.value) for p in stored.publications] == [(o, o - 1) for o in range(296, 301)]
 
 
 async def test_rooms_are_independent(backends: tuple[Backends, Recorder]) -> None:
@@ -132,11 +134,41 @@ async def test_subscribed_rooms_receive_publications_in_order_and_unsubscribed_d
         await b.broker.publish(ROOM, i, info={"user": "u", "client": "c"}, idempotency_key=None, options=OPTIONS)
     await b.broker.publish(Room("elsewhere"), "x", info=None, idempotency_key=None, options=OPTIONS)
     await until(lambda: len(rec.pubs) == 3, what="3 publications")
-    assert [(r, p.offset, p.data) for r, _, p in rec.pubs] == [(ROOM, 1, 0), (ROOM, 2, 1), (ROOM, 3, 2)]
+    assert [(r, p.offset, p.value) for r, _, p in rec.pubs] == [(ROOM, 1, 0), (ROOM, 2, 1), (ROOM, 3, 2)]
     assert rec.pubs[0][2].info == {"user": "u", "client": "c"}
     await b.broker.unsubscribe(ROOM)
     await b.broker.publish(ROOM, "late", info=None, idempotency_key=None, options=OPTIONS)
     assert len(await delivered_so_far(b, rec)) == 3
+
+
+#: Data and info that a relay must pass on exactly: integers beyond 64 bits (which a decoder rounds), text
+#: beyond ASCII and a lone surrogate escape (byte and character lengths differ), and strings that look like
+#: the message's own members.
+AWKWARD: list[tuple[object, JSONObject | None]] = [
+    ({"n": 10**30, "neg": -(2**70), "f": 0.1}, None),
+    (["é€😀", "\ud800", '","d":{"e":"x"}'], {"user": "ü", "client": 'c","d":1,"tp":"0'}),
+    ("", {"user": "u", "client": "c", "info": {"il": 99, "dl": -1}}),
+    ({"deep": [[[[{"x": None}]]]], "t": True}, {"user": "u", "client": "c"}),
+]
+
+
+async def test_awkward_data_and_info_reach_subscribers_as_the_push_they_were_published_as(
+    backends: tuple[Backends, Recorder],
+) -> None:
+    b, rec = backends
+    await b.broker.subscribe(ROOM)
+    for data, info in AWKWARD:
+        await b.broker.publish(ROOM, data, info=info, idempotency_key=None, options=OPTIONS)
+    await until(lambda: len(rec.pubs) == len(AWKWARD), what="every publication")
+    for (data, info), (_, _, pub) in zip(AWKWARD, rec.pubs, strict=True):
+        expected = Publication(pub.offset, data, pub.ts, info)  # type: ignore[arg-type]
+        # The same push to a client (the encoder may escape differently: a lone surrogate makes it escape all).
+        assert protocol.loads(protocol.pub_push(ROOM, pub)) == protocol.loads(protocol.pub_push(ROOM, expected))
+        assert (pub.value, pub.info) == (data, info)
+        # Through Redis the data is relayed as it came, never decoded on the way (the fast path was taken).
+        assert isinstance(pub.data, Encoded) == isinstance(b.broker, RedisEngine)
+    stored = await b.history.read(ROOM, since=0, limit=10, options=OPTIONS)
+    assert [(p.value, p.info) for p in stored.publications] == AWKWARD[-OPTIONS.history_size :]
 
 
 async def test_idempotency_key_returns_the_first_result_and_publishes_nothing(
@@ -248,4 +280,31 @@ async def test_a_presence_entry_whose_write_failed_is_not_kept_to_be_refreshed_i
             await presence.add(Room("chat:ghost"), ClientId("c1"), {"user": "u1"})
         assert presence.local_entries() == 0
     finally:
+        await made.aclose()
+
+
+@pytest.mark.redis
+async def test_a_publication_in_the_layout_of_older_nodes_is_still_delivered(redis_url: str) -> None:
+    # In a rolling upgrade, nodes still on the previous release publish messages without "il"/"dl":
+    # this node reads those whole, in order with its own.
+    import redis.asyncio as aioredis
+
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    settings = load_settings(env={}, overrides={"redis_url": redis_url, "redis_prefix": prefix})
+    made, rec = create_backends(settings), Recorder()
+    await made.broker.start(rec)
+    raw = aioredis.Redis.from_url(redis_url)
+    try:
+        await until(lambda: made.broker.available, what="the broker to be available")
+        await made.broker.subscribe(ROOM)
+        first = await made.broker.publish(ROOM, "new", info=None, idempotency_key=None, options=OPTIONS)
+        old = f'{{"e":"{first.epoch}","o":2,"t":1700000000000,"i":{{"user":"u","client":"c"}},"d":{{"n":{10**30}}}}}'
+        await raw.publish(f"{prefix}:{{{ROOM}}}:ch", old)
+        await until(lambda: len(rec.pubs) == 2, what="both publications")
+        assert [(p.offset, p.value, p.info) for _, _, p in rec.pubs] == [
+            (1, "new", None),
+            (2, {"n": 10**30}, {"user": "u", "client": "c"}),
+        ]
+    finally:
+        await raw.aclose()
         await made.aclose()

@@ -177,6 +177,6 @@ async def test_engine_publishes_after_script_flush_by_sending_the_script_again(r
         second = await backends.broker.publish(room, "b", info=None, idempotency_key=None, options=options)
         assert (first.offset, second.offset) == (1, 2) and first.epoch == second.epoch
         found = await backends.history.read(room, since=None, limit=10, options=options)
-        assert [p.data for p in found.publications] == ["a", "b"]
+        assert [p.value for p in found.publications] == ["a", "b"]
     finally:
         await backends.aclose()
