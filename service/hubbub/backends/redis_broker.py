@@ -513,7 +513,10 @@ class RedisEngine:
         handler = self._handler
         if state is None or handler is None:
             return
-        split = _split(raw)
+        try:
+            split = _split(raw)
+        except ValueError:  # not UTF-8, or info that is no JSON: judged (and dropped) as a whole below
+            split = None
         if split is not None:
             epoch, pub, traceparent = split
         else:
