@@ -53,7 +53,13 @@ def results_document(plan: Plan, env: dict[str, Any], started: float, finished: 
         "environment": env,
         "targets": {t.name: {"label": t.label, "description": t.description} for t in plan.targets},
         "scenarios": {
-            s.key: {"command": s.command, "flags": s.flags, "title": SCENARIO_TITLES[s.key]} for s in plan.scenarios
+            s.key: {
+                "command": s.command,
+                "flags": s.flags,
+                "title": SCENARIO_TITLES[s.key],
+                "hubbub_namespace": s.hubbub_namespace,
+            }
+            for s in plan.scenarios
         },
         "not_applicable": [
             {"target": t.name, "scenario": s.key, "reason": NOT_APPLICABLE[(t.name, s.key)]}

@@ -162,13 +162,17 @@ def render_markdown(document: dict[str, Any], charts: Sequence[tuple[str, str]],
         f" of {idle.get('rooms', 100)} rooms; the growth of the servers' summed RSS ÷ connections after"
         f" {idle.get('settle', 5)} s of settling; then the servers' CPU over {idle.get('window', 30)} s in"
         " which nothing happens but heartbeats and timers, ÷ seconds ÷ connections held (µs/s: millionths"
-        " of a core per connection).",
+        " of a core per connection). *Presence on*: the same with presence on in hubbub's namespace (the"
+        " development-mode default), so every joined connection also has an entry in Redis that its node"
+        " keeps alive; the peers have no presence.",
         f"**Connect rate.** {con.get('count', 2000):,} JWT-authenticated connects (WebSocket upgrade, token"
         " check and the protocol's handshake, no join), one at a time and 50 in flight; connects/s and"
         " server CPU time per connect.",
         f"**Many rooms.** {rooms.get('rooms', 10000):,} rooms of 1–5 members over"
         f" {rooms.get('connections', 2000):,} connections; {rooms.get('rate', 2000):,} publications/s for"
         f" {rooms.get('seconds', 10)} s, each to a random room.",
+        "**Publications** are acknowledged in every scenario: hubbub's always are (the reply carries the"
+        " offset), and the generator emits Socket.IO's with an ack callback, which the servers answer.",
     ]
     repeat = document["repeat"]
     runs_text = f"{len(document['runs'])} runs, " + ("one repeat" if repeat == 1 else f"median of {repeat} repeats")

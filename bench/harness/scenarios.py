@@ -8,7 +8,7 @@ import contextlib
 import json
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +20,12 @@ from .targets import Redis, Running, Target, start_target
 
 @dataclass(frozen=True)
 class Scenario:
-    key: str  # the key in the results: fanout, idle, connect_1, connect_50, rooms
+    key: str  # the key in the results: fanout, idle, idle_presence, connect_1, connect_50, rooms
     command: str  # the load generator's scenario
     flags: dict[str, int | float]
     budget_s: int  # the generator's --timeout; it is killed 30 s after that
+    #: Settings of hubbub's `bench` namespace for this scenario (the peers have no such settings).
+    hubbub_namespace: dict[str, bool] = field(default_factory=dict)
 
     def argv(self) -> list[str]:
         out: list[str] = []
@@ -51,6 +53,15 @@ def scenarios(smoke: bool) -> list[Scenario]:
     return [
         Scenario("fanout", "fanout", dict(fan), fan_budget),
         Scenario("idle", "idle", dict(idle), 60 + idle["connections"] // 50 + idle["settle"] + idle["window"]),
+        # The same with presence on (the development-mode default): every joined connection has an entry in
+        # Redis that its node keeps alive.
+        Scenario(
+            "idle_presence",
+            "idle",
+            dict(idle),
+            60 + idle["connections"] // 50 + idle["settle"] + idle["window"],
+            {"presence": True},
+        ),
         Scenario("connect_1", "connect", {"count": count, "concurrency": 1}, 60 + count // 25),
         Scenario("connect_50", "connect", {"count": count, "concurrency": 50}, 60 + count // 25),
         Scenario(
@@ -62,11 +73,15 @@ def scenarios(smoke: bool) -> list[Scenario]:
 # Pairs the bench does not run, and why.
 NOT_APPLICABLE = {
     ("ws", "rooms"): "the bare ws server holds one room per connection (the one in its URL)",
+    ("socketio", "idle_presence"): "Socket.IO has no presence",
+    ("pysocketio", "idle_presence"): "python-socketio has no presence",
+    ("ws", "idle_presence"): "the bare ws server has no presence",
 }
 
 SCENARIO_TITLES = {
     "fanout": "Fan-out",
     "idle": "Idle connections",
+    "idle_presence": "Idle connections, presence on",
     "connect_1": "Connect rate, one at a time",
     "connect_50": "Connect rate, 50 in flight",
     "rooms": "Many rooms",
@@ -149,7 +164,9 @@ def run_once(
     try:
         if redis is not None and target.uses_redis:
             redis.flushall()
-        running = start_target(target, redis if target.uses_redis else None, logdir, cpu_servers)
+        running = start_target(
+            target, redis if target.uses_redis else None, logdir, cpu_servers, scenario.hubbub_namespace
+        )
         run["result"] = run_generator(loadgen, scenario, running, redis, logdir / "loadgen.log", cpu_loadgen)
     except BenchError as exc:
         run["error"] = str(exc)

@@ -9,6 +9,7 @@ import json
 import signal
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,7 +112,9 @@ def hubbub_argv() -> list[str]:
     return [sys.executable, "-m", "hubbub", "serve"]
 
 
-def start_target(target: Target, redis: Redis | None, logdir: Path, cpu: int | None) -> Running:
+def start_target(
+    target: Target, redis: Redis | None, logdir: Path, cpu: int | None, namespace: Mapping[str, bool] | None = None
+) -> Running:
     procs: list[Proc] = []
     urls: list[str] = []
     try:
@@ -125,7 +128,7 @@ def start_target(target: Target, redis: Redis | None, logdir: Path, cpu: int | N
                     "api_key": API_KEY,
                     "redis_url": redis.url,
                     "node_name": f"bench-{node}",
-                    "namespaces": {"bench": {"history_size": 100, "client_publish": True}},
+                    "namespaces": {"bench": {"history_size": 100, "client_publish": True, **(namespace or {})}},
                     "command_rate": 100000,
                     "command_burst": 100000,
                     "max_queue_bytes": 8388608,

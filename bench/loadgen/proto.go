@@ -411,7 +411,12 @@ func (c *socketioConn) Join(rooms []string) error {
 }
 
 func (c *socketioConn) Publish(room string, seq, t int64) error {
-	msg := append(c.msg[:0], `42["publish",{"room":"`...)
+	// An acknowledged emit (`42<id>[...]`, answered `43<id>[true]`): every hubbub publish is
+	// acknowledged, so the peers do the same work for it.
+	c.nextAck++
+	msg := append(c.msg[:0], "42"...)
+	msg = appendInt(msg, c.nextAck)
+	msg = append(msg, `["publish",{"room":"`...)
 	msg = append(msg, room...)
 	msg = append(msg, `","data":`...)
 	msg = appendSeqData(msg, seq, t)

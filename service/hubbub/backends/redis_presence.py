@@ -1,8 +1,16 @@
 """Presence on Redis: per-room entries that expire unless their node keeps refreshing them.
 
 `<prefix>:{room}:presence` (hash: client → entry JSON) and `<prefix>:{room}:presence:exp`
-(sorted set: client → expiry, ms). Each node re-adds its own clients every `presence_ttl / 3`,
-so a Redis that restarted empty is repopulated within a refresh. Reads drop expired entries as they go.
+(sorted set: client → expiry, ms). Reads drop expired entries as they go.
+
+Every `presence_ttl / 3` a node moves its own clients' expiries forward: one ZADD per room for all
+of its clients there, not a write per entry (100,000 idle connections with presence on must not
+cost a core). The ZADD answers how many members were new: any at all means Redis lost that room's
+entries (it restarted empty, or failed over to a replica that never had them), and the node writes
+the room's entries again, so a Redis that lost them is repopulated within a refresh. The keys
+themselves live `KEY_TTL_FACTOR × presence_ttl` and have that renewed every `presence_ttl`: keys
+of rooms whose nodes all died go away on their own (their entries have long expired and are
+filtered out by every read).
 
 A node that dies (SIGKILL, a lost Kubernetes node) cannot remove its clients' entries, and waiting
 for `presence_ttl` shows ghosts for half a minute. So each node also lists its entries in
@@ -47,7 +55,12 @@ end
 return redis.call('HGETALL', entries)
 """
 
+#: Rooms per round trip of a refresh (one ZADD each).
 REFRESH_CHUNK = 500
+#: A room's presence keys expire this many `presence_ttl`s after they were last renewed...
+KEY_TTL_FACTOR = 4
+#: ...which every this many-th refresh does (refreshes come every presence_ttl / 3).
+KEY_RENEW_EVERY = 3
 #: Entries removed per round trip by `purge`.
 PURGE_CHUNK = 500
 
@@ -73,8 +86,10 @@ class RedisPresence:
         self._ttl = ttl
         self._timeout = timeout
         self._read = client.register_script(READ)
-        #: This node's own entries, re-added by the refresher.
-        self._local: dict[tuple[Room, ClientId], str] = {}
+        self._key_ttl_ms = self._ttl_ms * KEY_TTL_FACTOR
+        #: This node's own entries, room → client → entry JSON, kept alive by the refresher.
+        self._local: dict[Room, dict[ClientId, str]] = {}
+        self._refreshes = 0
         self._refresher: asyncio.Task[None] | None = None
         self._refresh_failed = RepeatedError(log, "presence refresh failed")
 
@@ -107,34 +122,42 @@ class RedisPresence:
 
     async def add(self, room: Room, client: ClientId, entry: JSONObject) -> None:
         encoded = protocol.dumps(entry)
-        key = (room, client)
-        self._local[key] = encoded
+        members = self._local.setdefault(room, {})
+        members[client] = encoded
         try:
-            await self._write([(room, client, encoded)])
+            await self._write(room, {client: encoded})
         except BaseException:
             # The join fails with the write (the session rolls it back). A local entry left behind would be
             # refreshed into Redis for as long as the node runs: a member everyone sees and no one can remove.
             # Whatever the failed write may have stored expires after presence_ttl.
-            if self._local.get(key) is encoded:
-                del self._local[key]
+            if members.get(client) is encoded:
+                self._forget(room, client)
             raise
 
-    async def _write(self, items: list[tuple[Room, ClientId, str]]) -> None:
-        expires = int(time.time() * 1000) + self._ttl_ms
+    def _forget(self, room: Room, client: ClientId) -> None:
+        members = self._local.get(room)
+        if members is not None:
+            members.pop(client, None)
+            if not members:
+                del self._local[room]
+
+    def _queue_write(self, pipe: Any, room: Room, members: dict[ClientId, str], expires: int) -> None:
+        """Queue on `pipe` the whole of `members`' entries in `room`: entries, expiries, this node's index."""
+        entries, expiry = self._keys(room)
+        pipe.hset(entries, mapping=members)
+        pipe.zadd(expiry, dict.fromkeys(members, expires))
+        pipe.pexpire(entries, self._key_ttl_ms)
+        pipe.pexpire(expiry, self._key_ttl_ms)
+        pipe.sadd(self._index(self._node), *(protocol.dumps([room, client]) for client in members))
+
+    async def _write(self, room: Room, members: dict[ClientId, str]) -> None:
         pipe = self._redis.pipeline(transaction=False)
-        index = self._index(self._node)
-        for room, client, encoded in items:
-            entries, expiry = self._keys(room)
-            pipe.hset(entries, client, encoded)
-            pipe.zadd(expiry, {client: expires})
-            pipe.pexpire(entries, self._ttl_ms * 2)
-            pipe.pexpire(expiry, self._ttl_ms * 2)
-            pipe.sadd(index, protocol.dumps([room, client]))
-        pipe.pexpire(index, self._ttl_ms * 2)
+        self._queue_write(pipe, room, members, int(time.time() * 1000) + self._ttl_ms)
+        pipe.pexpire(self._index(self._node), self._key_ttl_ms)
         await self._call(pipe.execute)
 
     async def remove(self, room: Room, client: ClientId) -> None:
-        self._local.pop((room, client), None)
+        self._forget(room, client)
         entries, expiry = self._keys(room)
         pipe = self._redis.pipeline(transaction=False)
         pipe.hdel(entries, client)
@@ -154,7 +177,7 @@ class RedisPresence:
         for member in members:
             room, client = protocol.loads(member)
             # A restarted node's own live entries are not its previous process's: they stay.
-            if node != self._node or (room, client) not in self._local:
+            if node != self._node or client not in self._local.get(room, ()):
                 pairs.append((member, Room(room), ClientId(client)))
         for start in range(0, len(pairs), PURGE_CHUNK):
             chunk = pairs[start : start + PURGE_CHUNK]
@@ -182,7 +205,7 @@ class RedisPresence:
         return PresenceStats(len(clients), len({entry.get("user") for entry in clients.values()}))
 
     def local_entries(self) -> int:
-        return len(self._local)
+        return sum(map(len, self._local.values()))
 
     async def _purge_previous_process(self) -> None:
         """Until it succeeds (Redis may not answer yet): remove what an earlier process of this node's
@@ -203,12 +226,63 @@ class RedisPresence:
             await self._purge_previous_process()
         while True:
             await asyncio.sleep(self._ttl / 3)
-            items = [(room, client, encoded) for (room, client), encoded in list(self._local.items())]
-            for start in range(0, len(items), REFRESH_CHUNK):
-                try:
-                    await self._write(items[start : start + REFRESH_CHUNK])
-                except BackendUnavailable as exc:
-                    self._refresh_failed.failed(str(exc))
-                    break
+            try:
+                await self.refresh()
+            except BackendUnavailable as exc:
+                self._refresh_failed.failed(str(exc))
             else:
                 self._refresh_failed.recovered()
+
+    async def _write_index(self) -> None:
+        index = self._index(self._node)
+        pairs = [protocol.dumps([room, client]) for room, members in list(self._local.items()) for client in members]
+        for start in range(0, len(pairs), PURGE_CHUNK):
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.sadd(index, *pairs[start : start + PURGE_CHUNK])
+            pipe.pexpire(index, self._key_ttl_ms)
+            await self._call(pipe.execute)
+
+    async def refresh(self) -> int:
+        """Move this node's entries' expiries forward; write again the rooms Redis lost. How many rooms it wrote."""
+        self._refreshes += 1
+        renew_keys = self._refreshes % KEY_RENEW_EVERY == 1
+        rooms = list(self._local)
+        rewritten = 0
+        for start in range(0, len(rooms), REFRESH_CHUNK):
+            chunk = rooms[start : start + REFRESH_CHUNK]
+            expires = int(time.time() * 1000) + self._ttl_ms
+            pipe = self._redis.pipeline(transaction=False)
+            sent: list[tuple[Room, list[ClientId]]] = []
+            for room in chunk:
+                members = self._local.get(room)
+                if not members:
+                    continue
+                entries, expiry = self._keys(room)
+                clients = list(members)
+                sent.append((room, clients))
+                pipe.zadd(expiry, dict.fromkeys(clients, expires))
+                if renew_keys:
+                    pipe.pexpire(entries, self._key_ttl_ms)
+                    pipe.pexpire(expiry, self._key_ttl_ms)
+            if renew_keys:
+                pipe.pexpire(self._index(self._node), self._key_ttl_ms)
+            replies = await self._call(pipe.execute)
+            added = replies[:: 3 if renew_keys else 1][: len(sent)]
+            if renew_keys and not replies[-1] and start == 0:
+                # This node's index is gone (PEXPIRE found no key) while its rooms may not be: list them all
+                # again, or a purge after this node dies would leave its clients as ghosts for presence_ttl.
+                await self._write_index()
+            # A member new to its room's expiries: Redis lost the room's entries. Write every entry this
+            # node still has there (not the ones that left while the ZADD was on its way).
+            lost = [(room, self._local.get(room)) for (room, _), new in zip(sent, added, strict=True) if new]
+            lost_rooms = [(room, members) for room, members in lost if members]
+            if lost_rooms:
+                pipe = self._redis.pipeline(transaction=False)
+                for room, members in lost_rooms:
+                    self._queue_write(pipe, room, dict(members), expires)
+                pipe.pexpire(self._index(self._node), self._key_ttl_ms)
+                await self._call(pipe.execute)
+                rewritten += len(lost_rooms)
+        if rewritten:
+            log.info("presence: wrote the entries of %d rooms again (Redis restarted or failed over?)", rewritten)
+        return rewritten

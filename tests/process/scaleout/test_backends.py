@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -281,6 +282,82 @@ async def test_a_presence_entry_whose_write_failed_is_not_kept_to_be_refreshed_i
         assert presence.local_entries() == 0
     finally:
         await made.aclose()
+
+
+@pytest.fixture
+async def redis_presence(redis_url: str) -> AsyncIterator[tuple[RedisPresence, str]]:
+    """A RedisPresence of node "n1" under its own prefix, its refresher not started (tests call refresh)."""
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    settings = load_settings(env={}, overrides={"redis_url": redis_url, "redis_prefix": prefix, "node_name": "n1"})
+    made = create_backends(settings)
+    assert isinstance(made.presence, RedisPresence)
+    yield made.presence, prefix
+    await made.aclose()
+
+
+@pytest.mark.redis
+async def test_a_refresh_moves_every_local_entrys_expiry_a_presence_ttl_ahead(
+    redis_presence: tuple[RedisPresence, str], redis_url: str
+) -> None:
+    import redis.asyncio as aioredis
+
+    presence, prefix = redis_presence
+    rooms = [Room(f"chat:r{i}") for i in range(3)]
+    for i, room in enumerate(rooms):
+        for c in range(i + 1):
+            await presence.add(room, ClientId(f"c{i}-{c}"), {"user": f"u{c}"})
+    raw = aioredis.Redis.from_url(redis_url)
+    try:
+        before = int(time.time() * 1000)
+        assert await presence.refresh() == 0  # nothing was lost
+        ttl_ms = int(load_settings(env={}, overrides={}).presence_ttl * 1000)
+        for i, room in enumerate(rooms):
+            scores = await raw.zrange(f"{prefix}:{{{room}}}:presence:exp", 0, -1, withscores=True)
+            assert len(scores) == i + 1
+            assert all(score >= before + ttl_ms for _member, score in scores)
+            assert len(await presence.get(room)) == i + 1
+    finally:
+        await raw.aclose()
+
+
+@pytest.mark.redis
+async def test_presence_entries_redis_lost_are_written_again_by_the_next_refresh(
+    redis_presence: tuple[RedisPresence, str], redis_url: str
+) -> None:
+    # Redis restarted empty or failed over to a replica without them: the entries, and this node's index of
+    # them (which a purge after its death needs), come back within one refresh.
+    import redis.asyncio as aioredis
+
+    presence, prefix = redis_presence
+    kept, lost = Room("chat:kept"), Room("chat:lost")
+    await presence.add(kept, ClientId("k1"), {"user": "u1"})
+    await presence.add(lost, ClientId("l1"), {"user": "u1"})
+    await presence.add(lost, ClientId("l2"), {"user": "u2", "info": {"x": 1}})
+    await presence.add(lost, ClientId("l3"), {"user": "u3"})
+    await presence.remove(lost, ClientId("l3"))
+    raw = aioredis.Redis.from_url(redis_url)
+    try:
+        await raw.delete(
+            f"{prefix}:{{{lost}}}:presence", f"{prefix}:{{{lost}}}:presence:exp", f"{prefix}:presence-of:n1"
+        )
+        assert await presence.get(lost) == {}
+        assert await presence.refresh() == 1
+        assert await presence.get(lost) == {
+            ClientId("l1"): {"user": "u1"},
+            ClientId("l2"): {"user": "u2", "info": {"x": 1}},
+        }
+        assert await presence.get(kept) == {ClientId("k1"): {"user": "u1"}}
+        assert await presence.refresh() == 0
+        # The index lists the entries written again: a purge of this node (its death) removes them.
+        assert await presence.purge("other-node") == 0
+        assert sorted(protocol.loads(m) for m in await raw.smembers(f"{prefix}:presence-of:n1")) == [
+            ["chat:kept", "k1"],
+            ["chat:lost", "l1"],
+            ["chat:lost", "l2"],
+        ]
+        assert await presence.purge("n1") == 0  # its own live entries stay (a restarted node purges only the old)
+    finally:
+        await raw.aclose()
 
 
 @pytest.mark.redis

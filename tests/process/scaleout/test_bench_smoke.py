@@ -18,7 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[3]
 TARGETS = ("hubbub", "socketio", "pysocketio", "ws")
-SCENARIOS = ("fanout", "idle", "connect_1", "connect_50", "rooms")
+SCENARIOS = ("fanout", "idle", "idle_presence", "connect_1", "connect_50", "rooms")
 RUN_TIMEOUT = 600
 
 
@@ -78,3 +78,12 @@ def test_bench_smoke(tmp_path: Path) -> None:
                             assert phase["lost"] == 0, f"hubbub lost {phase['lost']} in {scenario} {path}"
             assert scenario in document["summary"][target]
     assert sum(1 for run in document["runs"] if run["target"] == "hubbub") == len(SCENARIOS)
+    # Only hubbub has presence, and it ran that scenario with presence on.
+    assert document["scenarios"]["idle_presence"]["hubbub_namespace"] == {"presence": True}
+    presence_runs = {run["target"] for run in document["runs"] if run["scenario"] == "idle_presence"}
+    assert presence_runs == {"hubbub"}
+    for run in document["runs"]:
+        if run["scenario"].startswith("idle"):
+            # The smoke's 3 s window may hold no heartbeat at all: zero CPU is a possible figure there.
+            assert run["result"]["idle"]["window_seconds"] >= 3
+            assert run["result"]["idle"]["server_cpu_us_per_connection_s"] >= 0
