@@ -12,7 +12,7 @@ from types import FrameType
 
 import uvicorn
 
-from hubbub import __version__
+from hubbub import __version__, fdlimit
 from hubbub.app import HubbubApp
 from hubbub.codes import CloseCode
 from hubbub.gate import Gate
@@ -156,12 +156,25 @@ def _url(sock: socket.socket) -> str:
     return f"http://{_join(host, port)}"
 
 
+def fit_open_file_limit(settings: Settings) -> Settings:
+    """Raise the open-file limit to what the connection limits need; when the hard limit is lower, the
+    settings this node can keep (fewer connections: the next one is closed 1013), said once."""
+    wanted = fdlimit.needed(settings.max_connections, settings.max_pending_handshakes)
+    found = fdlimit.budget(fdlimit.raise_soft_limit(wanted), settings.max_connections, settings.max_pending_handshakes)
+    if not found.short:
+        return settings
+    log.warning("%s", fdlimit.describe(found))
+    return settings.model_copy(
+        update={"max_connections": found.max_connections, "max_pending_handshakes": found.max_pending_handshakes}
+    )
+
+
 def run(plan: Preflight, *, summary: str | None = None) -> int:
     """Serve until stopped; 0 after a drain or Ctrl-C. Raises StartupError when the node cannot start.
 
     `summary` (hubbub.logs.summary) is logged once the address is bound: a node that cannot bind says
     only that, in one line."""
-    settings = plan.settings
+    settings = fit_open_file_limit(plan.settings)
     sockets = bind(settings.host, settings.port)
     if summary is not None:
         log.info("%s", summary)

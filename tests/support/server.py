@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -43,6 +45,10 @@ def server_config(**overrides: Any) -> dict[str, Any]:
     return config
 
 
+def _limit_open_files(limits: tuple[int, int]) -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+
+
 class PortTaken(RuntimeError):
     """The server could not bind its port: something else took it after it was found free."""
 
@@ -50,8 +56,17 @@ class PortTaken(RuntimeError):
 class ServerProcess:
     """`python -m hubbub serve` in a subprocess, with its config written to `workdir`."""
 
-    def __init__(self, workdir: Path, config: dict[str, Any] | None = None, *, port: int | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        config: dict[str, Any] | None = None,
+        *,
+        port: int | None = None,
+        nofile: tuple[int, int] | None = None,
+    ) -> None:
         self.workdir = workdir
+        #: RLIMIT_NOFILE (soft, hard) to start the server with; None: this process's.
+        self.nofile = nofile
         self.config = config if config is not None else server_config()
         self.proc: subprocess.Popen[bytes] | None = None
         #: Whether start() may move to another port when this one is taken before the server binds it.
@@ -99,6 +114,7 @@ class ServerProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
+            preexec_fn=None if self.nofile is None else functools.partial(_limit_open_files, self.nofile),
         )
         log.close()
         deadline = time.monotonic() + timeout
