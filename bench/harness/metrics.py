@@ -26,6 +26,7 @@ def metrics(flags: dict[str, dict[str, Any]]) -> list[Metric]:
     window = fan.get("window", 64)
     flood = fan.get("flood", 2000)
     rooms = flags.get("rooms", {})
+    scale = flags.get("scale", {})
     fixed, top, fld, rm = "phases.fixed", "phases.max", "phases.flood", "phases.fixed"
     return [
         Metric("fanout", f"{fixed}.p50_ms", f"p50 latency at {rate:,} deliveries/s", "ms", True),
@@ -83,6 +84,15 @@ def metrics(flags: dict[str, dict[str, Any]]) -> list[Metric]:
         Metric("rooms", f"{rm}.p99_ms", "p99 latency", "ms", True),
         Metric("rooms", f"{rm}.server_cpu_us_per_delivery", "server CPU per delivery", "µs", True),
         Metric("rooms", f"{rm}.lost", "lost (all runs)", "", True, total=True),
+        Metric("scale", "idle.connected", f"connections held (of {scale.get('connections', 0):,})", "", False),
+        Metric("scale", "idle.connects_per_s", "connect rate getting there", "/s", False),
+        Metric("scale", "idle.rss_kib_per_connection", "RSS per connection", "KiB", True),
+        Metric("scale", "idle.server_cpu_us_per_connection_s", "server CPU per idle connection", "µs/s", True),
+        Metric("scale", "idle.server_cpu_pct_idle", "server CPU while idle", "% of a core", True),
+        Metric("scale", "phases.held.p99_ms", f"p99 latency at {scale.get('rate', 5000):,} deliveries/s", "ms", True),
+        Metric("scale", "phases.held.server_cpu_us_per_delivery", "server CPU per delivery", "µs", True),
+        Metric("scale", "phases.held.lost", "lost (all runs)", "", True, total=True),
+        Metric("scale", "idle.failed", "failed connects (all runs)", "", True, total=True),
     ]
 
 

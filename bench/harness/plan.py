@@ -17,7 +17,7 @@ from .config import LOADGEN_CPU, SERVER_CPU
 from .console import log
 from .metrics import fmt
 from .processes import pinning_available
-from .scenarios import NOT_APPLICABLE, SCENARIO_TITLES, Scenario, run_once
+from .scenarios import NOT_APPLICABLE, SCENARIO_TITLES, Scenario, run_once, scale_connections
 from .summary import flatten, notes, problems, summarize, walk_phases
 from .targets import Redis, Target
 
@@ -46,6 +46,7 @@ def results_document(plan: Plan, env: dict[str, Any], started: float, finished: 
                 summary.setdefault(target.name, {})[scenario.key] = summarize(ok)
     return {
         "mode": "smoke" if plan.smoke else "full",
+        "scale_limit": scale_connections(plan.smoke)[1],
         "started": datetime.fromtimestamp(started, UTC).isoformat(timespec="seconds"),
         "duration_s": round(time.time() - started, 1),
         "finished": finished,

@@ -124,6 +124,8 @@ def render_markdown(document: dict[str, Any], charts: Sequence[tuple[str, str]],
     idle = document["scenarios"].get("idle", {}).get("flags", {})
     con = document["scenarios"].get("connect_1", {}).get("flags", {})
     rooms = document["scenarios"].get("rooms", {}).get("flags", {})
+    scale = document["scenarios"].get("scale", {}).get("flags", {})
+    scale_limit = document.get("scale_limit")
     target_lines = "\n".join(f"- **{info['label']}**: {info['description']}." for info in document["targets"].values())
     goal_rows = "\n".join(
         f"| {label} | {goal} | {value} | {'yes' if met else 'no' if met is not None else 'not measured'} |"
@@ -171,6 +173,13 @@ def render_markdown(document: dict[str, Any], charts: Sequence[tuple[str, str]],
         f"**Many rooms.** {rooms.get('rooms', 10000):,} rooms of 1–5 members over"
         f" {rooms.get('connections', 2000):,} connections; {rooms.get('rate', 2000):,} publications/s for"
         f" {rooms.get('seconds', 10)} s, each to a random room.",
+        f"**One node holding many connections.** {scale.get('connections', 0):,} authenticated connections,"
+        f" all to the first process, in {scale.get('rooms', 0):,} rooms, opened {scale.get('inflight', 50)} at"
+        f" a time from {scale.get('sources', 1)} loopback source addresses (one address has about 28,000"
+        f" ephemeral ports towards a port); RSS growth ÷ connections after {scale.get('settle', 5)} s, the"
+        f" CPU of that process and Redis over {scale.get('window', 30)} s of heartbeats only, then"
+        f" {scale.get('rate', 5000):,} deliveries/s for {scale.get('rate-seconds', 10)} s, publications to the"
+        " rooms in turn, while every connection is held." + (f" Not 100,000: {scale_limit}." if scale_limit else ""),
         "**Publications** are acknowledged in every scenario: hubbub's always are (the reply carries the"
         " offset), and the generator emits Socket.IO's with an ack callback, which the servers answer.",
     ]

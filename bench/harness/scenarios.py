@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import resource
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ class Scenario:
     budget_s: int  # the generator's --timeout; it is killed 30 s after that
     #: Settings of hubbub's `bench` namespace for this scenario (the peers have no such settings).
     hubbub_namespace: dict[str, bool] = field(default_factory=dict)
+    #: Every connection goes to the target's first process (and only it and Redis are measured).
+    one_node: bool = False
 
     def argv(self) -> list[str]:
         out: list[str] = []
@@ -34,7 +37,43 @@ class Scenario:
         return out
 
 
+#: Connections the scale scenario would hold on one node...
+SCALE_TARGET = 100_000
+#: ...less what the servers keep for themselves (hubbub: max_pending_handshakes, 2048, plus 64).
+FD_MARGIN = 2_500
+#: Connections one loopback source address can open towards one port (net.ipv4.ip_local_port_range).
+PER_SOURCE = 25_000
+
+
+def scale_connections(smoke: bool) -> tuple[int, str | None]:
+    """Connections the scale scenario holds, and why not SCALE_TARGET (None: it is). One process holds a
+    file descriptor per connection: the open-file hard limit of this process (which the servers and the
+    generator inherit, and which only CAP_SYS_RESOURCE may raise) bounds it."""
+    if smoke:
+        return 1000, None
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard - FD_MARGIN >= SCALE_TARGET:
+        return SCALE_TARGET, None
+    held = max(1000, (hard - FD_MARGIN) // 1000 * 1000)
+    return (
+        held,
+        f"the open-file hard limit here is {hard} (raising it needs CAP_SYS_RESOURCE),"
+        f" so {held:,} connections, not {SCALE_TARGET:,}",
+    )
+
+
 def scenarios(smoke: bool) -> list[Scenario]:
+    held, _ = scale_connections(smoke)
+    scale: dict[str, int | float] = {
+        "connections": held,
+        "rooms": max(10, held // 100),
+        "settle": 2 if smoke else 5,
+        "window": 3 if smoke else 30,
+        "rate": 1000 if smoke else 5000,
+        "rate-seconds": 2 if smoke else 10,
+        "inflight": 50,
+        "sources": held // PER_SOURCE + 2,
+    }
     if smoke:
         fan = {"subscribers": 200, "rate": 1000, "rate-seconds": 3, "window": 64, "max-seconds": 3, "flood": 500}
         idle = {"connections": 500, "rooms": 10, "settle": 2, "window": 3}
@@ -62,6 +101,14 @@ def scenarios(smoke: bool) -> list[Scenario]:
             60 + idle["connections"] // 50 + idle["settle"] + idle["window"],
             {"presence": True},
         ),
+        # One node holding as many connections as it can here, idle and then at 5,000 deliveries/s.
+        Scenario(
+            "scale",
+            "idle",
+            scale,
+            int(120 + held // 100 + scale["settle"] + scale["window"] + scale["rate-seconds"]),
+            one_node=True,
+        ),
         Scenario("connect_1", "connect", {"count": count, "concurrency": 1}, 60 + count // 25),
         Scenario("connect_50", "connect", {"count": count, "concurrency": 50}, 60 + count // 25),
         Scenario(
@@ -76,12 +123,14 @@ NOT_APPLICABLE = {
     ("socketio", "idle_presence"): "Socket.IO has no presence",
     ("pysocketio", "idle_presence"): "python-socketio has no presence",
     ("ws", "idle_presence"): "the bare ws server has no presence",
+    ("ws", "scale"): "the bare ws server's publisher reaches only the room in its URL",
 }
 
 SCENARIO_TITLES = {
     "fanout": "Fan-out",
     "idle": "Idle connections",
     "idle_presence": "Idle connections, presence on",
+    "scale": "One node holding many connections",
     "connect_1": "Connect rate, one at a time",
     "connect_50": "Connect rate, 50 in flight",
     "rooms": "Many rooms",
@@ -102,10 +151,11 @@ def parse_generator_output(stdout: str) -> dict[str, Any]:
 def run_generator(
     loadgen: Path, scenario: Scenario, running: Running, redis: Redis | None, log_path: Path, cpu: int | None
 ) -> dict[str, Any]:
-    pids = [proc.pid for proc in running.procs]
+    procs, urls = (running.procs[:1], running.urls[:1]) if scenario.one_node else (running.procs, running.urls)
+    pids = [proc.pid for proc in procs]
     if running.target.uses_redis and redis is not None and redis.proc is not None:
         pids.append(redis.proc.pid)
-    argv = [str(loadgen), scenario.command, "--proto", running.target.proto, "--urls", ",".join(running.urls)]
+    argv = [str(loadgen), scenario.command, "--proto", running.target.proto, "--urls", ",".join(urls)]
     argv += ["--secret", SECRET, "--pids", ",".join(map(str, pids)), "--timeout", str(scenario.budget_s)]
     argv += scenario.argv()
     log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -118,6 +118,7 @@ func main() {
 	fs.Float64Var(&timeout, "timeout", 120, "hard cap on the whole run in seconds")
 	fs.Uint64Var(&c.Seed, "seed", 1, "seed of the random choices (rooms scenario)")
 	cpuprofile := fs.String("cpuprofile", "", "write a Go CPU profile of the run to this file (diagnostics)")
+	sources := fs.Int("sources", 1, "loopback source addresses to connect from (127.0.0.1, .2, ...): each gives another ~28,000 ephemeral ports towards one server port")
 
 	var run func()
 	switch scenario {
@@ -134,6 +135,10 @@ func main() {
 	}
 	if err := fs.Parse(os.Args[2:]); err != nil {
 		usage()
+	}
+	if err := useSources(*sources, c.URLs); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "unexpected argument %q\n", fs.Arg(0))

@@ -339,6 +339,7 @@ func containsInt32(s []int32, v int32) bool {
 type idleArgs struct {
 	connections, rooms, inflight int
 	settle, window               float64
+	rate, rateSeconds, drain     float64
 }
 
 func idleFlags(fs *flag.FlagSet, c *Common) func() {
@@ -349,6 +350,10 @@ func idleFlags(fs *flag.FlagSet, c *Common) func() {
 	fs.Float64Var(&a.window, "window", 0,
 		"then seconds of idle CPU measured (0: none); longer than the servers' ping interval to include the heartbeats")
 	fs.IntVar(&a.inflight, "inflight", 200, "connects in flight")
+	fs.Float64Var(&a.rate, "rate", 0,
+		"then a phase \"held\" of this many deliveries/s while every connection is held (0: none): publications to the rooms in turn")
+	fs.Float64Var(&a.rateSeconds, "rate-seconds", 10, "held phase: seconds of publishing")
+	fs.Float64Var(&a.drain, "drain", 5, "held phase: seconds to wait for stragglers")
 	return func() { runIdle(c, a) }
 }
 
@@ -358,6 +363,7 @@ type IdleReport struct {
 	Connected        int              `json:"connected"`
 	Failed           int              `json:"failed"`
 	ConnectSeconds   float64          `json:"connect_seconds"`
+	ConnectsPerS     float64          `json:"connects_per_s"`
 	RSSBefore        map[string]int64 `json:"rss_kib_before"`
 	RSSAfter         map[string]int64 `json:"rss_kib_after"`
 	RSSBeforeTotal   int64            `json:"rss_kib_before_total"`
@@ -382,7 +388,14 @@ func runIdle(c *Common, a *idleArgs) {
 	if c.Proto == "ws" && len(c.URLs) > 1 {
 		fail("the ws target takes one URL")
 	}
-	t := NewTracker(0)
+	if a.rooms < 1 || a.connections < 1 {
+		fail("--connections and --rooms must be at least 1")
+	}
+	capacity := 0
+	if a.rate > 0 {
+		capacity = maxSeq
+	}
+	t := NewTracker(capacity)
 	before := takeSample(c.PIDs)
 	conns, setup := dialMany(c, a.connections, a.inflight,
 		func(i int) Options {
@@ -402,6 +415,9 @@ func runIdle(c *Common, a *idleArgs) {
 	}
 	if setup.Connected > 0 {
 		r.RSSPerConnection = round3(float64(r.RSSAfterTotal-r.RSSBeforeTotal) / float64(setup.Connected))
+	}
+	if setup.Seconds > 0 {
+		r.ConnectsPerS = round3(float64(setup.Connected) / setup.Seconds)
 	}
 	var dummyMap map[string]float64
 	var dummyRSS map[string]int64
@@ -425,8 +441,49 @@ func runIdle(c *Common, a *idleArgs) {
 		r.Lost = t.lostConns.Load()
 	}
 	out.set("idle", r)
-	logf("idle: %d connected, %d failed, %.2f KiB/connection", r.Connected, r.Failed, r.RSSPerConnection)
-	closeAll(conns)
+	logf("idle: %d connected, %d failed, %.2f KiB/connection, %.2f us/s of server CPU per connection",
+		r.Connected, r.Failed, r.RSSPerConnection, r.IdleCPUUsPerConn)
+	if a.rate > 0 && setup.Connected > 0 {
+		pub := runHeld(c, a, conns, t)
+		conns = append(conns, pub)
+	}
+	finish(t, conns)
+}
+
+// runHeld publishes to the idle rooms in turn at --rate deliveries/s while every connection is
+// held: the latency and cost of traffic on a node carrying the whole idle population.
+func runHeld(c *Common, a *idleArgs, conns []Conn, t *Tracker) Conn {
+	live := make([]int, a.rooms)
+	for i, conn := range conns {
+		if conn != nil {
+			live[i%a.rooms]++
+		}
+	}
+	pub, err := c.proto.Dial(Options{URL: c.URLs[0], Secret: c.Secret, User: 0, Publisher: true})
+	if err != nil {
+		fail("publisher: %v", err)
+	}
+	pub.Start(t)
+	members := float64(len(conns)) / float64(a.rooms)
+	msgRate := a.rate / members
+	count := max(int(math.Round(msgRate*a.rateSeconds)), 1)
+	interval := 1e9 / msgRate
+	p := t.BeginPhase("held", 0, c.PIDs)
+	logf("held: %d publications at %.1f/s to %d rooms of about %.0f (%.0f deliveries/s)", count, msgRate, a.rooms, members, a.rate)
+	for i := 0; i < count; i++ {
+		sleepUntil(p.start + int64(float64(i)*interval))
+		room := i % a.rooms
+		publish(pub, t, p, "bench:idle-"+strconv.Itoa(room), int64(i), live[room])
+	}
+	sleepUntil(p.start + int64(float64(count)*interval))
+	p.pubEnd = mono()
+	p.Drain(seconds(a.drain))
+	p.End(c.PIDs)
+	r := p.Report()
+	out.set("phases", map[string]PhaseReport{"held": r})
+	logf("held: sent %d, received %d/%d, %.0f deliveries/s, p50 %.2f ms, p99 %.2f ms, server %.2f us/delivery",
+		r.Sent, r.Received, r.Expected, r.DeliveriesPerS, r.P50, r.P99, r.ServerCPUUsPerDeliv)
+	return pub
 }
 
 // ---------------------------------------------------------------- connect

@@ -80,6 +80,42 @@ type wsConn struct {
 }
 
 // wsDial opens a WebSocket: TCP connect, HTTP upgrade, optional subprotocol.
+// sourceAddrs are the local addresses connections are made from, in turn (nil: the kernel's choice).
+var (
+	sourceAddrs []*net.TCPAddr
+	nextSource  atomic.Uint64
+)
+
+// useSources makes connections come from n loopback addresses, 127.0.0.1 to 127.0.0.n: one source
+// address has about 28,000 ephemeral ports (net.ipv4.ip_local_port_range) towards one server port,
+// so 100,000 connections to one node need four or more. Only for loopback servers.
+func useSources(n int, urls []string) error {
+	if n < 1 || n > 254 {
+		return fmt.Errorf("--sources must be 1 to 254, not %d", n)
+	}
+	if n == 1 {
+		return nil
+	}
+	for _, raw := range urls {
+		u, err := url.Parse(raw)
+		if err != nil || !net.ParseIP(u.Hostname()).IsLoopback() {
+			return fmt.Errorf("--sources needs loopback servers (127.0.0.1), not %s", raw)
+		}
+	}
+	for i := 1; i <= n; i++ {
+		sourceAddrs = append(sourceAddrs, &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(i))})
+	}
+	return nil
+}
+
+func dialer() *net.Dialer {
+	d := &net.Dialer{Timeout: setupTimeout}
+	if len(sourceAddrs) > 0 {
+		d.LocalAddr = sourceAddrs[(nextSource.Add(1)-1)%uint64(len(sourceAddrs))]
+	}
+	return d
+}
+
 func wsDial(rawURL, subprotocol string) (*wsConn, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
@@ -92,7 +128,7 @@ func wsDial(rawURL, subprotocol string) (*wsConn, error) {
 	if u.Port() == "" {
 		host += ":80"
 	}
-	nc, err := net.DialTimeout("tcp", host, setupTimeout)
+	nc, err := dialer().Dial("tcp", host)
 	if err != nil {
 		return nil, err
 	}

@@ -18,7 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[3]
 TARGETS = ("hubbub", "socketio", "pysocketio", "ws")
-SCENARIOS = ("fanout", "idle", "idle_presence", "connect_1", "connect_50", "rooms")
+SCENARIOS = ("fanout", "idle", "idle_presence", "scale", "connect_1", "connect_50", "rooms")
 RUN_TIMEOUT = 600
 
 
@@ -69,7 +69,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
                 assert run["error"] is None, f"{target} {scenario}: {run['error']}"
                 assert run["crashed"] == [], f"{target} {scenario}: crashed {run['crashed']}"
                 assert run["result"] is not None
-                if scenario in ("fanout", "rooms"):
+                if scenario in ("fanout", "rooms", "scale"):
                     found = phases(run["result"])
                     assert found, f"{target} {scenario}: no phase in {run['result']}"
                     for path, phase in found:
@@ -80,6 +80,12 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert sum(1 for run in document["runs"] if run["target"] == "hubbub") == len(SCENARIOS)
     # Only hubbub has presence, and it ran that scenario with presence on.
     assert document["scenarios"]["idle_presence"]["hubbub_namespace"] == {"presence": True}
+    # The scale scenario put every connection on the first process, from more than one source address.
+    assert document["scenarios"]["scale"]["flags"]["sources"] >= 2
+    for run in document["runs"]:
+        if run["scenario"] == "scale":
+            assert run["result"]["idle"]["connected"] == document["scenarios"]["scale"]["flags"]["connections"]
+            assert len(run["result"]["params"]["urls"].split(",")) == 1
     presence_runs = {run["target"] for run in document["runs"] if run["scenario"] == "idle_presence"}
     assert presence_runs == {"hubbub"}
     for run in document["runs"]:
