@@ -296,9 +296,15 @@ class Node:
         info: JSONObject | None,
         source: str,
     ) -> PublishResult:
-        protocol.encode_data(data, self.settings.max_publication_bytes)
+        # Encoded once: the size check needs the text, and the Redis broker sends that same text.
+        encoded = protocol.encode_data(data, self.settings.max_publication_bytes)
         published = self.backends.broker.publish(
-            room, data, info=info, idempotency_key=idempotency_key, options=self.stream_options(options)
+            room,
+            data,
+            info=info,
+            idempotency_key=idempotency_key,
+            options=self.stream_options(options),
+            encoded=encoded,
         )
         tracing = self.tracing
         result = await (published if tracing is None else tracing.publish(room, source, self.backends.kind, published))

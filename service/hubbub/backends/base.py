@@ -104,8 +104,12 @@ class Broker(Protocol):
         info: JSONObject | None,
         idempotency_key: str | None,
         options: StreamOptions,
+        encoded: str | None = None,
     ) -> PublishResult:
         """Atomically: check the idempotency key, assign the next offset, append to history, fan out.
+
+        `encoded`, when given, is `data` as JSON text, already checked: a backend that needs the text
+        uses it instead of encoding `data` again.
 
         Offsets start at 1 and grow by 1 per publication of a room within an epoch. Every subscribed
         node receives the publication through `on_publication`, in offset order.

@@ -81,6 +81,7 @@ class MemoryEngine:
         info: JSONObject | None,
         idempotency_key: str | None,
         options: StreamOptions,
+        encoded: str | None = None,
     ) -> PublishResult:
         now = self._clock()
         stream = self._stream(room, options, now)

@@ -356,12 +356,13 @@ class RedisEngine:
         info: JSONObject | None,
         idempotency_key: str | None,
         options: StreamOptions,
+        encoded: str | None = None,
     ) -> PublishResult:
         keys = [self._key(room, "meta"), self._key(room, "stream")]
         if idempotency_key is not None:
             keys.append(self._key(room, f"idem:{idempotency_key}"))
         args: list[Arg] = [
-            protocol.dumps(data),
+            protocol.dumps(data) if encoded is None else encoded,
             protocol.dumps(info),
             int(time.time() * 1000),
             options.history_size,
