@@ -125,7 +125,13 @@ class Settings(BaseModel):
         1_048_576, ge=4096, description="Outbound bytes queued for one connection before close 4008."
     )
     max_connections: int = Field(
-        20000, ge=1, description="Connections per node; beyond it new ones close 1013 and `/readyz` is 503."
+        20000,
+        ge=1,
+        description=(
+            "Connections per node; beyond it new ones close 1013 and `/readyz` is 503. The node raises its "
+            "open-file limit to fit this plus `max_pending_handshakes`; under a lower hard limit it holds fewer "
+            "(`hubbub_connection_limit`, and a start-up warning, say how many)."
+        ),
     )
     max_publication_bytes: int = Field(65536, ge=16, description="Largest encoded `data` of a publication (413).")
     idempotency_window: float = Field(300.0, gt=0, description="Seconds an idempotency key is remembered.")
