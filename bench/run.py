@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--scenarios",
         default=None,
-        help="comma-separated subset of fanout,idle,idle_presence,scale,connect_1,connect_50,rooms",
+        help="comma-separated subset of fanout,idle,idle_presence,scale,connect_1,connect_50,rooms,soak",
     )
     parser.add_argument("--repeat", type=int, default=None, help="repeats per target and scenario (3 full, 1 smoke)")
     parser.add_argument("--out", type=Path, default=BENCH / "results", help="where results JSON and logs go")

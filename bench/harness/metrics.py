@@ -93,6 +93,19 @@ def metrics(flags: dict[str, dict[str, Any]]) -> list[Metric]:
         Metric("scale", "phases.held.server_cpu_us_per_delivery", "server CPU per delivery", "µs", True),
         Metric("scale", "phases.held.lost", "lost (all runs)", "", True, total=True),
         Metric("scale", "idle.failed", "failed connects (all runs)", "", True, total=True),
+        Metric("soak", "phases.soak.sent", "publications", "", False),
+        Metric("soak", "phases.soak.lost", "lost by connections that stayed", "", True, total=True),
+        Metric("soak", "phases.soak.p99_ms", "p99 latency", "ms", True),
+        Metric("soak", "soak.reconnects", "reconnects (connect, authenticate, join)", "", False),
+        Metric("soak", "soak.reconnect_failures", "failed reconnects", "", True, total=True),
+        Metric("soak", "soak.steady_connections_lost", "connections the server closed", "", True, total=True),
+        Metric(
+            "soak",
+            "soak.rss_growth_kib_per_connection",
+            "RSS growth, first sample to last, per connection",
+            "KiB",
+            True,
+        ),
     ]
 
 

@@ -98,8 +98,23 @@ def one_line(scenario: str, result: dict[str, Any]) -> str:
             f" at {pick('phases.max.server_cpu_us_per_delivery')} µs/delivery, flood"
             f" {pick('phases.flood.received')}/{pick('phases.flood.expected')}, lost {lost}"
         )
-    if scenario == "idle":
-        return f"{pick('idle.rss_kib_per_connection')} KiB/connection, failed {pick('idle.failed')}"
+    if scenario in ("idle", "idle_presence"):
+        return (
+            f"{pick('idle.rss_kib_per_connection')} KiB/connection,"
+            f" {pick('idle.server_cpu_us_per_connection_s')} µs/s CPU per connection, failed {pick('idle.failed')}"
+        )
+    if scenario == "scale":
+        return (
+            f"{pick('idle.connected')} held at {pick('idle.rss_kib_per_connection')} KiB and"
+            f" {pick('idle.server_cpu_us_per_connection_s')} µs/s each; p99 {pick('phases.held.p99_ms')} ms at"
+            f" {pick('phases.held.deliveries_per_s')} deliveries/s, lost {lost}"
+        )
+    if scenario == "soak":
+        return (
+            f"{pick('phases.soak.received')}/{pick('phases.soak.expected')} received, lost {lost},"
+            f" p99 {pick('phases.soak.p99_ms')} ms; {pick('soak.reconnects')} reconnects,"
+            f" {pick('soak.reconnect_failures')} failed; RSS {pick('soak.rss_growth_kib')} KiB"
+        )
     if scenario.startswith("connect"):
         return (
             f"{pick('connect.connects_per_s')}/s, {pick('connect.server_cpu_ms_per_connect')} ms CPU/connect,"
@@ -122,13 +137,15 @@ def execute(plan: Plan, loadgen: Path, env: dict[str, Any], started: float) -> P
     if any(t.uses_redis for t in plan.targets):
         redis = Redis(logs / "redis", cpu_servers).start()
     pairs = [(t, s) for t in plan.targets for s in plan.scenarios if (t.name, s.key) not in NOT_APPLICABLE]
-    total = plan.repeat * len(pairs)
+    total = sum(1 if s.once else plan.repeat for _, s in pairs)
     done = 0
     path = write_results(plan, results_document(plan, env, started, False))
     try:
         # Repeats outermost, targets inside: a drift of the machine touches every target alike.
         for repeat in range(1, plan.repeat + 1):
             for target, scenario in pairs:
+                if scenario.once and repeat > 1:
+                    continue
                 done += 1
                 run = run_once(target, scenario, repeat, loadgen, redis, logs, cpu_servers, cpu_loadgen)
                 plan.runs.append(run)

@@ -125,6 +125,7 @@ def render_markdown(document: dict[str, Any], charts: Sequence[tuple[str, str]],
     con = document["scenarios"].get("connect_1", {}).get("flags", {})
     rooms = document["scenarios"].get("rooms", {}).get("flags", {})
     scale = document["scenarios"].get("scale", {}).get("flags", {})
+    soak = document["scenarios"].get("soak", {}).get("flags", {})
     scale_limit = document.get("scale_limit")
     target_lines = "\n".join(f"- **{info['label']}**: {info['description']}." for info in document["targets"].values())
     goal_rows = "\n".join(
@@ -180,6 +181,12 @@ def render_markdown(document: dict[str, Any], charts: Sequence[tuple[str, str]],
         f" CPU of that process and Redis over {scale.get('window', 30)} s of heartbeats only, then"
         f" {scale.get('rate', 5000):,} deliveries/s for {scale.get('rate-seconds', 10)} s, publications to the"
         " rooms in turn, while every connection is held." + (f" Not 100,000: {scale_limit}." if scale_limit else ""),
+        f"**Soak.** hubbub only, two nodes on Redis, presence on: {soak.get('connections', 10000):,}"
+        f" connections in {soak.get('rooms', 1000):,} rooms; {soak.get('rate', 1000):,} deliveries/s for"
+        f" {soak.get('seconds', 600):g} s while {soak.get('churn', 0.01):.0%} of the connections reconnect every"
+        " second (a tenth of them churn, each reconnecting about every 10 s: connect, authenticate, join)."
+        " Loss is counted on the connections that stay; every reconnect must succeed; the servers' RSS is"
+        f" sampled every {soak.get('sample', 10):g} s. Run once, not repeated.",
         "**Publications** are acknowledged in every scenario: hubbub's always are (the reply carries the"
         " offset), and the generator emits Socket.IO's with an ack callback, which the servers answer.",
     ]

@@ -29,6 +29,8 @@ class Scenario:
     hubbub_namespace: dict[str, bool] = field(default_factory=dict)
     #: Every connection goes to the target's first process (and only it and Redis are measured).
     one_node: bool = False
+    #: Run only in the first repeat (a long scenario whose figure is not a median).
+    once: bool = False
 
     def argv(self) -> list[str]:
         out: list[str] = []
@@ -85,6 +87,11 @@ def scenarios(smoke: bool) -> list[Scenario]:
         idle = {"connections": 5000, "rooms": 100, "settle": 5, "window": 30}
         count = 2000
         rooms = {"rooms": 10000, "connections": 2000, "rate": 2000, "seconds": 10, "seed": 1}
+    soak: dict[str, int | float] = (
+        {"connections": 600, "rooms": 30, "rate": 300, "seconds": 10, "churn": 0.01, "sample": 2}
+        if smoke
+        else {"connections": 10000, "rooms": 1000, "rate": 1000, "seconds": 600, "churn": 0.01, "sample": 10}
+    )
     # The flood's deliveries may take a slow target a while: wait for them at 16,000 deliveries/s
     # (python-socketio manages about 20,000 on one core), 10 to 120 s, before counting the rest lost.
     fan["flood-wait"] = min(120, max(10, fan["flood"] * fan["subscribers"] // 16000))
@@ -114,6 +121,16 @@ def scenarios(smoke: bool) -> list[Scenario]:
         Scenario(
             "rooms", "rooms", dict(rooms), 60 + rooms["connections"] // 25 + rooms["rooms"] // 100 + rooms["seconds"]
         ),
+        # Two nodes on Redis for ten minutes: steady traffic, 1 % of the connections reconnecting every
+        # second, presence on (the development-mode default), the servers' RSS sampled throughout.
+        Scenario(
+            "soak",
+            "soak",
+            soak,
+            int(120 + soak["connections"] // 50 + soak["seconds"]),
+            {"presence": True},
+            once=True,
+        ),
     ]
 
 
@@ -124,6 +141,9 @@ NOT_APPLICABLE = {
     ("pysocketio", "idle_presence"): "python-socketio has no presence",
     ("ws", "idle_presence"): "the bare ws server has no presence",
     ("ws", "scale"): "the bare ws server's publisher reaches only the room in its URL",
+    ("socketio", "soak"): "the soak is hubbub's endurance test (ten minutes a target)",
+    ("pysocketio", "soak"): "the soak is hubbub's endurance test (ten minutes a target)",
+    ("ws", "soak"): "the soak is hubbub's endurance test (ten minutes a target)",
 }
 
 SCENARIO_TITLES = {
@@ -131,6 +151,7 @@ SCENARIO_TITLES = {
     "idle": "Idle connections",
     "idle_presence": "Idle connections, presence on",
     "scale": "One node holding many connections",
+    "soak": "Soak: ten minutes of traffic and reconnects",
     "connect_1": "Connect rate, one at a time",
     "connect_50": "Connect rate, 50 in flight",
     "rooms": "Many rooms",

@@ -98,7 +98,7 @@ func fail(format string, args ...any) {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, `usage: loadgen <fanout|idle|connect|rooms> [flags]   (loadgen <scenario> -h lists the flags)`)
+	fmt.Fprintln(os.Stderr, `usage: loadgen <fanout|idle|connect|rooms|soak> [flags]   (loadgen <scenario> -h lists the flags)`)
 	os.Exit(2)
 }
 
@@ -130,6 +130,8 @@ func main() {
 		run = connectFlags(fs, &c)
 	case "rooms":
 		run = roomsFlags(fs, &c)
+	case "soak":
+		run = soakFlags(fs, &c)
 	default:
 		usage()
 	}

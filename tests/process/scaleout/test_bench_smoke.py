@@ -18,7 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[3]
 TARGETS = ("hubbub", "socketio", "pysocketio", "ws")
-SCENARIOS = ("fanout", "idle", "idle_presence", "scale", "connect_1", "connect_50", "rooms")
+SCENARIOS = ("fanout", "idle", "idle_presence", "scale", "connect_1", "connect_50", "rooms", "soak")
 RUN_TIMEOUT = 600
 
 
@@ -69,7 +69,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
                 assert run["error"] is None, f"{target} {scenario}: {run['error']}"
                 assert run["crashed"] == [], f"{target} {scenario}: crashed {run['crashed']}"
                 assert run["result"] is not None
-                if scenario in ("fanout", "rooms", "scale"):
+                if scenario in ("fanout", "rooms", "scale", "soak"):
                     found = phases(run["result"])
                     assert found, f"{target} {scenario}: no phase in {run['result']}"
                     for path, phase in found:
@@ -86,6 +86,10 @@ def test_bench_smoke(tmp_path: Path) -> None:
         if run["scenario"] == "scale":
             assert run["result"]["idle"]["connected"] == document["scenarios"]["scale"]["flags"]["connections"]
             assert len(run["result"]["params"]["urls"].split(",")) == 1
+    # The soak ran (hubbub only) with every reconnect succeeding and no connection closed by a server.
+    soak = [run["result"]["soak"] for run in document["runs"] if run["scenario"] == "soak"]
+    assert len(soak) == 1 and soak[0]["reconnects"] > 0
+    assert (soak[0]["reconnect_failures"], soak[0]["steady_connections_lost"]) == (0, 0)
     presence_runs = {run["target"] for run in document["runs"] if run["scenario"] == "idle_presence"}
     assert presence_runs == {"hubbub"}
     for run in document["runs"]:
