@@ -118,6 +118,40 @@ func publish(pub Conn, t *Tracker, p *Phase, room string, seq int64, recipients 
 
 func seconds(f float64) time.Duration { return time.Duration(f * float64(time.Second)) }
 
+// dialPublisher opens the publishing connection on the first URL and starts its receive loop.
+func dialPublisher(c *Common, t *Tracker) Conn {
+	pub, err := c.proto.Dial(Options{URL: c.URLs[0], Secret: c.Secret, User: 0, Publisher: true})
+	if err != nil {
+		fail("publisher: %v", err)
+	}
+	pub.Start(t)
+	return pub
+}
+
+// membersOf counts the connected members of each of `rooms` rooms, connection i being in i % rooms.
+func membersOf(conns []Conn, rooms int) []int {
+	live := make([]int, rooms)
+	for i, conn := range conns {
+		if conn != nil {
+			live[i%rooms]++
+		}
+	}
+	return live
+}
+
+// publishPaced sends `count` publications evenly spaced at `rate` per second from the phase's start,
+// publication i to room(i) expected by recipients(i), and returns at the nominal end of the period.
+func publishPaced(pub Conn, t *Tracker, p *Phase, count int, rate float64, room func(i int) (string, int)) {
+	interval := 1e9 / rate
+	for i := 0; i < count; i++ {
+		sleepUntil(p.start + int64(float64(i)*interval))
+		name, recipients := room(i)
+		publish(pub, t, p, name, int64(i), recipients)
+	}
+	sleepUntil(p.start + int64(float64(count)*interval))
+	p.pubEnd = mono()
+}
+
 // ---------------------------------------------------------------- fanout
 
 type fanoutArgs struct {
@@ -299,24 +333,16 @@ func runRooms(c *Common, a *roomsArgs) {
 			}
 		}
 	}
-	pub, err := c.proto.Dial(Options{URL: c.URLs[0], Secret: c.Secret, User: 0, Publisher: true})
-	if err != nil {
-		fail("publisher: %v", err)
-	}
-	pub.Start(t)
+	pub := dialPublisher(c, t)
 	time.Sleep(seconds(a.settle))
 
 	p := t.BeginPhase("fixed", 0, c.PIDs)
 	count := max(int(math.Round(a.rate*a.seconds)), 1)
-	interval := 1e9 / a.rate
 	logf("rooms: %d publications at %.0f/s over %d rooms", count, a.rate, a.rooms)
-	for i := 0; i < count; i++ {
-		sleepUntil(p.start + int64(float64(i)*interval))
+	publishPaced(pub, t, p, count, a.rate, func(int) (string, int) {
 		r := rng.IntN(a.rooms)
-		publish(pub, t, p, "bench:r"+strconv.Itoa(r), int64(i), live[r])
-	}
-	sleepUntil(p.start + int64(float64(count)*interval))
-	p.pubEnd = mono()
+		return "bench:r" + strconv.Itoa(r), live[r]
+	})
 	p.Drain(seconds(a.drain))
 	p.End(c.PIDs)
 	r := p.Report()
@@ -453,30 +479,16 @@ func runIdle(c *Common, a *idleArgs) {
 // runHeld publishes to the idle rooms in turn at --rate deliveries/s while every connection is
 // held: the latency and cost of traffic on a node carrying the whole idle population.
 func runHeld(c *Common, a *idleArgs, conns []Conn, t *Tracker) Conn {
-	live := make([]int, a.rooms)
-	for i, conn := range conns {
-		if conn != nil {
-			live[i%a.rooms]++
-		}
-	}
-	pub, err := c.proto.Dial(Options{URL: c.URLs[0], Secret: c.Secret, User: 0, Publisher: true})
-	if err != nil {
-		fail("publisher: %v", err)
-	}
-	pub.Start(t)
+	live := membersOf(conns, a.rooms)
+	pub := dialPublisher(c, t)
 	members := float64(len(conns)) / float64(a.rooms)
 	msgRate := a.rate / members
 	count := max(int(math.Round(msgRate*a.rateSeconds)), 1)
-	interval := 1e9 / msgRate
 	p := t.BeginPhase("held", 0, c.PIDs)
 	logf("held: %d publications at %.1f/s to %d rooms of about %.0f (%.0f deliveries/s)", count, msgRate, a.rooms, members, a.rate)
-	for i := 0; i < count; i++ {
-		sleepUntil(p.start + int64(float64(i)*interval))
-		room := i % a.rooms
-		publish(pub, t, p, "bench:idle-"+strconv.Itoa(room), int64(i), live[room])
-	}
-	sleepUntil(p.start + int64(float64(count)*interval))
-	p.pubEnd = mono()
+	publishPaced(pub, t, p, count, msgRate, func(i int) (string, int) {
+		return "bench:idle-" + strconv.Itoa(i%a.rooms), live[i%a.rooms]
+	})
 	p.Drain(seconds(a.drain))
 	p.End(c.PIDs)
 	r := p.Report()

@@ -83,17 +83,8 @@ func runSoak(c *Common, a *soakArgs) {
 	churners, churnSetup := dialMany(c, pool, a.inflight,
 		func(i int) Options { return opts(steady + i) }, func(i int) []string { return join(steady + i) }, churnT)
 	out.set("churn_setup", churnSetup)
-	live := make([]int, a.rooms)
-	for i, conn := range conns {
-		if conn != nil {
-			live[i%a.rooms]++
-		}
-	}
-	pub, err := c.proto.Dial(Options{URL: c.URLs[0], Secret: c.Secret, User: 0, Publisher: true})
-	if err != nil {
-		fail("publisher: %v", err)
-	}
-	pub.Start(t)
+	live := membersOf(conns, a.rooms)
+	pub := dialPublisher(c, t)
 	time.Sleep(seconds(a.settle))
 
 	r := SoakReport{Connections: a.connections, Steady: steady, Churning: pool}
@@ -179,23 +170,18 @@ func runSoak(c *Common, a *soakArgs) {
 	members := float64(steady) / float64(a.rooms)
 	msgRate := a.rate / members
 	count := max(int(math.Round(msgRate*a.seconds)), 1)
-	interval := 1e9 / msgRate
 	p := t.BeginPhase("soak", 0, c.PIDs)
 	logf("soak: %d publications at %.1f/s to %d rooms (%.0f deliveries/s to %d steady connections), %d reconnects/s among %d",
 		count, msgRate, a.rooms, a.rate, steady, perSecond, pool)
 	lastLog := mono()
-	for i := 0; i < count; i++ {
-		sleepUntil(p.start + int64(float64(i)*interval))
-		room := i % a.rooms
-		publish(pub, t, p, soakRoom(room, a.rooms), int64(i), live[room])
+	publishPaced(pub, t, p, count, msgRate, func(i int) (string, int) {
 		if now := mono(); now-lastLog > int64(30*time.Second) {
 			lastLog = now
 			logf("soak: %.0f s, %d published, %d reconnects (%d failed), %d steady connections lost",
-				float64(now-p.start)/1e9, i+1, reconnects.Load(), reconnectFailures.Load(), t.lostConns.Load())
+				float64(now-p.start)/1e9, i, reconnects.Load(), reconnectFailures.Load(), t.lostConns.Load())
 		}
-	}
-	sleepUntil(p.start + int64(float64(count)*interval))
-	p.pubEnd = mono()
+		return soakRoom(i, a.rooms), live[i%a.rooms]
+	})
 	close(stop)
 	wg.Wait()
 	p.Drain(seconds(a.drain))

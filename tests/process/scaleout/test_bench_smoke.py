@@ -7,16 +7,13 @@ any phase. It starts its own Redis, servers and load generator (built from bench
 
 from __future__ import annotations
 
-import json
-import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[3]
+from tests.support.bench import run_bench
+
 TARGETS = ("hubbub", "socketio", "pysocketio", "ws")
 SCENARIOS = ("fanout", "idle", "idle_presence", "scale", "connect_1", "connect_50", "rooms", "soak")
 RUN_TIMEOUT = 600
@@ -37,24 +34,7 @@ def phases(result: Any, path: str = "") -> list[tuple[str, dict[str, Any]]]:
 @pytest.mark.redis
 @pytest.mark.timeout(RUN_TIMEOUT + 120)
 def test_bench_smoke(tmp_path: Path) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", "--out", str(tmp_path)],
-        cwd=ROOT,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        output, _ = proc.communicate(timeout=RUN_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGTERM)  # the runner stops every process it started
-        output, _ = proc.communicate(timeout=60)
-        pytest.fail(f"bench/run.py --smoke took longer than {RUN_TIMEOUT} s:\n{output[-6000:]}")
-    files = sorted(tmp_path.glob("*.json"))
-    assert len(files) == 1, f"expected one results file in {tmp_path}:\n{output[-6000:]}"
-    document = json.loads(files[0].read_text())
-    assert proc.returncode == 0, f"problems: {document['problems']}\n{output[-6000:]}"
+    document = run_bench(["--smoke"], tmp_path, RUN_TIMEOUT)
     assert document["mode"] == "smoke"
     assert document["problems"] == []
 
