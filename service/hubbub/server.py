@@ -174,10 +174,11 @@ def run(plan: Preflight, *, summary: str | None = None) -> int:
 
     `summary` (hubbub.logs.summary) is logged once the address is bound: a node that cannot bind says
     only that, in one line."""
-    settings = fit_open_file_limit(plan.settings)
-    sockets = bind(settings.host, settings.port)
+    sockets = bind(plan.settings.host, plan.settings.port)
     if summary is not None:
         log.info("%s", summary)
+    # After the summary: a node that cannot bind says only that, and the start-up line stays first.
+    settings = fit_open_file_limit(plan.settings)
     tune_collector()
     app = HubbubApp(settings)
     try:
