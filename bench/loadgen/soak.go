@@ -39,8 +39,9 @@ func soakFlags(fs *flag.FlagSet, c *Common) func() {
 
 // SoakSample is the servers' summed RSS at one moment of the soak.
 type SoakSample struct {
-	Seconds float64 `json:"s"`
-	RSSKiB  int64   `json:"rss_kib"`
+	Seconds float64          `json:"s"`
+	RSSKiB  int64            `json:"rss_kib"`
+	ByPID   map[string]int64 `json:"rss_kib_by_pid"`
 }
 
 // SoakReport is the soak's own result (the traffic's is phases.soak).
@@ -90,7 +91,8 @@ func runSoak(c *Common, a *soakArgs) {
 	r := SoakReport{Connections: a.connections, Steady: steady, Churning: pool}
 	start := mono()
 	sampleRSS := func() {
-		r.RSS = append(r.RSS, SoakSample{round1(float64(mono()-start) / 1e9), sumRSS(takeSample(c.PIDs))})
+		s := takeSample(c.PIDs)
+		r.RSS = append(r.RSS, SoakSample{round1(float64(mono()-start) / 1e9), sumRSS(s), rssByPID(s)})
 	}
 	sampleRSS()
 	stop := make(chan struct{})

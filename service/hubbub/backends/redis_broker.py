@@ -144,8 +144,14 @@ return {redis.call('HGET', meta, 'epoch'), tonumber(redis.call('HGET', meta, 'of
 
 #: Rooms whose newest published position a node remembers, to notice Redis going backwards.
 SEEN_ROOMS = 10_000
-#: Timestamps of this many recent offsets per room are kept to tell a duplicate from a reused offset.
+#: Timestamps of at most this many recent offsets per room are kept to tell a duplicate from a reused
+#: offset...
 RECENT = 256
+#: ...and of none older than this (ms) next to the room's newest. Offsets are reused only between a loss
+#: of acknowledged writes in Redis and its detection (the next publish of a node that saw more, or a
+#: position check), so a minute (or three check intervals) covers it; a count alone kept 256 entries
+#: in every busy room, ~25 KB each: 250 MB a node for 10,000 rooms.
+RECENT_MS = 60_000
 #: Position checks read this many rooms per round trip: the replies of a batch are handled in one
 #: go, and a batch of 500 held the event loop long enough to show in the many-rooms p99.
 POSITION_BATCH = 100
@@ -182,6 +188,24 @@ class _Subscription:
     recent: dict[int, int] = field(default_factory=dict)
     #: Epochs given up after their history went backwards; late messages of them are dropped.
     abandoned: set[str] = field(default_factory=set)
+
+
+def remember_recent(recent: dict[int, int], offset: int, ts: int, window_ms: int) -> None:
+    """Record that `offset` was delivered with timestamp `ts`; forget the oldest entries beyond RECENT and
+    those older than `window_ms` before `ts` (entries are in delivery order, so the oldest come first)."""
+    recent[offset] = ts
+    if len(recent) > RECENT:
+        del recent[next(iter(recent))]
+    forget_recent(recent, ts - window_ms)
+
+
+def forget_recent(recent: dict[int, int], before_ts: int) -> None:
+    """Forget the entries of `recent` (offset -> ts, oldest first) older than `before_ts`."""
+    while recent:
+        first = next(iter(recent))
+        if recent[first] >= before_ts:
+            return
+        del recent[first]
 
 
 def _new_epoch() -> str:
@@ -247,6 +271,7 @@ class RedisEngine:
         self._prefix = prefix
         self._timeout = timeout
         self._check_interval = position_check_interval
+        self._recent_ms = max(RECENT_MS, int(3000 * position_check_interval))
         self._publish = _Script(PUBLISH)
         self._read = _Script(READ)
         self._renew = _Script(RENEW_EPOCH)
@@ -576,10 +601,7 @@ class RedisEngine:
         handler = self._handler
         assert handler is not None
         state.offset = pub.offset
-        recent = state.recent
-        recent[pub.offset] = pub.ts
-        if len(recent) > RECENT:
-            del recent[next(iter(recent))]
+        remember_recent(state.recent, pub.offset, pub.ts, self._recent_ms)
         handler.on_publication(room, epoch, pub)
 
     def _start_regression(self, room: Room, state: _Subscription, epoch: str, pub: Publication) -> None:
@@ -688,6 +710,11 @@ class RedisEngine:
                 log.exception("position check failed")
 
     async def _check_positions(self) -> None:
+        # Quiet rooms forget their recent offsets here (busy ones as they deliver).
+        horizon = int(time.time() * 1000) - self._recent_ms
+        for held in self._rooms.values():
+            if held.recent:
+                forget_recent(held.recent, horizon)
         rooms = [r for r, s in self._rooms.items() if s.ready and not s.backfilling]
         for start in range(0, len(rooms), POSITION_BATCH):
             batch = rooms[start : start + POSITION_BATCH]
