@@ -118,7 +118,7 @@ class Outbox:
         #: True once a close has been requested: nothing more is queued.
         self.closed = False
         #: How others (the hub) ask the owning session to close; set by the session.
-        self.request_close: Callable[[CloseCode], None] = lambda code: None
+        self.request_close: Callable[[CloseCode], None] = _no_close
 
     def push(self, text: str, wire: bytes | None = None) -> None:
         """Queue one message (with its prepared frame, if the caller shares one). Never blocks; an
@@ -183,9 +183,17 @@ class Outbox:
         self._close = None
 
     def detach(self) -> None:
-        """The socket is gone: nothing more can be written."""
+        """The socket is gone: nothing more can be written.
+
+        The references back to the owning session (its bound methods) go too: they make a cycle, session
+        to outbox to session, and the node's garbage collector runs its full pass rarely (hubbub.server,
+        `tune_collector`), so a gone connection's session, outbox and socket buffers would wait for it;
+        under reconnection churn that is thousands of dead connections held at any time.
+        """
         self.discard()
         self._sink = None
+        self._on_overflow = _no_overflow
+        self.request_close = _no_close
 
     def fail(self) -> None:
         sink = self._sink
@@ -197,6 +205,14 @@ class Outbox:
         if self._close is not None and self._sink is not None:
             log.info("aborting connection %s: close did not go out in %.0fs", self.client_id, CLOSE_GRACE)
             self.fail()
+
+
+def _no_overflow() -> None:
+    return None
+
+
+def _no_close(code: CloseCode) -> None:
+    return None
 
 
 def _batches(items: list[str]) -> list[str]:

@@ -48,6 +48,8 @@ log = logging.getLogger("hubbub.session")
 auth_log = logging.getLogger("hubbub.auth")
 #: Refused tokens: anyone can send them, so at most a few lines a minute per reason (with a count of the rest).
 AUTH_FAILURES: Final = Throttle(auth_log)
+#: Rooms a closed connection could not leave in the backend: under an outage, every disconnect.
+CLEANUP_FAILURES: Final = Throttle(log)
 #: Longest failure message quoted in the log (some quote a `kid` from the token's header, the client's to choose).
 MAX_SHOWN_REASON: Final = 200
 
@@ -532,5 +534,18 @@ class Session:
         for room in list(self.rooms):
             try:
                 await self._leave_room(room)
+            except BackendUnavailable as exc:
+                # Redis down or slow. The node has let go already (membership, subscription, the presence
+                # entry it refreshes); what Redis still holds, the entry, expires within presence_ttl, and
+                # the room's other members miss this leave push. When Redis fails every disconnect fails
+                # alike: a few lines a minute, with a count of the rest.
+                CLEANUP_FAILURES.log(
+                    logging.WARNING,
+                    "backend",
+                    "leaving %s for closed connection %s failed (%s): its presence entry expires on its own",
+                    room,
+                    self.client_id,
+                    exc,
+                )
             except Exception:
                 log.exception("cleanup of room %s failed for %s", room, self.client_id)

@@ -494,6 +494,27 @@ async def test_a_backend_that_cannot_serve_is_a_503_reply_and_a_failed_join_leav
     assert "ok" in await client.call("join", room=room())
 
 
+async def test_a_backend_down_when_a_connection_closes_is_one_warning_line_and_the_node_lets_go(
+    node: InProcessNode, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from hubbub.backends.base import BackendUnavailable
+
+    async def unavailable(*args: object, **kwargs: object) -> None:
+        raise BackendUnavailable("redis is down")
+
+    names = [room("chat"), room("chat")]
+    client = await node.connected()
+    for name in names:
+        assert "ok" in await client.call("join", room=name)
+    monkeypatch.setattr(node.node.backends.presence, "remove", unavailable)
+    monkeypatch.setattr(node.node.backends.broker, "publish_leave", unavailable)
+    await client.close()
+    lines = [r for r in caplog.records if r.name == "hubbub.session"]
+    assert [(r.levelno, r.exc_info) for r in lines] == [(logging.WARNING, None)] * 2, [r.getMessage() for r in lines]
+    assert all("redis is down" in r.getMessage() and "expires on its own" in r.getMessage() for r in lines)
+    assert len(node.node.hub) == 0 and node.node.sessions == set()  # the node let go of the connection
+
+
 # --- close codes ---------------------------------------------------------------------------------
 
 

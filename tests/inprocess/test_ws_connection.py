@@ -8,8 +8,12 @@ tests/process/transport/test_connection.py speaks raw frames to a real `hubbub s
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import json
+import weakref
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import uvicorn
@@ -19,7 +23,9 @@ from hubbub.app import HubbubApp
 from hubbub.auth import mint_token
 from hubbub.codes import CloseCode
 from hubbub.node import Node
+from hubbub.session import Session
 from hubbub.settings import DEV_JWT_SECRET
+from hubbub.types import Room
 from hubbub.ws import frames
 from hubbub.ws.connection import (
     CLOSE_TIMEOUT,
@@ -194,6 +200,57 @@ async def test_a_lost_transport_goes_from_open_to_closed_with_1006() -> None:
     transport.lose()
     assert connection.state is CLOSED and connection.closed_code == 1006
     await until(lambda: not node.sessions, what="the node to detach the session")
+
+
+@pytest.fixture
+def collector_off() -> Iterator[None]:
+    """Only reference counting frees objects: what is left for the cyclic collector stays visible."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+async def a_session_that_ended(node: Node, ending: str) -> weakref.ref[Session]:
+    """A connection that connected, joined and published, then ended as `ending` says and was released
+    by the node; a weak reference to its session (nothing else of it is left in the test)."""
+    connection, transport = await open_connection(node)
+    connection.data_received(
+        command({"id": 1, "op": "connect"})
+        + command({"id": 2, "op": "join", "room": "chat:a"})
+        + command({"id": 3, "op": "publish", "room": "chat:a", "data": {"n": 1}})
+    )
+    received: list[dict[str, Any]] = []
+
+    def replied() -> bool:
+        received.extend(json.loads(line) for _, text in transport.take_frames() for line in text.splitlines())
+        return [message.get("id") for message in received if "id" in message] == [1, 2, 3]
+
+    await until(replied, what="the replies to connect, join and publish")
+    if ending == "lost":
+        transport.lose()
+    elif ending == "our close":
+        connection.session.close(CloseCode.DRAINING)
+        await until(lambda: connection.state is CLOSING, what="our close frame")
+        connection.data_received(close_frame(1012))
+    else:
+        connection.data_received(close_frame(1000))
+    await closed(connection)
+    await until(lambda: not node.sessions and not node.hub.members(Room("chat:a")), what="the node to release it")
+    return weakref.ref(connection.session)
+
+
+@pytest.mark.parametrize("ending", ["lost", "our close", "peer close"])
+async def test_a_gone_connection_is_freed_at_once_not_left_for_the_cyclic_garbage_collector(
+    ending: str, collector_off: None
+) -> None:
+    # The node runs full collections rarely (hubbub.server.tune_collector): a session kept alive by a
+    # reference cycle would stay in memory long after its connection, and under reconnection churn
+    # thousands of them would (the soak's growing nodes).
+    session = await a_session_that_ended(make_node(), ending)
+    await until(lambda: session() is None, what="the session (its outbox, its socket) to be freed")
 
 
 async def test_our_close_unanswered_is_dropped_after_close_timeout() -> None:

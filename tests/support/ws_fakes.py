@@ -163,7 +163,11 @@ class FakeTransport(asyncio.Transport):
         self.closing = True
         if not self.lost:
             self.lost = True
-            self.get_protocol().connection_lost(None)
+            protocol = self.get_protocol()
+            # As asyncio's transports, which then drop the protocol: a test that holds on to a gone
+            # transport does not keep its connection alive.
+            self.protocol = None
+            protocol.connection_lost(None)
 
     def _end(self) -> None:
         # As asyncio's transports: the protocol's connection_lost comes on a later loop iteration.
