@@ -45,7 +45,7 @@ FILE_TYPES: Final = {".yaml": "YAML", ".yml": "YAML", ".json": "JSON", ".toml": 
 _SERVICE_LINK: Final = re.compile(r"HUBBUB_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT_\d+_(TCP|UDP|SCTP)(_[A-Z]+)?)")
 _SERVICE_LINK_PORT: Final = re.compile(r"(tcp|udp|sctp)://[^\s/]+:\d+")
 #: Settings given as text in the environment but holding structure: JSON, or a comma-separated list.
-_LISTS: Final = frozenset({"allowed_origins", "redis_sentinels"})
+_LISTS: Final = frozenset({"allowed_origins", "redis_sentinels", "redis_cluster_nodes"})
 _MAPPINGS: Final = frozenset({"namespaces", "default_namespace"})
 _SECRETS: Final = frozenset({"jwt_secret", "api_key", "redis_url"})
 

@@ -146,6 +146,9 @@ def backend(settings: Settings) -> str:
         url = f", {redact(settings.redis_url)}" if settings.redis_url else ""
         sentinels = ",".join(settings.redis_sentinels)
         return f"redis-sentinel({settings.redis_sentinel_service} via {sentinels}{url})"
+    if settings.redis_cluster_nodes:
+        url = f", {redact(settings.redis_url)}" if settings.redis_url else ""
+        return f"redis-cluster({','.join(settings.redis_cluster_nodes)}{url})"
     if settings.redis_url:
         return f"redis({redact(settings.redis_url)})"
     return "memory"

@@ -146,15 +146,18 @@ def _jwks_url(settings: Settings) -> list[Finding]:
 
 
 def _redis(settings: Settings) -> list[Finding]:
-    if not (settings.redis_url or settings.redis_sentinels):
+    if not (settings.redis_url or settings.redis_sentinels or settings.redis_cluster_nodes):
         return []
-    from hubbub.backends.redis_pool import connect, sentinel_addresses
+    from hubbub.backends.redis_pool import addresses, connect
 
     found: list[Finding] = []
-    try:
-        sentinel_addresses(settings)
-    except ValueError as exc:
-        return [Finding("redis_sentinels", str(exc))]
+    if settings.redis_sentinels and settings.redis_cluster_nodes:
+        return [Finding("redis_cluster_nodes", "set either redis_sentinels or redis_cluster_nodes, not both")]
+    for name in ("redis_sentinels", "redis_cluster_nodes"):
+        try:
+            addresses(getattr(settings, name))
+        except ValueError as exc:
+            return [Finding(name, str(exc))]
     url = settings.redis_url
     if url is not None:
         shown = redact(url)
@@ -171,8 +174,11 @@ def _redis(settings: Settings) -> list[Finding]:
         clients = connect(settings)
         # What the node does on its first command: make a connection object from the URL's options
         # (it fails on an unknown or malformed option), without connecting.
-        clients.connection_factory()()
-        clients.connection_factory(subscriber=True)()
+        if clients.seeds:
+            clients.node_factory()(clients.seeds[0])
+        else:
+            clients.connection_factory()()
+            clients.connection_factory(subscriber=True)()
     except (ValueError, TypeError, LookupError) as exc:
         detail = str(exc).replace("AbstractConnection.__init__() got an ", "")
         return [Finding("redis_url", f"{redact(url or '')!r}: {detail}")]

@@ -156,6 +156,11 @@ class Settings(BaseModel):
         (), description="Sentinel addresses (`host:port`); with them `redis_url` supplies credentials, db and TLS."
     )
     redis_sentinel_service: str = Field("mymaster", description="The Sentinel service name of the Redis master.")
+    redis_cluster_nodes: tuple[str, ...] = Field(
+        (),
+        description="Redis Cluster seed addresses (`host:port`, any of its nodes); rooms are spread over its masters"
+        " by hash slot. With them `redis_url` supplies credentials and TLS.",
+    )
     redis_timeout: float = Field(2.0, gt=0, description="Seconds any Redis command may take before it fails.")
     redis_prefix: str = Field("hubbub", description="Prefix of every Redis key and channel this service uses.")
     presence_ttl: float = Field(

@@ -50,7 +50,7 @@ class Backends:
 
 def create_backends(settings: Settings, metrics: Metrics | None = None) -> Backends:
     """The backends `settings` ask for; the Redis ones count into `metrics.redis` (else numbers nobody reads)."""
-    if settings.redis_url or settings.redis_sentinels:
+    if settings.redis_url or settings.redis_sentinels or settings.redis_cluster_nodes:
         from hubbub.backends.redis_broker import RedisEngine
         from hubbub.backends.redis_cluster import RedisCluster
         from hubbub.backends.redis_pool import connect
@@ -84,6 +84,7 @@ def create_backends(settings: Settings, metrics: Metrics | None = None) -> Backe
                 name=settings.node_name,
                 metrics=counts,
                 on_node_gone=presence.purge,
+                sharded=bool(clients.seeds),
             ),
             kind="redis",
             on_start=presence.start,

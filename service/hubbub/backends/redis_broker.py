@@ -1,16 +1,18 @@
 """Broker and History on Redis: streams for history, pub/sub for fan-out, Lua for atomicity.
 
-Keys of one room share the hash tag `{room}` so a Redis Cluster mode can later keep them in one
-slot: `<prefix>:{room}:meta` (hash: epoch, offset), `:stream` (stream; entry id = offset),
-`:idem:<key>` (idempotency results), and the channel `<prefix>:{room}:ch`.
+Keys of one room share the hash tag `{room}`, so in a Redis Cluster they are in one slot and the
+room's scripts run on one master: `<prefix>:{room}:meta` (hash: epoch, offset), `:stream` (stream;
+entry id = offset), `:idem:<key>` (idempotency results), and the channel `<prefix>:{room}:ch` (a
+shard channel of that slot in a cluster: SPUBLISH, SSUBSCRIBE).
 
 Publish is one script: check the idempotency key, take the next offset, append to the stream
 (capped at `history_size`, expiring after `history_ttl`), publish, remember the key. A room whose
 meta is gone (Redis restarted empty, or the room idled past `meta_ttl`) gets a new epoch.
 
-Commands and pub/sub each go over one pipelined connection (`redis_link.Link`): a publication
-costs one script call written together with every other command of the same loop iteration, and
-the publishes of one node reach Redis in the order they were made.
+Commands go over one pipelined connection (`redis_link.Link`) per Redis master (one on a single
+Redis; `redis_shards` in a cluster): a publication costs one script call written together with every
+other command of the same loop iteration, and the publishes of one node to one room reach Redis in
+the order they were made. Pub/sub is `redis_subscriber`'s.
 
 Pub/sub is at-most-once, so the subscriber tracks, per room, the last offset it handed to the
 node. A gap, a returned subscriber connection, or a periodic position check that finds the
@@ -29,7 +31,7 @@ import random
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +49,8 @@ from hubbub.backends.base import (
 )
 from hubbub.backends.redis_link import Arg, Link
 from hubbub.backends.redis_pool import RedisClients, error_kind, stop_tasks
+from hubbub.backends.redis_shards import Address, Shards
+from hubbub.backends.redis_subscriber import Subscriber
 from hubbub.metrics import RedisMetrics
 from hubbub.protocol import Encoded, Publication
 from hubbub.throttle import RepeatedError
@@ -157,10 +161,6 @@ RECENT_MS = 60_000
 POSITION_BATCH = 100
 #: Attempts to close a gap before the room's members are told to recover (4011).
 BACKFILL_ATTEMPTS = 3
-#: Seconds between pings on a quiet subscriber connection (a dead one must not look like silence).
-SUBSCRIBER_PING = 1.0
-#: Channels per SUBSCRIBE when a reconnected subscriber takes every room back.
-SUBSCRIBE_BATCH = 1000
 
 
 class _Script:
@@ -272,22 +272,41 @@ class RedisEngine:
         self._timeout = timeout
         self._check_interval = position_check_interval
         self._recent_ms = max(RECENT_MS, int(3000 * position_check_interval))
-        self._publish = _Script(PUBLISH)
+        #: A Redis Cluster's masters (None on a single Redis): a room's publications are its slot's shard channel.
+        self._shards: Shards | None = None
+        self._publish_command = "SPUBLISH" if clients.seeds else "PUBLISH"
+        self._publish = _Script(PUBLISH.replace("redis.call('PUBLISH'", f"redis.call('{self._publish_command}'"))
         self._read = _Script(READ)
         self._renew = _Script(RENEW_EPOCH)
         self._positions = _Script(POSITIONS)
         scripts = (self._publish, self._read, self._renew, self._positions)
-        self._link = Link(
-            clients.connection_factory(),
-            timeout=timeout,
-            greeting=[("SCRIPT", "LOAD", script.source) for script in scripts],
-            latency=metrics.latency["broker"],
-        )
-        self._sub = Link(
-            clients.connection_factory(subscriber=True),
-            timeout=timeout,
-            on_push=self._on_push,
-            latency=metrics.latency["broker"],
+        greeting = [("SCRIPT", "LOAD", script.source) for script in scripts]
+        latency = metrics.latency["broker"]
+        self._link: Link | None = None
+        if clients.seeds:
+            self._shards = Shards(
+                clients.seeds, clients.node_factory(), timeout=timeout, greeting=greeting, latency=latency
+            )
+        else:
+            self._link = Link(clients.connection_factory(), timeout=timeout, greeting=greeting, latency=latency)
+        if clients.seeds:
+            node_factory = clients.node_factory(subscriber=True)
+
+            def open_link(address: Address, on_push: Callable[[list[Any]], None]) -> Link:
+                return Link(lambda: node_factory(address), timeout=timeout, on_push=on_push, latency=latency)
+
+        else:
+            single_factory = clients.connection_factory(subscriber=True)
+
+            def open_link(address: Address, on_push: Callable[[list[Any]], None]) -> Link:
+                return Link(single_factory, timeout=timeout, on_push=on_push, latency=latency)
+
+        self._sub = Subscriber(
+            open_link,
+            shards=self._shards,
+            on_message=lambda channel, raw: self._on_message(self._room_of(channel), raw),
+            on_restored=self._restored,
+            metrics=metrics,
         )
         #: Newest (epoch, offset) this node published per room, most recent rooms last (bounded).
         self._seen: OrderedDict[Room, tuple[str, int]] = OrderedDict()
@@ -295,13 +314,10 @@ class RedisEngine:
         self._handler: BrokerEventHandler | None = None
         #: Set when the node traces: publications then carry their trace context through Redis.
         self._traced: TracingEventHandler | None = None
-        self._subscriber_up = False
         self._commands_up = True
         #: An outage is logged once, then with backoff and a count (not every second), then its end.
         self._unreachable = RepeatedError(log, "redis unreachable", recovery="redis reachable again")
-        self._subscriber_lost = RepeatedError(log, "redis subscriber connection lost", recovery="redis subscriber back")
         self._tasks: list[asyncio.Task[None]] = []
-        self._reconnected = asyncio.Event()
 
     # --- keys -----------------------------------------------------------------------------------
 
@@ -321,21 +337,31 @@ class RedisEngine:
         self._handler = handler
         self._traced = handler if isinstance(handler, TracingEventHandler) else None
         loop = asyncio.get_running_loop()
+        await self._sub.start()
         self._tasks = [
-            loop.create_task(self._subscriber_forever(), name="hubbub-redis-subscriber"),
             loop.create_task(self._health_forever(), name="hubbub-redis-health"),
             loop.create_task(self._positions_forever(), name="hubbub-redis-positions"),
         ]
 
     async def aclose(self) -> None:
         await stop_tasks(self._tasks)
-        await self._link.aclose()
         await self._sub.aclose()
+        if self._link is not None:
+            await self._link.aclose()
+        if self._shards is not None:
+            await self._shards.aclose()
         await self._clients.aclose()
 
     @property
     def available(self) -> bool:
-        return self._commands_up and self._subscriber_up
+        return self._commands_up and self._sub.up
+
+    def _command(self, key: str, *args: Arg) -> Awaitable[Any]:
+        """One command, to the master of `key`'s slot in a cluster (to the one Redis otherwise)."""
+        if self._link is not None:
+            return self._link.call(*args)
+        assert self._shards is not None
+        return self._shards.call(key, *args)
 
     async def _call(self, reply: Awaitable[Any]) -> Any:
         try:
@@ -346,7 +372,7 @@ class RedisEngine:
 
     async def _script(self, script: _Script, keys: list[str], args: list[Arg]) -> Any:
         try:
-            return await self._link.call("EVALSHA", script.sha, len(keys), *keys, *args)
+            return await self._command(keys[0], "EVALSHA", script.sha, len(keys), *keys, *args)
         except ResponseError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 self._metrics.error("broker", "response")
@@ -355,12 +381,12 @@ class RedisEngine:
             self._metrics.error("broker", error_kind(exc))
             raise BackendUnavailable(f"redis: {type(exc).__name__}") from exc
         # Redis forgot the script (SCRIPT FLUSH) since this connection loaded it.
-        return await self._call(self._link.call("EVAL", script.source, len(keys), *keys, *args))
+        return await self._call(self._command(keys[0], "EVAL", script.source, len(keys), *keys, *args))
 
     async def _health_forever(self) -> None:
         while True:
             try:
-                await self._link.call("PING")
+                await self._ping()
                 self._unreachable.recovered()
                 self._commands_up = True
             except (TimeoutError, RedisError, OSError) as exc:
@@ -370,6 +396,19 @@ class RedisEngine:
                 self._unreachable.failed(str(exc))
                 self._commands_up = False
             await asyncio.sleep(1.0)
+
+    async def _ping(self) -> None:
+        if self._link is not None:
+            await self._link.call("PING")
+            return
+        assert self._shards is not None
+        slots = self._shards.map or await self._shards.refresh()
+        if not slots.covered():
+            slots = await self._shards.refresh()
+            if not slots.covered():
+                raise ResponseError("CLUSTERDOWN not every hash slot is served")
+        # Every master: a cluster with one of them unreachable cannot serve that master's rooms.
+        await asyncio.gather(*(link.call("PING") for link in self._shards.links().values()))
 
     # --- Broker -----------------------------------------------------------------------------------
 
@@ -433,7 +472,8 @@ class RedisEngine:
 
     async def _presence_event(self, room: Room, kind: str, info: JSONObject) -> None:
         message = protocol.dumps({"k": kind, "i": info})
-        await self._call(self._link.call("PUBLISH", self._channel(room), message))
+        channel = self._channel(room)
+        await self._call(self._command(channel, self._publish_command, channel, message))
 
     # --- History ------------------------------------------------------------------------------------
 
@@ -480,59 +520,17 @@ class RedisEngine:
                 await self._unsubscribe_channel(room)
 
     async def _subscribe_channel(self, room: Room) -> None:
-        if not self._subscriber_up:
-            raise BackendUnavailable("redis subscriber connection is down")
-        self._sub.send("SUBSCRIBE", self._channel(room))
-        # Redis answers in order: once the ping is back the subscription is confirmed, and every
-        # publication made from now on reaches us.
-        await self._call(self._sub.call("PING"))
+        # Returns once Redis confirmed it: every publication made from now on reaches us.
+        await self._call(self._sub.subscribe(self._channel(room)))
 
     async def _unsubscribe_channel(self, room: Room) -> None:
-        if self._subscriber_up:
-            self._sub.send("UNSUBSCRIBE", self._channel(room))
+        self._sub.unsubscribe(self._channel(room))
 
-    async def _subscriber_forever(self) -> None:
-        delay = 0.1
-        #: Whether a subscriber connection was up before: the next one up is a reconnect.
-        was_up = False
-        while True:
-            try:
-                await self._sub.connect()
-                lost = self._sub.lost()
-                rooms = list(self._rooms)
-                for start in range(0, len(rooms), SUBSCRIBE_BATCH):
-                    self._sub.send("SUBSCRIBE", *(self._channel(r) for r in rooms[start : start + SUBSCRIBE_BATCH]))
-                await self._sub.call("PING")
-                self._subscriber_up = True
-                if was_up:
-                    self._metrics.reconnects.add(1)
-                was_up = True
-                self._subscriber_lost.recovered()
-                delay = 0.1
-                if rooms:
-                    log.warning("redis subscriber reconnected: backfilling %d rooms", len(rooms))
-                    asyncio.get_running_loop().create_task(self._backfill_all(rooms))
-                while not lost.done():
-                    await asyncio.wait([lost], timeout=SUBSCRIBER_PING)
-                    if not lost.done():
-                        await self._sub.call("PING")
-                self._subscriber_lost.failed("the connection closed")
-            except asyncio.CancelledError:
-                raise
-            except (RedisError, OSError) as exc:
-                self._metrics.error("broker", error_kind(exc))
-                # Before the first subscription the health check speaks for Redis; after a loss, every
-                # failed reconnection belongs to the outage this counts.
-                if self._subscriber_up or self._subscriber_lost.failing:
-                    self._subscriber_lost.failed(str(exc) or type(exc).__name__)
-            finally:
-                self._subscriber_up = False
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
-
-    def _on_push(self, push: list[Any]) -> None:
-        if push[0] == b"message":
-            self._on_message(self._room_of(push[1].decode()), push[2])
+    def _restored(self, channels: list[str]) -> None:
+        """These rooms' channels were subscribed again (a reconnection, a failover, a moved slot): what
+        was published meanwhile never reached us, and comes from the stream."""
+        rooms = [self._room_of(channel) for channel in channels]
+        asyncio.get_running_loop().create_task(self._backfill_all(rooms))
 
     def _on_message(self, room: Room, raw: bytes) -> None:
         state = self._rooms.get(room)
@@ -709,6 +707,16 @@ class RedisEngine:
             except Exception:
                 log.exception("position check failed")
 
+    async def _read_positions(self, rooms: list[Room]) -> list[Any]:
+        """(epoch, offset) of every room in `rooms`, flattened; None for a room that has no meta."""
+        keys = [self._key(room, "meta") for room in rooms]
+        if self._shards is None:
+            # One script call per batch, not a command per room: a node checks every room it holds.
+            return list(await self._script(self._positions, keys, []))
+        # A script's keys must share a slot: in a cluster, an HMGET per room, pipelined on each master's Link.
+        replies = await asyncio.gather(*(self._call(self._command(k, "HMGET", k, "epoch", "offset")) for k in keys))
+        return [value for reply in replies for value in reply]
+
     async def _check_positions(self) -> None:
         # Quiet rooms forget their recent offsets here (busy ones as they deliver).
         horizon = int(time.time() * 1000) - self._recent_ms
@@ -720,8 +728,7 @@ class RedisEngine:
             batch = rooms[start : start + POSITION_BATCH]
             # Positions handed over before the read: Redis can only be behind these after a data loss.
             before = {room: (self._rooms[room].epoch, self._rooms[room].offset) for room in batch}
-            # One script call per batch, not a command per room: a node checks every room it holds.
-            flat = await self._script(self._positions, [self._key(room, "meta") for room in batch], [])
+            flat = await self._read_positions(batch)
             results = zip(flat[::2], flat[1::2], strict=True)
             for room, (epoch, offset) in zip(batch, results, strict=True):
                 state = self._rooms.get(room)

@@ -1,8 +1,10 @@
 """Redis clients for one node: one pooled client for commands, one dedicated client for pub/sub.
 
 Every command has a timeout (`redis_timeout`): a slow or unreachable Redis fails a call, it never
-hangs a node. Supports `redis://`, `rediss://` (TLS), credentials and ACL users in the URL, and
-Sentinel (`redis_sentinels` + `redis_sentinel_service`).
+hangs a node. Supports `redis://`, `rediss://` (TLS), credentials and ACL users in the URL,
+Sentinel (`redis_sentinels` + `redis_sentinel_service`) and Redis Cluster (`redis_cluster_nodes`:
+redis-py's cluster client for presence and the node registry, and a connection factory per node
+address for the broker's own Links, `redis_shards`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialWithJitterBackoff
@@ -33,10 +36,18 @@ class BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPo
     """Sentinel's pool with the blocking pool's behaviour at its size: callers wait, they do not fail."""
 
 
+Address = tuple[str, int]
+
+
 @dataclass
 class RedisClients:
+    #: redis-py's client: a RedisCluster when `seeds` are set (same commands, routed by slot).
     commands: aioredis.Redis
     subscriber: aioredis.Redis
+    #: A Redis Cluster's seed addresses; empty for a single Redis (or one found by Sentinel).
+    seeds: tuple[Address, ...] = ()
+    #: Options of a connection to one cluster node (credentials, TLS, timeouts), not its address.
+    node_options: dict[str, object] | None = None
 
     def connection_factory(self, *, subscriber: bool = False) -> Callable[[], AbstractConnection]:
         """New unpooled connections configured like the client's (URL, TLS, credentials, Sentinel)."""
@@ -45,9 +56,19 @@ class RedisClients:
         kwargs = {**pool.connection_kwargs, "protocol": 3}
         return lambda: pool.connection_class(**kwargs)
 
+    def node_factory(self, *, subscriber: bool = False) -> Callable[[Address], AbstractConnection]:
+        """New connections to the cluster node at an address, configured like every other (a cluster only)."""
+        assert self.node_options is not None
+        options = dict(self.node_options)
+        connection_class = options.pop("connection_class")
+        if subscriber:
+            options["client_name"] = str(options.get("client_name", "hubbub")).replace("hubbub-", "hubbub-sub-", 1)
+        return lambda address: connection_class(host=address[0], port=address[1], protocol=3, **options)  # type: ignore[operator]
+
     async def aclose(self) -> None:
         await self.commands.aclose()
-        await self.subscriber.aclose()
+        if self.subscriber is not self.commands:
+            await self.subscriber.aclose()
 
 
 def _options(settings: Settings, client_name: str) -> dict[str, object]:
@@ -65,30 +86,62 @@ def _options(settings: Settings, client_name: str) -> dict[str, object]:
     }
 
 
-def sentinel_addresses(settings: Settings) -> list[tuple[str, int]]:
-    """`redis_sentinels` as (host, port) pairs; ValueError names the entry that is not `host:port`."""
-    addresses = []
-    for address in settings.redis_sentinels:
+def addresses(entries: Iterable[str]) -> list[Address]:
+    """`host:port` entries (of redis_sentinels, redis_cluster_nodes) as pairs; ValueError names a bad one."""
+    found = []
+    for address in entries:
         host, _, port = address.rpartition(":")
         if not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"{address!r} is not host:port (e.g. sentinel-0.sentinel:26379)")
-        addresses.append((host.strip("[]") or "127.0.0.1", int(port)))
-    return addresses
+            raise ValueError(f"{address!r} is not host:port (e.g. redis-0.redis:6379)")
+        found.append((host.strip("[]") or "127.0.0.1", int(port)))
+    return found
+
+
+def _url_options(settings: Settings) -> dict[str, object]:
+    """What `redis_url` says beyond the address, for Sentinel and cluster: credentials, db and TLS."""
+    if not settings.redis_url:
+        return {}
+    parsed = aioredis.connection.parse_url(settings.redis_url)
+    wanted = ("username", "password", "db")
+    options = {k: v for k, v in parsed.items() if k in wanted or k.startswith("ssl_")}
+    # parse_url marks `rediss://` with an SSLConnection class, never `ssl`: the Sentinel pool needs `ssl`.
+    if parsed.get("connection_class") is aioredis.connection.SSLConnection:
+        options["ssl"] = True
+    return options
+
+
+def _connect_cluster(settings: Settings) -> RedisClients:
+    seeds = addresses(settings.redis_cluster_nodes)
+    url_options = _url_options(settings)
+    url_options.pop("db", None)  # a cluster has only database 0
+    tls = bool(url_options.pop("ssl", False))
+    options = {k: v for k, v in _options(settings, f"hubbub-{settings.node_name}").items() if k != "parser_class"}
+    client = RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in seeds],
+        ssl=tls,
+        **url_options,  # type: ignore[arg-type]
+        **options,  # type: ignore[arg-type]
+    )
+    node_options: dict[str, object] = {
+        "connection_class": aioredis.connection.SSLConnection if tls else aioredis.connection.Connection,
+        "socket_timeout": settings.redis_timeout,
+        "socket_connect_timeout": settings.redis_timeout,
+        "client_name": f"hubbub-{settings.node_name}",
+        **url_options,
+    }
+    # redis-py's cluster client serves presence and the registry (a cluster client is a drop-in for them);
+    # its pub/sub (the registry's control channel) picks a node each time it subscribes.
+    return RedisClients(commands=client, subscriber=client, seeds=tuple(seeds), node_options=node_options)  # type: ignore[arg-type]
 
 
 def connect(settings: Settings) -> RedisClients:
     """Build (not connect) the node's clients; connections are made on first use."""
     node = settings.node_name
+    if settings.redis_cluster_nodes:
+        return _connect_cluster(settings)
     if settings.redis_sentinels:
-        sentinels = sentinel_addresses(settings)
-        url_options: dict[str, object] = {}
-        if settings.redis_url:
-            parsed = aioredis.connection.parse_url(settings.redis_url)
-            wanted = ("username", "password", "db")
-            url_options = {k: v for k, v in parsed.items() if k in wanted or k.startswith("ssl_")}
-            # parse_url marks `rediss://` with an SSLConnection class, never `ssl`: the Sentinel pool needs `ssl`.
-            if parsed.get("connection_class") is aioredis.connection.SSLConnection:
-                url_options["ssl"] = True
+        sentinels = addresses(settings.redis_sentinels)
+        url_options = _url_options(settings)
         sentinel = Sentinel(sentinels, socket_timeout=settings.redis_timeout, **url_options)  # type: ignore[no-untyped-call]
         service = settings.redis_sentinel_service
         return RedisClients(
