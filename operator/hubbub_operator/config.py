@@ -42,6 +42,7 @@ _ORIGIN: Final[dict[str, str]] = {
     "jwt_issuer": "spec.auth.issuer",
     "redis_sentinels": "spec.redis.external.sentinels.addresses",
     "redis_sentinel_service": "spec.redis.external.sentinels.service",
+    "redis_cluster_nodes": "spec.redis.external.cluster.nodes",
 }
 
 
@@ -74,6 +75,8 @@ def config(instance: Instance) -> dict[str, Any]:
         sentinels = instance.section("redis.external.sentinels")
         out["redis_sentinels"] = list(sentinels["addresses"])
         out["redis_sentinel_service"] = sentinels["service"]
+    if redis["mode"] == "external" and instance.has("redis.external.cluster"):
+        out["redis_cluster_nodes"] = list(instance.section("redis.external.cluster")["nodes"])
     return dict(sorted(out.items()))
 
 

@@ -37,6 +37,7 @@ OWNED: Final[dict[str, str]] = {
     "redis_url": "redis",
     "redis_sentinels": "redis.external.sentinels.addresses",
     "redis_sentinel_service": "redis.external.sentinels.service",
+    "redis_cluster_nodes": "redis.external.cluster.nodes",
     "config_file": "the ConfigMap the operator writes",
 }
 

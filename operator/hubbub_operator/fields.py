@@ -214,8 +214,12 @@ SPEC: Final[tuple[Field, ...]] = (
         "redis.external",
         "Your own Redis (mode external).",
         Rule(
-            "has(self.urlSecretRef) || has(self.sentinels)",
-            "redis.external needs urlSecretRef (a Secret holding the redis:// URL) or sentinels",
+            "has(self.urlSecretRef) || has(self.sentinels) || has(self.cluster)",
+            "redis.external needs urlSecretRef (a Secret holding the redis:// URL), sentinels or cluster",
+        ),
+        Rule(
+            "!has(self.sentinels) || !has(self.cluster)",
+            "redis.external takes sentinels or cluster, not both",
         ),
         Rule(
             "!has(self.tls) || has(self.tls.caSecretRef)",
@@ -229,7 +233,7 @@ SPEC: Final[tuple[Field, ...]] = (
     *secret_ref(
         "redis.external.urlSecretRef",
         "the Redis URL (`redis://` or `rediss://`, user and password in it); with sentinels it supplies "
-        "credentials, db and TLS",
+        "credentials, db and TLS, with cluster credentials and TLS",
         "url",
     ),
     obj("redis.external.tls", "Trust a private CA for `rediss://` (the URL must then have no query string)."),
@@ -243,6 +247,18 @@ SPEC: Final[tuple[Field, ...]] = (
         required=True,
     ),
     string("redis.external.sentinels.service", "The Sentinel service name of the master.", default="mymaster"),
+    obj(
+        "redis.external.cluster",
+        "A Redis Cluster (Redis 7 or later): rooms are spread over its masters by hash slot, so the publish rate "
+        "grows with the masters.",
+    ),
+    strings(
+        "redis.external.cluster.nodes",
+        "Seed addresses, `host:port`: any of the cluster's nodes (the others are discovered).",
+        min_items=1,
+        max_items=64,
+        required=True,
+    ),
     # -- exposure -------------------------------------------------------------------------------------
     obj(
         "exposure",

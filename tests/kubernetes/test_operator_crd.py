@@ -86,8 +86,23 @@ INVALID = [
     ),
     pytest.param(
         {"redis": {"mode": "external", "external": {}}},
-        "redis.external needs urlSecretRef (a Secret holding the redis:// URL) or sentinels",
+        "redis.external needs urlSecretRef (a Secret holding the redis:// URL), sentinels or cluster",
         id="external-without-url",
+    ),
+    pytest.param(
+        {
+            "redis": {
+                "mode": "external",
+                "external": {"sentinels": {"addresses": ["s:26379"]}, "cluster": {"nodes": ["r:6379"]}},
+            }
+        },
+        "redis.external takes sentinels or cluster, not both",
+        id="sentinels-and-cluster",
+    ),
+    pytest.param(
+        {"redis": {"mode": "external", "external": {"cluster": {"nodes": []}}}},
+        "spec.redis.external.cluster.nodes: Invalid value",
+        id="cluster-without-nodes",
     ),
     pytest.param(
         {"redis": {"mode": "external", "external": {"urlSecretRef": {"name": "r"}, "tls": {}}}},
@@ -170,6 +185,7 @@ VALID = [
         id="cookie-through-gateway",
     ),
     pytest.param({"redis": {"mode": "external", "external": {"sentinels": {"addresses": ["s:26379"]}}}}, id="sentinel"),
+    pytest.param({"redis": {"mode": "external", "external": {"cluster": {"nodes": ["r-0.r:6379"]}}}}, id="cluster"),
     pytest.param({"auth": {"jwksURL": "https://id.example.com/jwks"}, "autoscaling": {"provider": "none"}}, id="jwks"),
 ]
 

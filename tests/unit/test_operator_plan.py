@@ -392,6 +392,19 @@ def test_external_redis_with_a_private_ca_reads_it_from_a_file() -> None:
     assert not [c for c in p.children if c["kind"] == "StatefulSet"]
 
 
+def test_an_external_redis_cluster_is_its_seed_nodes_in_the_config_and_its_url_secret_for_credentials() -> None:
+    obj = resource(ROOT / "examples" / "realtimeservice-external-redis-keda-gateway.yaml")
+    external = obj["spec"]["redis"]["external"]
+    del external["sentinels"], external["tls"]
+    external["cluster"] = {"nodes": ["redis-0.redis:6379", "redis-1.redis:6379"]}
+    p = planned(obj)
+    assert p.problems == []
+    config = json.loads(child(p, "ConfigMap", "events-config")["data"]["config.json"])
+    assert config["redis_cluster_nodes"] == ["redis-0.redis:6379", "redis-1.redis:6379"]
+    assert "redis_sentinels" not in config
+    assert env_of(p)["HUBBUB_REDIS_URL"]["valueFrom"]["secretKeyRef"]["name"] == external["urlSecretRef"]["name"]
+
+
 def test_embedded_broker_has_no_redis_url() -> None:
     p = planned(minimal(redis={"mode": "none"}, replicas={"min": 1, "max": 1}))
     assert "HUBBUB_REDIS_URL" not in env_of(p)

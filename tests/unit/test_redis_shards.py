@@ -47,7 +47,11 @@ def test_cluster_slots_reply_gives_each_range_its_master_and_an_empty_host_is_th
         [10923, 16383, ["?", 6381, "id3"]],
     ]
     ranges = parse_slots(reply, ("redis-0", 7000))
-    assert ranges == [(0, 5460, ("10.0.0.1", 6379)), (5461, 10922, ("redis-0", 6380)), (10923, 16383, ("redis-0", 6381))]
+    assert ranges == [
+        (0, 5460, ("10.0.0.1", 6379)),
+        (5461, 10922, ("redis-0", 6380)),
+        (10923, 16383, ("redis-0", 6381)),
+    ]
     slots = SlotMap(ranges)
     assert slots.owner(0) == slots.owner(5460) == ("10.0.0.1", 6379)
     assert slots.owner(5461) == ("redis-0", 6380) and slots.owner(16383) == ("redis-0", 6381)
