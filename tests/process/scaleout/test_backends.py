@@ -1,4 +1,4 @@
-"""One conformance suite for every Broker/History/Presence implementation (memory now, Redis later)."""
+"""One conformance suite for every Broker/History/Presence implementation: memory, Redis, Redis Cluster."""
 
 from __future__ import annotations
 
@@ -16,14 +16,19 @@ from hubbub.backends.base import BackendUnavailable, InsufficientStateCause, Str
 from hubbub.backends.memory import MemoryEngine, MemoryPresence
 from hubbub.backends.redis_broker import RedisEngine
 from hubbub.backends.redis_presence import RedisPresence
+from hubbub.backends.redis_shards import key_slot
 from hubbub.loader import load_settings
 from hubbub.protocol import Encoded, Publication
 from hubbub.types import ClientId, JSONObject, Room
 from tests.support.polling import until
 from tests.support.procs import free_port
+from tests.support.redis_cluster import RedisClusterGroup
 from tests.support.redis_server import RedisServer
 
 OPTIONS = StreamOptions(history_size=5, history_ttl=60, idempotency_window=60, meta_ttl=600)
+ROOM = Room("chat:conformance")
+#: A second subscribed room whose publication, once delivered, shows that everything published before it was.
+MARKER = Room("chat:marker")
 
 
 @dataclass
@@ -35,6 +40,8 @@ class Recorder:
     leaves: list[tuple[Room, JSONObject]] = field(default_factory=list)
     lost: list[Room] = field(default_factory=list)
     causes: list[InsufficientStateCause] = field(default_factory=list)
+    #: Rooms whose publications mark "everything before has arrived" (delivered_so_far): one per Redis master.
+    markers: list[Room] = field(default_factory=lambda: [MARKER])
 
     def on_publication(self, room: Room, epoch: str, pub: Publication) -> None:
         self.pubs.append((room, epoch, pub))
@@ -68,19 +75,46 @@ def redis_backends(url: str) -> Backends:
     return create_backends(settings)
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterGroup]:
+    group = RedisClusterGroup(tmp_path_factory.mktemp("redis-cluster"))
+    group.start()
+    yield group
+    group.stop()
+
+
+def cluster_markers(group: RedisClusterGroup) -> list[Room]:
+    """A marker room on every master: one master's subscriber connection delivers in publish order, but
+    two masters' connections do not keep any order between them."""
+    markers = []
+    for master in group.masters():
+        index = 0
+        while group.master_of_slot(key_slot(f"{MARKER}-{index}")) != master.port:
+            index += 1
+        markers.append(Room(f"{MARKER}-{index}"))
+    return markers
+
+
+@pytest.fixture(
+    params=["memory", pytest.param("redis", marks=pytest.mark.redis), pytest.param("cluster", marks=pytest.mark.redis)]
+)
 async def backends(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Backends, Recorder]]:
-    made = memory_backends() if request.param == "memory" else redis_backends(request.getfixturevalue("redis_url"))
     recorder = Recorder()
+    if request.param == "memory":
+        made = memory_backends()
+    elif request.param == "redis":
+        made = redis_backends(request.getfixturevalue("redis_url"))
+    else:
+        group: RedisClusterGroup = request.getfixturevalue("redis_cluster")
+        prefix = f"t{uuid.uuid4().hex[:8]}"
+        made = create_backends(
+            load_settings(env={}, overrides={"redis_cluster_nodes": group.seeds(), "redis_prefix": prefix})
+        )
+        recorder.markers = cluster_markers(group)
     await made.broker.start(recorder)
     await until(lambda: made.broker.available, what="the broker to be available")
     yield made, recorder
     await made.aclose()
-
-
-ROOM = Room("chat:conformance")
-#: A second subscribed room whose publication, once delivered, shows that everything published before it was.
-MARKER = Room("chat:marker")
 
 
 async def delivered_so_far(b: Backends, rec: Recorder) -> list[tuple[Room, str, Publication]]:
@@ -89,11 +123,14 @@ async def delivered_so_far(b: Backends, rec: Recorder) -> list[tuple[Room, str, 
     One node's subscription delivers in publish order, so nothing published earlier can still be on its
     way: a check that something was *not* delivered needs no sleep.
     """
-    await b.broker.subscribe(MARKER)
-    marked = len([p for p in rec.pubs if p[0] == MARKER])
-    await b.broker.publish(MARKER, "marker", info=None, idempotency_key=None, options=OPTIONS)
-    await until(lambda: len([p for p in rec.pubs if p[0] == MARKER]) > marked, what="the marker publication")
-    return [p for p in rec.pubs if p[0] != MARKER]
+    for marker in rec.markers:
+        await b.broker.subscribe(marker)
+    marked = len([p for p in rec.pubs if p[0] in rec.markers])
+    for marker in rec.markers:
+        await b.broker.publish(marker, "marker", info=None, idempotency_key=None, options=OPTIONS)
+    wanted = marked + len(rec.markers)
+    await until(lambda: len([p for p in rec.pubs if p[0] in rec.markers]) >= wanted, what="the marker publications")
+    return [p for p in rec.pubs if p[0] not in rec.markers]
 
 
 async def test_offsets_start_at_one_and_grow_by_one_within_an_epoch(backends: tuple[Backends, Recorder]) -> None:
