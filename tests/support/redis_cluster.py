@@ -18,6 +18,12 @@ started; every wait is a bounded poll that fails with the nodes' log tails.
         assert group.master_of_slot(slot) == target
     finally:
         group.stop()
+
+With `tls=ClusterTls(ca, cert, key)` every node listens for TLS only (`port 0`, `tls-port <port>`) and
+the cluster bus and replication are TLS too (`tls-cluster yes`, `tls-replication yes`); clients must
+trust the CA but present no certificate (`tls-auth-clients no`), the nodes present `cert` to each
+other. The group's own connections (`command`, `client`, `cluster_client`, `redis-cli --cluster
+create`, the MIGRATE loop) then use TLS as well.
 """
 
 from __future__ import annotations
@@ -28,8 +34,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
+from urllib.parse import quote
 
 import redis
+import redis.asyncio
 import redis.cluster
 import redis.crc
 
@@ -120,22 +128,76 @@ def _covered(ranges: Iterable[tuple[int, int]]) -> int:
     return sum(last - first + 1 for first, last in ranges)
 
 
-class _ClusterNode(RedisServer):
-    """A `RedisServer` with cluster mode on; its `nodes.conf` (its identity) sits in its workdir."""
+@dataclass(frozen=True)
+class ClusterTls:
+    """PEM files of a TLS cluster: the CA, and the certificate and key every node serves on its
+    client port and presents to its peers (the cluster bus always asks a peer for a certificate:
+    it must be valid for 127.0.0.1 and usable for client authentication too)."""
 
-    def __init__(self, workdir: Path, *, port: int, password: str | None) -> None:
+    ca: Path
+    cert: Path
+    key: Path
+
+
+class _ClusterNode(RedisServer):
+    """A `RedisServer` with cluster mode on; its `nodes.conf` (its identity) sits in its workdir.
+    With `tls`, it listens for TLS only, and its own connections (`command`, `info`, `client`) use TLS."""
+
+    def __init__(self, workdir: Path, *, port: int, password: str | None, tls: ClusterTls | None = None) -> None:
         super().__init__(workdir, port=port, password=password)
         self.bus_port = free_port()
         self.nodes_conf = self.workdir / "nodes.conf"
+        self.tls = tls
 
     def config_text(self) -> str:
+        text = super().config_text()
         lines = [
             "cluster-enabled yes",
             f"cluster-config-file {config_quote(self.nodes_conf)}",
             f"cluster-port {self.bus_port}",
             f"cluster-node-timeout {NODE_TIMEOUT_MS}",
         ]
-        return super().config_text() + "\n".join(lines) + "\n"
+        if self.tls is not None:
+            plain = f"\nport {self.port}\n"
+            if plain not in text:
+                raise AssertionError(f"no {plain.strip()!r} line to turn into a TLS port in:\n{text}")
+            text = text.replace(plain, "\nport 0\n")
+            lines += [
+                f"tls-port {self.port}",
+                f"tls-cert-file {config_quote(self.tls.cert)}",
+                f"tls-key-file {config_quote(self.tls.key)}",
+                f"tls-ca-cert-file {config_quote(self.tls.ca)}",
+                "tls-auth-clients no",  # clients (hubbub) verify the server; they present no certificate
+                "tls-cluster yes",
+                "tls-replication yes",
+            ]
+        return text + "\n".join(lines) + "\n"
+
+    @property
+    def url(self) -> str:
+        if self.tls is None:
+            return super().url
+        auth = f":{quote(self.password, safe='')}@" if self.password is not None else ""
+        return f"rediss://{auth}127.0.0.1:{self.port}/0?ssl_ca_certs={quote(str(self.tls.ca), safe='')}"
+
+    def tls_options(self) -> dict[str, Any]:
+        """redis-py options for a TLS connection to this node ({} without TLS)."""
+        return {} if self.tls is None else _tls_options(self.tls)
+
+    def client(self, *, timeout: float = 5, **kwargs: Any) -> redis.Redis:
+        return super().client(timeout=timeout, **{**self.tls_options(), **kwargs})
+
+    def async_client(self, **kwargs: Any) -> redis.asyncio.Redis:
+        return super().async_client(**{**self.tls_options(), **kwargs})
+
+    def _session(self, timeout: float) -> contextlib.AbstractContextManager[redis.Redis]:
+        if self.tls is None:
+            return super()._session(timeout)
+        return _connect(self.port, self.password, timeout, **self.tls_options())
+
+
+def _tls_options(tls: ClusterTls) -> dict[str, Any]:
+    return {"ssl": True, "ssl_ca_certs": str(tls.ca), "ssl_cert_reqs": "required"}
 
 
 class RedisClusterGroup:
@@ -147,17 +209,24 @@ class RedisClusterGroup:
     """
 
     def __init__(
-        self, work_dir: Path, *, masters: int = 3, replicas_per_master: int = 1, password: str | None = None
+        self,
+        work_dir: Path,
+        *,
+        masters: int = 3,
+        replicas_per_master: int = 1,
+        password: str | None = None,
+        tls: ClusterTls | None = None,
     ) -> None:
         if masters < 3:
             raise ValueError("redis-cli --cluster create needs at least 3 masters")
         self.work_dir = Path(work_dir)
         self.password = password
+        self.tls = tls
         self.replicas_per_master = replicas_per_master
         self._nodes: dict[int, _ClusterNode] = {}
         for _ in range(masters * (1 + replicas_per_master)):
             port = free_port()
-            self._nodes[port] = _ClusterNode(self.work_dir / f"node-{port}", port=port, password=password)
+            self._nodes[port] = _ClusterNode(self.work_dir / f"node-{port}", port=port, password=password, tls=tls)
         # Every pid ever started, restarted nodes' earlier ones included, for the leftover checks.
         self._pids: list[int] = []
 
@@ -199,6 +268,8 @@ class RedisClusterGroup:
             "socket_timeout": 5,
             "socket_connect_timeout": 5,
         }
+        if self.tls is not None:
+            options.update(_tls_options(self.tls))
         options.update(kwargs)
         return redis.cluster.RedisCluster(**options)
 
@@ -250,6 +321,16 @@ class RedisClusterGroup:
             argv += ["--cluster-replicas", str(self.replicas_per_master), "--cluster-yes"]
             if self.password is not None:
                 argv += ["-a", self.password, "--no-auth-warning"]
+            if self.tls is not None:
+                argv += [
+                    "--tls",
+                    "--cacert",
+                    str(self.tls.ca),
+                    "--cert",
+                    str(self.tls.cert),
+                    "--key",
+                    str(self.tls.key),
+                ]
             log = self.work_dir / "cluster-create.log"
             try:
                 done = subprocess.run(
@@ -328,7 +409,8 @@ class RedisClusterGroup:
         self.command(to_port, "CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
         self.command(source, "CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
         auth = ["AUTH", self.password] if self.password is not None else []
-        with _connect(source, self.password, MIGRATE_TIMEOUT_MS / 1000 + 5) as client:
+        # MIGRATE itself: the source connects to the target like a cluster peer (TLS with `tls-cluster`).
+        with self._node(source)._session(MIGRATE_TIMEOUT_MS / 1000 + 5) as client:
             while keys := _execute(client, "CLUSTER", "GETKEYSINSLOT", slot, batch):
                 # "" and KEYS: the multi-key form; no REPLACE: a key on both sides is a bug to see.
                 args = ["MIGRATE", "127.0.0.1", to_port, "", 0, MIGRATE_TIMEOUT_MS, *auth, "KEYS", *keys]

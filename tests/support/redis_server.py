@@ -67,8 +67,9 @@ def _wait_until(check: Callable[[], bool], timeout: float, what: str, detail: Ca
 
 
 @contextlib.contextmanager
-def _connect(port: int, password: str | None = None, timeout: float = 5) -> Iterator[redis.Redis]:
-    """One connection to 127.0.0.1:`port`, no retries (a failure must show, not be papered over)."""
+def _connect(port: int, password: str | None = None, timeout: float = 5, **options: Any) -> Iterator[redis.Redis]:
+    """One connection to 127.0.0.1:`port`, no retries (a failure must show, not be papered over);
+    `options` are further redis-py client options (e.g. `ssl=True, ssl_ca_certs=...`)."""
     client = redis.Redis(
         host="127.0.0.1",
         port=port,
@@ -78,6 +79,7 @@ def _connect(port: int, password: str | None = None, timeout: float = 5) -> Iter
         decode_responses=True,
         retry=Retry(NoBackoff(), 0),
         single_connection_client=True,
+        **options,
     )
     try:
         yield client

@@ -408,7 +408,13 @@ class RedisEngine:
             if not slots.covered():
                 raise ResponseError("CLUSTERDOWN not every hash slot is served")
         # Every master: a cluster with one of them unreachable cannot serve that master's rooms.
-        await asyncio.gather(*(link.call("PING") for link in self._shards.links().values()))
+        try:
+            await asyncio.gather(*(link.call("PING") for link in self._shards.links().values()))
+        except (RedisError, OSError):
+            # A failover replaces the master in the map only once a replica is promoted: look again.
+            with contextlib.suppress(RedisError, OSError):
+                await self._shards.refresh()
+            raise
 
     # --- Broker -----------------------------------------------------------------------------------
 

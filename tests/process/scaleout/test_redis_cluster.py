@@ -29,10 +29,12 @@ from tests.process.scaleout.test_redis_connections import (
     publish_stream,
     ready,
     start_all,
+    tls_unsupported,
+    write_tls_files,
     ws_client,
 )
 from tests.support.receiver import Receiver
-from tests.support.redis_cluster import RedisClusterGroup
+from tests.support.redis_cluster import ClusterTls, RedisClusterGroup
 from tests.support.server import API_KEY, ServerProcess
 
 pytestmark = [pytest.mark.redis]
@@ -42,8 +44,8 @@ API = {"authorization": f"Bearer {API_KEY}"}
 
 
 @contextlib.contextmanager
-def redis_cluster(workdir: Path) -> Iterator[RedisClusterGroup]:
-    group = RedisClusterGroup(workdir, password=PASSWORD)
+def redis_cluster(workdir: Path, tls: ClusterTls | None = None) -> Iterator[RedisClusterGroup]:
+    group = RedisClusterGroup(workdir, password=PASSWORD, tls=tls)
     try:
         yield group.start()
     finally:
@@ -168,6 +170,38 @@ async def test_the_node_registry_and_the_control_channel_work_on_a_redis_cluster
             assert response.json() == {"disconnected": len(names)}, response.text
             for member in members:
                 assert (await member.closed()).code == 4000
+
+
+@pytest.mark.timeout(120)
+async def test_nodes_reach_a_tls_redis_cluster_with_a_private_ca_and_a_password(tmp_path: Path) -> None:
+    """TLS and auth as today: only the seeds come from `redis_cluster_nodes`; the scheme, the password and
+    the private CA from `redis_url`. Every node listens for TLS only, so every connection is TLS."""
+    reason = tls_unsupported(tmp_path / "probe")
+    if reason is not None:
+        pytest.skip(reason)
+    pki = write_tls_files(tmp_path / "pki")  # a certificate for 127.0.0.1, where the nodes announce themselves
+    with contextlib.ExitStack() as stack:
+        group = stack.enter_context(redis_cluster(tmp_path / "cluster", ClusterTls(pki.ca, pki.cert, pki.key)))
+        assert group.url().startswith("rediss://")
+        ca = quote(str(pki.ca), safe="")
+        # As with Sentinels, the URL's host is never used; its scheme, password and ssl_* options are.
+        settings = {
+            **cluster_settings(group),
+            "redis_url": f"rediss://:{quote(PASSWORD, safe='')}@ignored.invalid?ssl_ca_certs={ca}",
+        }
+        procs = [node(stack, tmp_path, f"rctls{i}", **settings) for i in range(2)]
+        await start_all(*procs)
+        await asyncio.gather(*(ready(proc) for proc in procs))
+        logged_when_ready = [len(proc.log()) for proc in procs]
+        first, second = procs
+        for name in rooms_on_every_master(group):
+            await assert_delivered(first, second, name)
+            await assert_delivered(second, first, name)
+        for proc, start in zip(procs, logged_when_ready, strict=True):
+            log = proc.log()
+            assert "backend=redis-cluster(" in log, log[-2000:]
+            assert "redis unreachable" not in log[start:], log[-3000:]
+            assert PASSWORD not in log and quote(PASSWORD, safe="") not in log, "a Redis password was logged"
 
 
 async def until_true(check: Any, read: Any, timeout: float = 20.0) -> None:

@@ -226,7 +226,8 @@ class TlsFiles:
 
 
 def write_tls_files(root: Path) -> TlsFiles:
-    """A throwaway CA and a serving certificate for 127.0.0.1 / localhost."""
+    """A throwaway CA and a certificate for 127.0.0.1 / localhost, for serving and for client authentication
+    (a Redis Cluster's nodes present it to each other: the cluster bus always asks a peer for a certificate)."""
     root.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)
     later = now + datetime.timedelta(days=1)
@@ -256,7 +257,9 @@ def write_tls_files(root: Path) -> TlsFiles:
         .not_valid_after(later)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
         .add_extension(
             x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
             critical=False,

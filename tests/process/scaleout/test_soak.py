@@ -50,11 +50,6 @@ def test_ten_minutes_of_traffic_and_reconnects_lose_nothing_and_every_reconnect_
 
 
 @pytest.mark.timeout(RUN_TIMEOUT + 120)
-@pytest.mark.xfail(
-    strict=True,
-    reason="open (issue 17): each node's RSS still grows ~0.6 MB a minute in the soak's second half"
-    " (3.8 MB per node from 300 s to 600 s); not yet known whether a leak or allocator fragmentation",
-)
 def test_the_servers_memory_is_flat_once_warm(soak: dict[str, Any]) -> None:
     samples = soak["soak"]["rss"]
     # The runner lists Redis last among the measured processes (bench/harness/scenarios.py, run_generator).
