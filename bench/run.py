@@ -1,6 +1,6 @@
 """The hubbub benchmark: hubbub and its peers side by side on this machine, one load generator.
 
-    .venv/bin/python bench/run.py            # full: 4 targets x 5 runs x 3 repeats; rewrites docs/benchmarks.md
+    .venv/bin/python bench/run.py            # full: 4 targets x 9 scenarios x 3 repeats; rewrites docs/benchmarks.md
     .venv/bin/python bench/run.py --smoke    # CI-sized (a few minutes): fails on a crash or on any hubbub loss
     .venv/bin/python bench/run.py --targets hubbub,ws --repeat 1 --out /tmp/bench --no-docs
     .venv/bin/python bench/run.py --report bench/results/<stamp>.json   # redraw docs/benchmarks.md from saved results
@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--scenarios",
         default=None,
-        help="comma-separated subset of fanout,idle,idle_presence,scale,connect_1,connect_50,rooms,soak",
+        help="comma-separated subset of fanout,idle,idle_presence,scale,connect_1,connect_50,rooms,soak,shards",
     )
     parser.add_argument("--repeat", type=int, default=None, help="repeats per target and scenario (3 full, 1 smoke)")
     parser.add_argument("--out", type=Path, default=BENCH / "results", help="where results JSON and logs go")

@@ -255,7 +255,9 @@ def measure(masters_count: int, args: argparse.Namespace, workdir: Path) -> dict
             "publications_per_s": round(rate),
             "redis_cpu_us_per_publication": round(sum(per_master) / published * 1e6, 1),
             "master_utilisation": [round(cpu / wall, 3) for cpu in per_master],
+            "busiest_master_utilisation": round(busiest, 3),
             "busiest_master_ceiling_per_s": round(rate / busiest) if busiest else None,
+            "lost": max(0, published - delivered),
             "publisher_cpu_us_per_publication": round(publishers_cpu / published * 1e6, 1),
         }
     finally:

@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .scenarios import SHARD_MASTERS
+
 
 @dataclass(frozen=True)
 class Metric:
@@ -105,6 +107,17 @@ def metrics(flags: dict[str, dict[str, Any]]) -> list[Metric]:
             "RSS growth, first sample to last, per connection",
             "KiB",
             True,
+        ),
+        *(
+            metric
+            for n in SHARD_MASTERS
+            for metric in (
+                Metric("shards", f"masters_{n}.publications_per_s", f"{n} master(s): publications", "/s", False),
+                Metric("shards", f"masters_{n}.redis_cpu_us_per_publication", "Redis CPU per publication", "µs", True),
+                Metric("shards", f"masters_{n}.busiest_master_utilisation", "busiest master", "of a core", True),
+                Metric("shards", f"masters_{n}.busiest_master_ceiling_per_s", "busiest master's ceiling", "/s", False),
+                Metric("shards", f"masters_{n}.lost", "lost (all runs)", "", True, total=True),
+            )
         ),
     ]
 

@@ -17,7 +17,7 @@ from .config import LOADGEN_CPU, SERVER_CPU
 from .console import log
 from .metrics import fmt
 from .processes import pinning_available
-from .scenarios import NOT_APPLICABLE, SCENARIO_TITLES, Scenario, run_once, scale_connections
+from .scenarios import NOT_APPLICABLE, SCENARIO_TITLES, SHARD_MASTERS, Scenario, run_once, scale_connections
 from .summary import flatten, notes, problems, summarize, walk_phases
 from .targets import Redis, Target
 
@@ -114,6 +114,12 @@ def one_line(scenario: str, result: dict[str, Any]) -> str:
             f"{pick('phases.soak.received')}/{pick('phases.soak.expected')} received, lost {lost},"
             f" p99 {pick('phases.soak.p99_ms')} ms; {pick('soak.reconnects')} reconnects,"
             f" {pick('soak.reconnect_failures')} failed; RSS {pick('soak.rss_growth_kib')} KiB"
+        )
+    if scenario == "shards":
+        return ", ".join(
+            f"{n} master(s) {pick(f'masters_{n}.publications_per_s')}/s,"
+            f" ceiling {pick(f'masters_{n}.busiest_master_ceiling_per_s')}/s"
+            for n in SHARD_MASTERS
         )
     if scenario.startswith("connect"):
         return (

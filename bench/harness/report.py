@@ -187,6 +187,12 @@ def render_markdown(document: dict[str, Any], charts: Sequence[tuple[str, str]],
         " second (a tenth of them churn, each reconnecting about every 10 s: connect, authenticate, join)."
         " Loss is counted on the connections that stay; every reconnect must succeed; the servers' RSS is"
         f" sampled every {soak.get('sample', 10):g} s. Run once, not repeated.",
+        "**Publishing on a Redis Cluster** (`bench/shards.py`). hubbub only: for 1, 2 and 3 masters (cluster"
+        " mode, no replicas, the slots split evenly), two publisher processes with hubbub's Redis broker publish"
+        " as fast as their publishes in flight allow, round robin over the rooms, with history and an"
+        " idempotency key; one subscriber process receives every publication. Redis CPU per publication is the"
+        " masters' CPU over the publications; the busiest master's ceiling is the rate divided by its share of"
+        " a core: where it would be busy all the time. Run once, not repeated.",
         "**Publications** are acknowledged in every scenario: hubbub's always are (the reply carries the"
         " offset), and the generator emits Socket.IO's with an ack callback, which the servers answer.",
     ]

@@ -8,6 +8,7 @@ import contextlib
 import json
 import resource
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,8 @@ class Scenario:
         return out
 
 
+#: Masters of the Redis Clusters the shards scenario publishes on, one run each.
+SHARD_MASTERS = (1, 2, 3)
 #: Connections the scale scenario would hold on one node...
 SCALE_TARGET = 100_000
 #: ...less what the servers keep for themselves (hubbub: max_pending_handshakes, 2048, plus 64).
@@ -87,6 +90,12 @@ def scenarios(smoke: bool) -> list[Scenario]:
         idle = {"connections": 5000, "rooms": 100, "settle": 5, "window": 30}
         count = 2000
         rooms = {"rooms": 10000, "connections": 2000, "rate": 2000, "seconds": 10, "seed": 1}
+    # Publishing on a Redis Cluster of 1, 2 and 3 masters (bench/shards.py): hubbub's broker, no WebSocket.
+    shards: dict[str, int | float] = (
+        {"seconds": 2, "rooms": 200, "publishers": 2, "inflight": 16}
+        if smoke
+        else {"seconds": 10, "rooms": 1000, "publishers": 2, "inflight": 64}
+    )
     soak: dict[str, int | float] = (
         {"connections": 600, "rooms": 30, "rate": 300, "seconds": 10, "churn": 0.01, "sample": 2}
         if smoke
@@ -131,6 +140,7 @@ def scenarios(smoke: bool) -> list[Scenario]:
             {"presence": True},
             once=True,
         ),
+        Scenario("shards", "shards", shards, int(60 + len(SHARD_MASTERS) * (shards["seconds"] + 40)), once=True),
     ]
 
 
@@ -144,6 +154,9 @@ NOT_APPLICABLE = {
     ("socketio", "soak"): "the soak is hubbub's endurance test (ten minutes a target)",
     ("pysocketio", "soak"): "the soak is hubbub's endurance test (ten minutes a target)",
     ("ws", "soak"): "the soak is hubbub's endurance test (ten minutes a target)",
+    ("socketio", "shards"): "measures hubbub's own Redis broker on a Redis Cluster",
+    ("pysocketio", "shards"): "measures hubbub's own Redis broker on a Redis Cluster",
+    ("ws", "shards"): "measures hubbub's own Redis broker on a Redis Cluster",
 }
 
 SCENARIO_TITLES = {
@@ -155,6 +168,7 @@ SCENARIO_TITLES = {
     "connect_1": "Connect rate, one at a time",
     "connect_50": "Connect rate, 50 in flight",
     "rooms": "Many rooms",
+    "shards": "Publishing on a Redis Cluster of 1, 2 and 3 masters",
 }
 
 
@@ -209,6 +223,32 @@ def run_generator(
     return result
 
 
+def run_shards(scenario: Scenario, logdir: Path) -> dict[str, Any]:
+    """bench/shards.py with the scenario's flags: its runs by number of masters (`masters_1`, ...)."""
+    logdir.mkdir(parents=True, exist_ok=True)
+    out = logdir / "shards.json"
+    argv = [sys.executable, str(Path(__file__).resolve().parents[1] / "shards.py"), "--json", str(out)]
+    argv += ["--masters", ",".join(map(str, SHARD_MASTERS)), *scenario.argv()]
+    with (logdir / "shards.log").open("ab") as log:
+        try:
+            done = subprocess.run(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                timeout=scenario.budget_s,
+                start_new_session=True,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise BenchError(f"bench/shards.py did not finish within {scenario.budget_s} s") from exc
+    runs = json.loads(out.read_text())["runs"] if out.is_file() else []
+    result = {f"masters_{r['masters']}": r for r in runs}
+    if done.returncode != 0:
+        reason = f"bench/shards.py failed (exit code {done.returncode}): see {logdir / 'shards.log'}"
+        raise GeneratorFailed(reason, result)
+    return result
+
+
 def run_once(
     target: Target,
     scenario: Scenario,
@@ -233,12 +273,15 @@ def run_once(
     t0 = time.monotonic()
     running: Running | None = None
     try:
-        if redis is not None and target.uses_redis:
-            redis.flushall()
-        running = start_target(
-            target, redis if target.uses_redis else None, logdir, cpu_servers, scenario.hubbub_namespace
-        )
-        run["result"] = run_generator(loadgen, scenario, running, redis, logdir / "loadgen.log", cpu_loadgen)
+        if scenario.command == "shards":
+            run["result"] = run_shards(scenario, logdir)  # its own Redis Clusters and processes
+        else:
+            if redis is not None and target.uses_redis:
+                redis.flushall()
+            running = start_target(
+                target, redis if target.uses_redis else None, logdir, cpu_servers, scenario.hubbub_namespace
+            )
+            run["result"] = run_generator(loadgen, scenario, running, redis, logdir / "loadgen.log", cpu_loadgen)
     except BenchError as exc:
         run["error"] = str(exc)
         if isinstance(exc, GeneratorFailed) and exc.partial:

@@ -29,8 +29,10 @@ create`, the MIGRATE loop) then use TLS as well.
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import subprocess
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -358,6 +360,16 @@ class RedisClusterGroup:
         """SIGTERM every node this group started (SIGKILL after the grace period); safe to repeat."""
         for node in self._nodes.values():
             node.stop()
+
+    @contextlib.contextmanager
+    def frozen(self, port: int) -> Iterator[None]:
+        """The node on `port` stopped (SIGSTOP) for the block, then resumed (SIGCONT) whatever happens."""
+        pid = self._node(port).pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(pid, signal.SIGCONT)
 
     def kill_master(self, slot: int) -> tuple[int, int]:
         """SIGKILL the master owning `slot` and wait until one of its replicas has been promoted:

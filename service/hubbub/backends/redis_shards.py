@@ -141,6 +141,11 @@ def retryable(error: ResponseError) -> bool:
     return str(error).startswith(("TRYAGAIN", "CLUSTERDOWN"))
 
 
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 class Shards:
     """A Link to every master of a Redis Cluster; a command goes to its key's master. See the module docstring."""
 
@@ -248,11 +253,10 @@ class Shards:
             if ask is not None:
                 link = self.link(ask)
                 ask = None
-                # Written back to back on one connection: ASKING applies to the command that follows it.
-                asking = link.call("ASKING")
+                # Written back to back on one connection: ASKING applies to the command that follows it. Its
+                # own reply is an OK; a failure (a lost connection) shows on the command's reply too.
+                link.call("ASKING").add_done_callback(_retrieved)
                 reply = link.call(*args)
-                with contextlib.suppress(ResponseError):
-                    await asking
             else:
                 owner = self._map.owner(slot) if self._map is not None else None
                 if owner is None:

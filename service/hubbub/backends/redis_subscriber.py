@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Final
 
 from redis.exceptions import RedisError, ResponseError
@@ -129,6 +129,8 @@ class Subscriber:
         self._channels: dict[str, Address] = {}
         self._pipes: dict[Address, _Pipe] = {}
         self._moving: asyncio.Task[None] | None = None
+        #: Take-overs and closes of gone masters' pipes, still running (cancelled at close).
+        self._tasks: set[asyncio.Task[None]] = set()
         self._shut = False
         if shards is not None:
             shards.on_change(lambda _: self._follow_map())
@@ -158,12 +160,18 @@ class Subscriber:
             return
         self._move_soon()
 
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def aclose(self) -> None:
         self._shut = True
-        if self._moving is not None:
-            self._moving.cancel()
-            with contextlib.suppress(BaseException):
-                await self._moving
+        for task in [self._moving, *self._tasks]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
         pipes, self._pipes = list(self._pipes.values()), {}
         for pipe in pipes:
             await pipe.aclose()
@@ -252,7 +260,7 @@ class Subscriber:
 
     def restored(self, channels: list[str], *, reconnected: bool) -> None:
         if channels:
-            if reconnected:
+            if reconnected or self._shards is None:
                 log.warning("redis subscriber reconnected: backfilling %d rooms", len(channels))
             else:
                 log.warning("redis cluster: %d rooms moved to another master, backfilling them", len(channels))
@@ -306,10 +314,10 @@ class Subscriber:
                 self._channels[channel] = address
             pipe = self._pipes[address]
             if pipe.up:
-                asyncio.get_running_loop().create_task(self._take_over(pipe, channels))
+                self._background(self._take_over(pipe, channels))
             # else: the pipe subscribes them (and the broker backfills them) when it comes up
         for address in [a for a in self._pipes if a not in masters and a != SINGLE]:
-            asyncio.get_running_loop().create_task(self._pipes.pop(address).aclose())
+            self._background(self._pipes.pop(address).aclose())
 
     async def _take_over(self, pipe: _Pipe, channels: Iterable[str]) -> None:
         wanted = [c for c in channels if self._channels.get(c) == pipe.address]

@@ -15,7 +15,7 @@ import pytest
 from tests.support.bench import run_bench
 
 TARGETS = ("hubbub", "socketio", "pysocketio", "ws")
-SCENARIOS = ("fanout", "idle", "idle_presence", "scale", "connect_1", "connect_50", "rooms", "soak")
+SCENARIOS = ("fanout", "idle", "idle_presence", "scale", "connect_1", "connect_50", "rooms", "soak", "shards")
 RUN_TIMEOUT = 600
 
 
@@ -70,6 +70,11 @@ def test_bench_smoke(tmp_path: Path) -> None:
     soak = [run["result"]["soak"] for run in document["runs"] if run["scenario"] == "soak"]
     assert len(soak) == 1 and soak[0]["reconnects"] > 0
     assert (soak[0]["reconnect_failures"], soak[0]["steady_connections_lost"]) == (0, 0)
+    # Publishing on Redis Clusters of 1, 2 and 3 masters (hubbub only): every publication delivered.
+    (shards,) = [run["result"] for run in document["runs"] if run["scenario"] == "shards"]
+    assert sorted(shards) == ["masters_1", "masters_2", "masters_3"]
+    for figures in shards.values():
+        assert figures["delivered"] == figures["published"] > 0 and figures["errors"] == figures["lost"] == 0, figures
     presence_runs = {run["target"] for run in document["runs"] if run["scenario"] == "idle_presence"}
     assert presence_runs == {"hubbub"}
     for run in document["runs"]:

@@ -24,6 +24,7 @@ import pytest
 from hubbub.backends.redis_shards import key_slot
 from tests.process.scaleout.test_redis_connections import (
     Ack,
+    assert_end_to_end,
     judge,
     node,
     publish_stream,
@@ -33,6 +34,7 @@ from tests.process.scaleout.test_redis_connections import (
     write_tls_files,
     ws_client,
 )
+from tests.support.polling import until
 from tests.support.receiver import Receiver
 from tests.support.redis_cluster import ClusterTls, RedisClusterGroup
 from tests.support.server import API_KEY, ServerProcess
@@ -112,6 +114,15 @@ async def stream_through_a_change(
     return receivers, acked
 
 
+def judge_after_a_move(procs: list[ServerProcess], receivers: list[Receiver], acked: list[Ack]) -> list[str]:
+    """The nodes survived, moved the room's subscription to its new master (rather than merely backfilling
+    it at every position check), and every client got everything or was told (`judge`)."""
+    for proc in procs:
+        assert proc.running(), proc.log()[-3000:]
+        assert "rooms moved to another master, backfilling them" in proc.log(), proc.log()[-3000:]
+    return judge(receivers, acked)
+
+
 async def until_acked(acked: list[Ack], count: int, publisher: asyncio.Task[None]) -> None:
     deadline = time.monotonic() + 30
     while len(acked) < count and not publisher.done():
@@ -124,26 +135,14 @@ async def until_acked(acked: list[Ack], count: int, publisher: asyncio.Task[None
 # --- delivery across nodes --------------------------------------------------------------------------------
 
 
-async def assert_delivered(publisher: ServerProcess, member: ServerProcess, name: str) -> None:
-    """A client joined to `name` on `member` gets a publication made through `publisher`'s HTTP API."""
-    async with ws_client(member.ws_url, "alice") as client:
-        joined = (await client.call("join", room=name))["ok"]
-        async with httpx.AsyncClient(timeout=5, headers=API) as http:
-            response = await http.post(publisher.http_url + "/api/publish", json={"room": name, "data": {"n": 1}})
-        assert response.status_code == 200, response.text
-        assert response.json() == {"epoch": joined["epoch"], "offset": joined["offset"] + 1}
-        push = await client.push("pub")
-        assert (push["room"], push["offset"], push["data"]) == (name, joined["offset"] + 1, {"n": 1})
-
-
 @pytest.mark.timeout(120)
 async def test_nodes_on_a_redis_cluster_deliver_to_each_other_in_rooms_on_every_master(tmp_path: Path) -> None:
     with contextlib.ExitStack() as stack:
         group = stack.enter_context(redis_cluster(tmp_path / "cluster"))
         first, second = await nodes_on(stack, tmp_path, group)
         for name in rooms_on_every_master(group):
-            await assert_delivered(first, second, name)
-            await assert_delivered(second, first, name)
+            await assert_end_to_end(first, second, name)
+            await assert_end_to_end(second, first, name)
         for proc in (first, second):
             assert "backend=redis-cluster(" in proc.log(), proc.log()[-2000:]
 
@@ -195,8 +194,8 @@ async def test_nodes_reach_a_tls_redis_cluster_with_a_private_ca_and_a_password(
         logged_when_ready = [len(proc.log()) for proc in procs]
         first, second = procs
         for name in rooms_on_every_master(group):
-            await assert_delivered(first, second, name)
-            await assert_delivered(second, first, name)
+            await assert_end_to_end(first, second, name)
+            await assert_end_to_end(second, first, name)
         for proc, start in zip(procs, logged_when_ready, strict=True):
             log = proc.log()
             assert "backend=redis-cluster(" in log, log[-2000:]
@@ -236,11 +235,31 @@ async def test_a_master_killed_mid_stream_and_its_replica_promoted_loses_nothing
         receivers, acked = await stream_through_a_change(procs, name, fail_the_rooms_master)
         try:
             assert group.master_of_slot(key_slot(name)) == promoted[0] != victim
+            judge_after_a_move(procs, receivers, acked)
+        finally:
+            for receiver in receivers:
+                await receiver.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+async def test_killed_subscriber_connections_to_one_master_are_made_again_and_lose_nothing(tmp_path: Path) -> None:
+    with contextlib.ExitStack() as stack:
+        group = stack.enter_context(redis_cluster(tmp_path / "cluster"))
+        procs = await nodes_on(stack, tmp_path, group)
+        victim = group.masters()[0].port
+        name = room_on(group, victim)
+
+        def kill_the_subscribers() -> None:
+            # Both nodes' shard subscriptions on the room's master (and any classic subscriber there).
+            assert int(group.command(victim, "CLIENT", "KILL", "TYPE", "pubsub")) >= 2
+
+        receivers, acked = await stream_through_a_change(procs, name, kill_the_subscribers)
+        try:
             for proc in procs:
                 assert proc.running(), proc.log()[-3000:]
-                # The room's subscription followed its slot to the promoted replica (not merely backfilled).
-                assert "rooms moved to another master, backfilling them" in proc.log(), proc.log()[-3000:]
-            judge(receivers, acked)
+                assert "redis subscriber reconnected: backfilling" in proc.log(), proc.log()[-3000:]
+            assert set(judge(receivers, acked)) == {"complete"}
         finally:
             for receiver in receivers:
                 await receiver.stop()
@@ -264,11 +283,54 @@ async def test_a_rooms_slot_resharded_to_another_master_while_publishing_loses_n
         receivers, acked = await stream_through_a_change(procs, name, move_the_rooms_slot)
         try:
             assert group.master_of_slot(slot) == target
-            for proc in procs:
-                assert proc.running(), proc.log()[-3000:]
-                assert "rooms moved to another master, backfilling them" in proc.log(), proc.log()[-3000:]
-            outcomes = judge(receivers, acked)
+            outcomes = judge_after_a_move(procs, receivers, acked)
             assert set(outcomes) == {"complete"}, "a migration loses no writes: nobody should have been told"
         finally:
             for receiver in receivers:
                 await receiver.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+async def test_a_failover_that_loses_acknowledged_writes_tells_the_clients(tmp_path: Path) -> None:
+    """Force the loss, as for Sentinel: the room's replica is frozen and cut off while its master acknowledges
+    three more publications, then the master is killed and the replica (without them) promoted."""
+    with contextlib.ExitStack() as stack:
+        group = stack.enter_context(redis_cluster(tmp_path / "cluster"))
+        procs = await nodes_on(stack, tmp_path, group)
+        victim = group.masters()[0].port
+        name = room_on(group, victim)
+        (replica,) = group.replicas_of(victim)
+        urls = [proc.ws_url for proc in procs]
+        http_urls = [proc.http_url for proc in procs]
+        receivers = [Receiver([urls[i % 2], urls[(i + 1) % 2]], name, f"user{i}") for i in range(4)]
+        acked: list[Ack] = []
+        try:
+            for receiver in receivers:
+                receiver.start()
+            await asyncio.wait_for(asyncio.gather(*(r.joined.wait() for r in receivers)), 30)
+            await publish_stream(http_urls, name, 5, acked)
+            await until(lambda: all(r.at(acked[-1].epoch, acked[-1].offset) for r in receivers), what="5 delivered")
+
+            unreplicated: list[Ack] = []
+            with group.frozen(replica):
+                assert int(group.command(victim, "CLIENT", "KILL", "TYPE", "replica")) >= 1
+                await publish_stream(http_urls, name, 3, unreplicated, first=5)
+                # Killed while its replica is frozen: the promotion (which needs the replica) waits for the thaw.
+                failing = asyncio.create_task(asyncio.to_thread(group.kill_master, key_slot(name)))
+                await until(lambda: not group.running(victim) or failing.done(), what="the master to be killed")
+            await failing
+            offset = group.command(group.master_of_slot(key_slot(name)), "HGET", f"hubbub:{{{name}}}:meta", "offset")
+            if offset is not None and int(offset) >= unreplicated[-1].offset:
+                pytest.skip(f"the failover lost nothing this time (new master at offset {offset})")
+            acked += unreplicated
+            await publish_stream(http_urls, name, 4, acked, first=8, deadline=60)
+            await asyncio.gather(*(ready(proc) for proc in procs))
+            # A timeout here is judged below, where the record says what went wrong.
+            with contextlib.suppress(AssertionError):
+                await until(lambda: all(r.at(acked[-1].epoch, acked[-1].offset) for r in receivers), timeout=30)
+        finally:
+            for receiver in receivers:
+                await receiver.stop()
+        outcomes = judge(receivers, acked)
+        assert set(outcomes) == {"told"}, outcomes

@@ -124,10 +124,11 @@ def room() -> str:
     return f"chat:{uuid.uuid4().hex[:10]}"
 
 
-async def assert_end_to_end(publisher: ServerProcess, member: ServerProcess) -> None:
-    """A client joined on `member` gets a publication made through `publisher`'s HTTP API."""
+async def assert_end_to_end(publisher: ServerProcess, member: ServerProcess, name: str | None = None) -> None:
+    """A client joined on `member` to `name` (a fresh room by default) gets a publication made through
+    `publisher`'s HTTP API."""
     await asyncio.gather(ready(publisher), ready(member))
-    name = room()
+    name = name or room()
     async with ws_client(member.ws_url, "alice") as client:
         joined = (await client.call("join", room=name))["ok"]
         async with httpx.AsyncClient(timeout=5, headers={"authorization": f"Bearer {API_KEY}"}) as http:
