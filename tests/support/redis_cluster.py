@@ -392,6 +392,20 @@ class RedisClusterGroup:
         _wait_until(promoted, FAILOVER_TIMEOUT, f"a replica of {old} to take over slot {slot}", self._details)
         return old, self.master_of_slot(slot)
 
+    def kill_all(self) -> None:
+        """SIGKILL every node: the whole cluster crashes (its data was never persisted: it comes back empty)."""
+        for node in self._nodes.values():
+            if node.running:
+                node.kill()
+
+    def restart_all(self) -> None:
+        """Start every stopped node on its port with its `nodes.conf` and wait until the cluster is settled
+        again, with the slots where they were."""
+        for node in self._nodes.values():
+            if not node.running:
+                self._start_node(node)
+        self._wait_settled("the whole cluster to come back", FAILOVER_TIMEOUT)
+
     def restart(self, port: int) -> None:
         """Bring a stopped or killed node back on its port with its `nodes.conf`: a former master
         rejoins as a replica of the node that took over its slots. Waits until it is connected

@@ -179,6 +179,8 @@ def test_lists_come_from_the_environment_as_json_or_comma_separated() -> None:
     comma = load_settings(env={"HUBBUB_ALLOWED_ORIGINS": "https://a.example, http://localhost:3000"})
     assert comma.allowed_origins == ("https://a.example", "http://localhost:3000")
     assert load_settings(env={"HUBBUB_REDIS_SENTINELS": '["s1:26379"]'}).redis_sentinels == ("s1:26379",)
+    nodes = load_settings(env={"HUBBUB_REDIS_CLUSTER_NODES": "redis-0.redis:6379,redis-1.redis:6379"})
+    assert nodes.redis_cluster_nodes == ("redis-0.redis:6379", "redis-1.redis:6379")
 
 
 def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:

@@ -249,6 +249,7 @@ class Shards:
         slot = key_slot(key)
         pause = RETRY_PAUSE
         ask: Address | None = None
+        last: ResponseError | None = None
         for _attempt in range(MAX_ATTEMPTS):
             if ask is not None:
                 link = self.link(ask)
@@ -267,6 +268,7 @@ class Shards:
             try:
                 return await reply
             except ResponseError as exc:
+                last = exc
                 moved = redirection(exc)
                 if moved is not None and moved[0] == "MOVED":
                     if self._map is not None:
@@ -285,7 +287,9 @@ class Shards:
             except LinkDown:
                 self._refresh_soon()
                 raise
-        raise ResponseError(f"TRYAGAIN slot {slot}: still redirected after {MAX_ATTEMPTS} attempts")
+        # Still redirected or refused: the last answer says why (CLUSTERDOWN for a failover that takes longer).
+        assert last is not None
+        raise last
 
     def _refresh_soon(self) -> None:
         if self._refreshing is None and not self._shut:

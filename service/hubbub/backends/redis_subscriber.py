@@ -295,7 +295,7 @@ class Subscriber:
         has another master now: subscribed there (once that pipe is up), then backfilled."""
         assert self._shards is not None
         slots = self._shards.map
-        if slots is None:
+        if slots is None or self._shut:
             return
         masters = slots.masters()
         for address in masters:

@@ -25,6 +25,7 @@ from hubbub.backends.redis_shards import key_slot
 from tests.process.scaleout.test_redis_connections import (
     Ack,
     assert_end_to_end,
+    assert_unavailable_not_crashed,
     judge,
     node,
     publish_stream,
@@ -60,7 +61,7 @@ def cluster_settings(group: RedisClusterGroup) -> dict[str, Any]:
         "redis_url": f"redis://:{quote(PASSWORD, safe='')}@ignored.invalid",
         "redis_cluster_nodes": group.seeds(),
         "redis_timeout": 1.0,
-        "namespaces": {"fo": {"history_size": 1000, "history_ttl": 300}},
+        "namespaces": {"fo": {"history_size": 1000, "history_ttl": 300}, "chat": {}},
     }
 
 
@@ -334,3 +335,42 @@ async def test_a_failover_that_loses_acknowledged_writes_tells_the_clients(tmp_p
                 await receiver.stop()
         outcomes = judge(receivers, acked)
         assert set(outcomes) == {"told"}, outcomes
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+async def test_a_crashed_cluster_leaves_the_nodes_unready_and_its_empty_return_tells_the_clients(
+    tmp_path: Path,
+) -> None:
+    with contextlib.ExitStack() as stack:
+        group = stack.enter_context(redis_cluster(tmp_path / "cluster"))
+        procs = await nodes_on(stack, tmp_path, group)
+        name = room_on(group, group.masters()[0].port)
+        urls = [proc.ws_url for proc in procs]
+        http_urls = [proc.http_url for proc in procs]
+        receivers = [Receiver([urls[i % 2], urls[(i + 1) % 2]], name, f"user{i}") for i in range(4)]
+        acked: list[Ack] = []
+        try:
+            for receiver in receivers:
+                receiver.start()
+            await asyncio.wait_for(asyncio.gather(*(r.joined.wait() for r in receivers)), 30)
+            await publish_stream(http_urls, name, 5, acked)
+            await until(lambda: all(r.at(acked[-1].epoch, acked[-1].offset) for r in receivers), what="5 delivered")
+
+            group.kill_all()
+            # Unready, publishes and joins refused with 503, alive, and the log says why.
+            for proc in procs:
+                await assert_unavailable_not_crashed(proc)
+            await asyncio.to_thread(group.restart_all)
+            await asyncio.gather(*(ready(proc) for proc in procs))
+            # The rooms' history is gone: the next publications start a new epoch, which every client is told of.
+            await publish_stream(http_urls, name, 4, acked, first=5, deadline=60)
+            assert acked[-1].epoch != acked[0].epoch
+            with contextlib.suppress(AssertionError):
+                await until(lambda: all(r.at(acked[-1].epoch, acked[-1].offset) for r in receivers), timeout=30)
+        finally:
+            for receiver in receivers:
+                await receiver.stop()
+        for proc in procs:
+            assert proc.running(), proc.log()[-3000:]
+        assert set(judge(receivers, acked)) == {"told"}

@@ -62,6 +62,11 @@ REFUSED: dict[str, tuple[dict[str, Any], str]] = {
     "redis option": ({**GOOD, "redis_url": "redis://127.0.0.1:6379/0?fooo=1"}, "unexpected keyword argument 'fooo'"),
     "redis port": ({**GOOD, "redis_url": "redis://127.0.0.1:notaport"}, "redis_url:"),
     "sentinel address": ({**GOOD, "redis_sentinels": ["sentinel-0"]}, "'sentinel-0' is not host:port"),
+    "cluster address": ({**GOOD, "redis_cluster_nodes": ["redis-0:port"]}, "'redis-0:port' is not host:port"),
+    "sentinels and cluster": (
+        {**GOOD, "redis_sentinels": ["s:26379"], "redis_cluster_nodes": ["r:6379"]},
+        "set either redis_sentinels or redis_cluster_nodes, not both",
+    ),
     "origin without scheme": ({**GOOD, "allowed_origins": ["localhost:3000"]}, "'localhost:3000' is not an origin"),
     "namespace name": ({**GOOD, "namespaces": {"chat:": {}}}, "namespaces.chat:: not a namespace name"),
     "node name": ({**GOOD, "node_name": "my node"}, "node_name: may hold only"),
