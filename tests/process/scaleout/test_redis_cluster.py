@@ -109,9 +109,8 @@ async def stream_through_a_change(
     assert count - changed_at >= 50, "publishing did not go on after the change"
     await asyncio.gather(*(ready(proc) for proc in procs))
     last = acked[-1]
-    deadline = time.monotonic() + 30
-    while not all(r.at(last.epoch, last.offset) for r in receivers) and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)  # judged below, where the record says what went wrong
+    with contextlib.suppress(AssertionError):  # a timeout is judged by the caller, where the record says what
+        await until(lambda: all(r.at(last.epoch, last.offset) for r in receivers), timeout=30)
     return receivers, acked
 
 
@@ -125,10 +124,7 @@ def judge_after_a_move(procs: list[ServerProcess], receivers: list[Receiver], ac
 
 
 async def until_acked(acked: list[Ack], count: int, publisher: asyncio.Task[None]) -> None:
-    deadline = time.monotonic() + 30
-    while len(acked) < count and not publisher.done():
-        assert time.monotonic() < deadline, f"only {len(acked)} publications acknowledged"
-        await asyncio.sleep(0.02)
+    await until(lambda: len(acked) >= count or publisher.done(), timeout=30, what=f"{count} acknowledged publications")
     if publisher.done():
         publisher.result()
 
@@ -163,8 +159,11 @@ async def test_the_node_registry_and_the_control_channel_work_on_a_redis_cluster
                 return dict((await http.get(first.http_url + "/api/status")).json())
 
             # Both nodes listed by either, and the rooms in use counted over every master's shard channels.
-            await until_true(lambda s: sorted(n["name"] for n in s["nodes"]) == ["rc0", "rc1"], status)
-            await until_true(lambda s: s["rooms"] == len(names), status)
+            async def listed() -> bool:
+                found = await status()
+                return sorted(n["name"] for n in found["nodes"]) == ["rc0", "rc1"] and found["rooms"] == len(names)
+
+            await until(listed, timeout=20, what="both nodes listed and every room counted")
             # A disconnect through the first node reaches the user's connections on the second.
             response = await http.post(first.http_url + "/api/disconnect", json={"user": "mallory"})
             assert response.json() == {"disconnected": len(names)}, response.text
@@ -202,17 +201,6 @@ async def test_nodes_reach_a_tls_redis_cluster_with_a_private_ca_and_a_password(
             assert "backend=redis-cluster(" in log, log[-2000:]
             assert "redis unreachable" not in log[start:], log[-3000:]
             assert PASSWORD not in log and quote(PASSWORD, safe="") not in log, "a Redis password was logged"
-
-
-async def until_true(check: Any, read: Any, timeout: float = 20.0) -> None:
-    """Poll `read()` until `check` holds for what it returned."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await read()
-        if check(value):
-            return
-        assert time.monotonic() < deadline, f"still {value!r}"
-        await asyncio.sleep(0.1)
 
 
 # --- faults ---------------------------------------------------------------------------------------------
